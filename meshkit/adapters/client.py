@@ -1,0 +1,88 @@
+"""Signed HTTP client for the supervisor API (one keep-alive connection per thread)."""
+
+import http.client
+import json
+import secrets
+import socket
+import threading
+import urllib.parse
+
+from meshkit.core.clock import REAL
+from meshkit.core.errors import ApiError, ClientError
+from meshkit.rules.auth import signed_headers
+
+
+def split_url(url: str) -> tuple:
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ClientError(f"not an http:// URL: {url!r}")
+    return u.hostname, u.port or 80
+
+
+class SignedClient:
+    def __init__(self, url: str, key_id: str, secret: str, clock=REAL, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.host, self.port = split_url(self.url)
+        self.key_id, self.secret = key_id, secret
+        self.clock = clock
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _conn(self, timeout: float) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self._local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, body=None, timeout: float | None = None) -> tuple:
+        """(status, parsed JSON or None). Network failures raise ClientError."""
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = signed_headers(self.key_id, self.secret, method, path, data,
+                                 self.clock.time(), secrets.token_hex(16))
+        headers["Content-Type"] = "application/json"
+        timeout = timeout or self.timeout
+        for attempt in (1, 2):
+            conn = self._conn(timeout)
+            try:
+                conn.request(method, path, body=data if method != "GET" else None, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self.close()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                self.close()
+                # A kept-alive connection the server closed meanwhile: retry once on a new one.
+                # Safe: the nonce is unused if the server never read the request, and a
+                # repeated signed request is refused as a replay, never run twice.
+                if attempt == 2:
+                    raise ClientError(f"{self.url}: connection lost ({e.__class__.__name__})") from None
+            except (OSError, socket.timeout, http.client.HTTPException) as e:
+                self.close()
+                raise ClientError(f"{self.url}: {getattr(e, 'strerror', None) or e}") from None
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        return resp.status, parsed
+
+    def call(self, method: str, path: str, body=None, timeout: float | None = None):
+        """The JSON answer of a 2xx; otherwise ApiError with the server's code and message."""
+        status, parsed = self.request(method, path, body, timeout)
+        if 200 <= status < 300:
+            return parsed
+        err = (parsed or {}).get("error") if isinstance(parsed, dict) else None
+        if isinstance(err, dict):
+            extra = {k: v for k, v in err.items() if k not in ("code", "message")}
+            raise ApiError(status, err.get("code", "error"), f"{err.get('message', 'error')} (HTTP {status})", **extra)
+        raise ApiError(status, "http_error", f"HTTP {status} from {self.url}{path}")

@@ -1,0 +1,5 @@
+"""`meshkit locks ...` (not built yet)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""`meshkit sync ...` (not built yet)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""`meshkit worker ...` (not built yet)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,70 @@
+"""What every command shares: finding the config, printing errors, exit codes."""
+
+import json
+import os
+import sys
+
+from meshkit.core.errors import ConfigError, MeshkitError
+from meshkit.rules.config import Config, default_config, parse_config
+
+# Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_FAILED = 1        # the thing asked for ran and failed (a task failed, a check failed)
+EXIT_USAGE = 2         # bad arguments or bad config
+EXIT_UNREACHABLE = 3   # the supervisor could not be reached or refused the request
+EXIT_LOCK_HELD = 75    # a lock is held by someone else (EX_TEMPFAIL)
+
+
+def meshkit_home() -> str:
+    return os.path.expanduser(os.environ.get("MESHKIT_HOME") or "~/.meshkit")
+
+
+def config_path(args) -> str | None:
+    """--config, else $MESHKIT_CONFIG, else $MESHKIT_HOME/meshkit.toml if present."""
+    path = getattr(args, "config", None) or os.environ.get("MESHKIT_CONFIG")
+    if path:
+        return os.path.abspath(os.path.expanduser(path))
+    home = os.path.join(meshkit_home(), "meshkit.toml")
+    return home if os.path.exists(home) else None
+
+
+def load_config(args) -> Config:
+    path = config_path(args)
+    if path is None:
+        return default_config(meshkit_home())
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "a readable config file", "no such file") from None
+    except OSError as e:
+        raise ConfigError(path, "(file)", "a readable config file", e.strerror) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, "(file)", "UTF-8 text", "undecodable bytes") from None
+    return parse_config(text, path)
+
+
+def add_config_arg(parser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $MESHKIT_CONFIG, else $MESHKIT_HOME/meshkit.toml, else built-in defaults)")
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> int:
+    sys.stderr.write(f"meshkit: {message}\n")
+    return code
+
+
+def exit_code_for(err: MeshkitError) -> int:
+    if isinstance(err, ConfigError):
+        return EXIT_USAGE
+    if err.code == "lock_held":
+        return EXIT_LOCK_HELD
+    if err.code in ("client_error", "unauthorized", "forbidden", "not_active", "unavailable"):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED

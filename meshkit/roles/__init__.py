@@ -1,0 +1,1 @@
+"""meshkit.roles: each subpackage is one role; roles never import each other."""
