@@ -4,7 +4,10 @@ import json
 import os
 import sys
 
+from meshkit.adapters import keyfile
+from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ConfigError, MeshkitError
+from meshkit.rules.auth import pick_key
 from meshkit.rules.config import Config, default_config, parse_config
 
 # Exit codes (documented in the README).
@@ -68,3 +71,36 @@ def exit_code_for(err: MeshkitError) -> int:
     if err.code in ("client_error", "unauthorized", "forbidden", "not_active", "unavailable"):
         return EXIT_UNREACHABLE
     return EXIT_FAILED
+
+
+def supervisor_url(args, cfg: Config) -> str:
+    """--supervisor, else $MESHKIT_SUPERVISOR, else <data_dir>/supervisor.url, else supervisor.listen."""
+    url = getattr(args, "supervisor", None)
+    if isinstance(url, list):
+        url = url[0] if url else None
+    url = url or os.environ.get("MESHKIT_SUPERVISOR")
+    if url:
+        return url
+    try:
+        with open(os.path.join(cfg.path("supervisor.data_dir"), "supervisor.url")) as f:
+            found = f.read().strip()
+            if found:
+                return found
+    except OSError:
+        pass
+    host, _, port = cfg.get("supervisor.listen").rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def make_client(args, cfg: Config, at_most: str = "admin"):
+    """A signed client for the supervisor, with the most capable key allowed."""
+    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most)
+    return SignedClient(supervisor_url(args, cfg), kid, secret)
+
+
+def add_client_args(parser) -> None:
+    add_config_arg(parser)
+    parser.add_argument("--supervisor", metavar="URL",
+                        help="supervisor URL (default: $MESHKIT_SUPERVISOR, else from the config)")

@@ -59,6 +59,10 @@ class StaleFence(Conflict):
     code = "stale_fence"
 
 
+class UnknownNode(Conflict):
+    code = "unknown_node"
+
+
 class NotActive(Conflict):
     code = "not_active"
 

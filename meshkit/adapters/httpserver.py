@@ -1,0 +1,269 @@
+"""A JSON-over-HTTP server on http.server: routing, body limits, a connection cap,
+timeouts for slow clients, JSON errors for everything, one write per response.
+
+Stdlib defaults fixed here: the listen backlog (5) is raised; TCP_NODELAY is set and
+each response goes out in a single write, so keep-alive answers don't wait 40 ms for
+a delayed ACK; slow or silent clients are cut off after `request_timeout`.
+"""
+
+import http.server
+import json
+import re
+import socket
+import socketserver
+import threading
+import traceback
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Callable
+
+from meshkit.core.clock import REAL
+from meshkit.core.errors import (BadRequest, MeshkitError, MethodNotAllowed, NotFound,
+                                 TooLarge, Unavailable)
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: str                 # regex on the path (no query), anchored
+    name: str                    # fixed label for metrics and logs
+    handler: Callable            # handler(request) -> dict | Raw
+    auth: str = "worker"         # "none" | "viewer" | "worker" | "admin"
+    regex: re.Pattern = field(init=False)
+
+    def __post_init__(self):
+        self.regex = re.compile("^" + self.pattern + "$")
+
+
+@dataclass
+class Raw:
+    """A non-JSON answer (metrics text, HTML) or a JSON one with a chosen status."""
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    method: str
+    raw_path: str
+    path: str
+    query: dict
+    params: tuple
+    headers: object
+    body: bytes
+    client: str
+    route: Route = None
+    key_id: str = ""
+    role: str = ""
+    _json: object = None
+
+    def json(self):
+        if self._json is None:
+            if not self.body:
+                raise BadRequest("the body must be a JSON object; it is empty")
+            try:
+                self._json = json.loads(self.body, parse_constant=_no_constant)
+            except RecursionError:
+                raise BadRequest("the body is nested too deeply") from None
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequest(f"the body is not valid JSON: {str(e)[:120]}") from None
+        return self._json
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def encode_json(status: int, obj, extra_headers=None) -> Raw:
+    return Raw(status, (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode(),
+               "application/json", extra_headers or {})
+
+
+class App:
+    """What the server calls: authenticate(request) and hooks; set by the role."""
+
+    def __init__(self, routes, authenticate, max_body=1 << 20, on_response=None,
+                 common_headers=None, logger=None, clock=REAL):
+        self.routes = routes
+        self.authenticate = authenticate          # (request) -> None; sets key_id/role or raises
+        self.max_body = max_body
+        self.on_response = on_response or (lambda req, route_name, status, seconds: None)
+        self.common_headers = common_headers or (lambda: {})
+        self.logger = logger
+        self.clock = clock
+
+    def match(self, method: str, path: str):
+        allowed = []
+        for route in self.routes:
+            m = route.regex.match(path)
+            if m:
+                if route.method == method:
+                    return route, m.groups()
+                allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {', '.join(sorted(set(allowed)))}",
+                                   allow=", ".join(sorted(set(allowed))))
+        raise NotFound(f"no such endpoint: {path[:200]}")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "meshkit"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    error_content_type = "application/json"
+
+    def setup(self):
+        self.timeout = self.server.request_timeout
+        super().setup()
+
+    def log_message(self, format, *args):
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors found by http.server itself (bad request line, headers too long): JSON too."""
+        codes = {400: "bad_request", 408: "timeout", 414: "uri_too_long", 431: "headers_too_large",
+                 501: "not_implemented", 505: "http_version"}
+        body = {"error": {"code": codes.get(code, "bad_request"), "message": message or "bad request"}}
+        self.close_connection = True
+        try:
+            self._write(encode_json(code if code < 500 or code in (501, 505) else 400, body))
+        except OSError:
+            pass
+
+    def _write(self, raw: Raw) -> None:
+        app = self.server.app
+        phrase = http.server.BaseHTTPRequestHandler.responses.get(raw.status, ("",))[0]
+        headers = {"Content-Type": raw.content_type, "Content-Length": str(len(raw.body)),
+                   "Cache-Control": "no-store"}
+        headers.update(app.common_headers())
+        headers.update(raw.headers)
+        if self.close_connection:
+            headers["Connection"] = "close"
+        head = f"HTTP/1.1 {raw.status} {phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.wfile.write(head.encode("latin-1") + (raw.body if self.command != "HEAD" else b""))
+        self.wfile.flush()
+
+    def _body(self) -> bytes:
+        te = self.headers.get("Transfer-Encoding")
+        if te:
+            self.close_connection = True
+            raise BadRequest("Transfer-Encoding is not accepted; send a Content-Length")
+        cl = self.headers.get_all("Content-Length") or []
+        if len(cl) > 1:
+            self.close_connection = True
+            raise BadRequest("more than one Content-Length")
+        if not cl:
+            if self.command in ("POST", "PUT", "PATCH"):
+                self.close_connection = True
+                raise BadRequest("a Content-Length header is required")
+            return b""
+        value = cl[0].strip()
+        if not value.isdigit() or len(value) > 12:
+            self.close_connection = True
+            raise BadRequest("Content-Length must be a whole number")
+        length = int(value)
+        if length > self.server.app.max_body:
+            self.close_connection = True
+            raise TooLarge(f"the body is {length} bytes; the limit is {self.server.app.max_body}")
+        data = self.rfile.read(length)
+        if len(data) != length:
+            self.close_connection = True
+            raise BadRequest("the body is shorter than its Content-Length")
+        return data
+
+    def _handle(self):
+        app = self.server.app
+        start = app.clock.monotonic()
+        route_name, status, req = "unmatched", 500, None
+        try:
+            url = urllib.parse.urlsplit(self.path)
+            if not self.path.startswith("/"):
+                self.close_connection = True
+                raise BadRequest("the request target must be a path")
+            body = self._body()
+            query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+            route, params = app.match(self.command, url.path)
+            route_name = route.name
+            req = Request(self.command, self.path, url.path, query, params, self.headers, body,
+                          self.client_address[0], route)
+            if route.auth != "none":
+                app.authenticate(req)
+            if self.server.draining and route.auth != "none" and route.method != "GET":
+                raise Unavailable("the supervisor is shutting down; retry shortly", retry_after=2)
+            result = route.handler(req)
+            raw = result if isinstance(result, Raw) else encode_json(200, result)
+        except MeshkitError as e:
+            extra = {}
+            if isinstance(e, MethodNotAllowed):
+                extra["Allow"] = e.details.get("allow", "")
+            if e.details.get("retry_after"):
+                extra["Retry-After"] = str(e.details["retry_after"])
+            raw = encode_json(e.status if 400 <= e.status < 600 else 500, e.to_json(), extra)
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+            return
+        except Exception as e:  # a bug: answer 500 with no internals, log the traceback
+            if app.logger:
+                app.logger.error("internal_error", route=route_name, error=repr(e),
+                                 traceback=traceback.format_exc(limit=8))
+            raw = encode_json(500, {"error": {"code": "internal", "message": "internal error; see the supervisor's log"}})
+        status = raw.status
+        try:
+            self._write(raw)
+        except OSError:
+            self.close_connection = True
+        app.on_response(req, route_name, status, app.clock.monotonic() - start)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address, app: App, max_connections: int = 256, request_timeout: float = 30.0):
+        self.app = app
+        self.request_timeout = request_timeout
+        self.draining = False
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.active = 0
+        self._count_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 72\r\n\r\n"
+                                b'{"error":{"code":"unavailable","message":"too many connections; retry"}}')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        with self._count_lock:
+            self.active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+            self._slots.release()
+
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def start(host: str, port: int, app: App, max_connections=256, request_timeout=30.0) -> Server:
+    """Bind (port 0 = a free port) and serve in a background thread."""
+    server = Server((host, port), app, max_connections, request_timeout)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                     name="http", daemon=True).start()
+    return server

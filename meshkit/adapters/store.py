@@ -1,0 +1,263 @@
+"""The supervisor's SQLite store (WAL). Every write goes through tx(): one BEGIN IMMEDIATE
+transaction; every task state change goes through transition(), which writes the history
+row in the same transaction.
+
+Task ids are "t" + the row number, so an id can never name a path.
+"""
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+
+from meshkit.core.errors import InvalidTransition, NotFound, StoreError
+from meshkit.rules import fsm
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks(
+  n INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL, payload TEXT NOT NULL, requires TEXT NOT NULL,
+  priority INTEGER NOT NULL, timeout REAL NOT NULL, max_attempts INTEGER NOT NULL,
+  state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, fence INTEGER NOT NULL DEFAULT 0,
+  node TEXT, lease_deadline REAL, started_at REAL, not_before REAL NOT NULL DEFAULT 0,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL, key TEXT UNIQUE, trace_id TEXT NOT NULL,
+  expects TEXT, after TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
+  cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, priority DESC, n);
+CREATE INDEX IF NOT EXISTS tasks_node ON tasks(node, state);
+CREATE TABLE IF NOT EXISTS history(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
+  to_state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
+  fence INTEGER, trace_id TEXT);
+CREATE INDEX IF NOT EXISTS history_task ON history(task, seq);
+CREATE TABLE IF NOT EXISTS deps(task INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY(task, dep));
+CREATE INDEX IF NOT EXISTS deps_dep ON deps(dep);
+CREATE TABLE IF NOT EXISTS nodes(
+  name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+  state TEXT NOT NULL DEFAULT 'alive');
+CREATE TABLE IF NOT EXISTS results(
+  task INTEGER NOT NULL, fence INTEGER NOT NULL, answer TEXT NOT NULL, at REAL NOT NULL,
+  PRIMARY KEY(task, fence));
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
+
+
+def task_id(n: int) -> str:
+    return f"t{n}"
+
+
+def task_n(tid: str) -> int:
+    if not (isinstance(tid, str) and tid[:1] == "t" and tid[1:].isdigit() and len(tid) < 20):
+        raise NotFound(f"no task {str(tid)[:40]!r} (task ids look like t12)")
+    return int(tid[1:])
+
+
+def _store_error(e: sqlite3.Error) -> StoreError:
+    msg = str(e)
+    if "full" in msg:
+        return StoreError("the supervisor's disk is full; nothing was stored (free space and retry)")
+    if "locked" in msg or "busy" in msg:
+        return StoreError("the database is busy (another process holds a write lock); nothing was stored, retry")
+    return StoreError(f"database error: {msg}; nothing was stored")
+
+
+class Store:
+    def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            with self.tx() as cur:
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                cur.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '1')")
+                cur.execute("INSERT OR IGNORE INTO meta VALUES('fence_seq', '0')")
+                cur.execute("INSERT OR IGNORE INTO meta VALUES('role', 'primary')")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open database {path}: {e}") from None
+
+    # -- transactions -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it."""
+        with self._lock:
+            cur = self.db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise _store_error(e) from None
+            try:
+                yield Tx(cur)
+                cur.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback(cur)
+                raise _store_error(e) from None
+            except BaseException:
+                self._rollback(cur)
+                raise
+
+    @staticmethod
+    def _rollback(cur):
+        try:
+            cur.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def read(self, sql: str, args=()) -> list:
+        with self._lock:
+            try:
+                return self.db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise _store_error(e) from None
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self.checkpoint()
+            self.db.close()
+
+    # -- reads ---------------------------------------------------------------
+
+    def meta(self, key: str, default=None):
+        rows = self.read("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0]["value"] if rows else default
+
+    def task(self, tid: str, with_history: bool = True) -> dict:
+        rows = self.read("SELECT * FROM tasks WHERE n=?", (task_n(tid),))
+        if not rows:
+            raise NotFound(f"no task {tid}")
+        task = task_dict(rows[0])
+        if with_history:
+            task["history"] = self.history(rows[0]["n"])
+        return task
+
+    def history(self, n: int) -> list:
+        rows = self.read("SELECT * FROM history WHERE task=? ORDER BY seq", (n,))
+        return [{"from": r["from_state"], "to": r["to_state"], "at": r["at"], "reason": r["reason"],
+                 "actor": r["actor"], "fence": r["fence"], "trace_id": r["trace_id"]} for r in rows]
+
+    def tasks(self, state: str | None = None, limit: int = 100, after_n: int = 0) -> list:
+        sql, args = "SELECT * FROM tasks WHERE n > ?", [after_n]
+        if state:
+            sql += " AND state = ?"
+            args.append(state)
+        sql += " ORDER BY n LIMIT ?"
+        args.append(limit)
+        return [task_dict(r) for r in self.read(sql, args)]
+
+    def counts(self) -> dict:
+        counts = {s: 0 for s in fsm.STATES}
+        for r in self.read("SELECT state, COUNT(*) AS c FROM tasks GROUP BY state"):
+            counts[r["state"]] = r["c"]
+        return counts
+
+    def nodes(self) -> list:
+        out = []
+        for r in self.read("SELECT * FROM nodes ORDER BY name"):
+            node = json.loads(r["info"])
+            node.update(name=r["name"], first_seen=r["first_seen"], last_seen=r["last_seen"], state=r["state"])
+            out.append(node)
+        return out
+
+
+def task_dict(row) -> dict:
+    d = dict(row)
+    n = d.pop("n")
+    d["id"] = task_id(n)
+    for f in TASK_JSON_FIELDS:
+        if d.get(f) is not None:
+            d[f] = json.loads(d[f])
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    return d
+
+
+class Tx:
+    """A cursor inside one transaction, with the one transition function."""
+
+    def __init__(self, cur):
+        self.cur = cur
+
+    def execute(self, sql, args=()):
+        return self.cur.execute(sql, args)
+
+    def one(self, sql, args=()):
+        return self.cur.execute(sql, args).fetchone()
+
+    def all(self, sql, args=()):
+        return self.cur.execute(sql, args).fetchall()
+
+    def meta(self, key: str) -> str:
+        return self.one("SELECT value FROM meta WHERE key=?", (key,))["value"]
+
+    def set_meta(self, key: str, value) -> None:
+        self.execute("INSERT INTO meta VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                     (key, str(value)))
+
+    def next_fence(self) -> int:
+        fence = int(self.meta("fence_seq")) + 1
+        self.set_meta("fence_seq", fence)
+        return fence
+
+    def task_row(self, n: int):
+        row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
+        if row is None:
+            raise NotFound(f"no task {task_id(n)}")
+        return row
+
+    def insert_task(self, fields: dict, state: str, reason: str, actor: str, now: float) -> int:
+        """Create a task and its first history row (None -> state)."""
+        fsm.check("new", None, state)
+        row = dict(fields, state=state, created_at=now, updated_at=now)
+        for f in TASK_JSON_FIELDS:
+            if f in row and (row[f] is not None or f == "payload"):
+                row[f] = json.dumps(row[f], separators=(",", ":"))
+        cols = ", ".join(row)
+        n = self.execute(f"INSERT INTO tasks({cols}) VALUES({', '.join('?' * len(row))})",
+                         tuple(row.values())).lastrowid
+        self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
+        return n
+
+    def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, **updates) -> None:
+        """Move task n from `expect_from` (a state or a set of states) to `to`; write its history row.
+
+        Raises InvalidTransition if the table forbids the move or the task is not in expect_from.
+        """
+        row = self.task_row(n)
+        frm = row["state"]
+        allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from or ())
+        if allowed and frm not in allowed:
+            raise InvalidTransition(f"task {task_id(n)} is {frm}, not {' or '.join(sorted(allowed))}",
+                                    task=task_id(n), state=frm)
+        fsm.check(task_id(n), frm, to)
+        updates = {k: (json.dumps(v, separators=(",", ":")) if k in TASK_JSON_FIELDS and v is not None else v)
+                   for k, v in updates.items()}
+        updates.update(state=to, updated_at=now)
+        sets = ", ".join(f"{k}=?" for k in updates)
+        self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
+        self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
+
+    def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:
+        """A history row for a change that is not a state change (e.g. a cancel request)."""
+        row = self.task_row(n)
+        self._history(n, state, state, now, reason, actor, row["fence"], row["trace_id"])
+
+    def _history(self, n, frm, to, now, reason, actor, fence, trace_id):
+        self.execute("INSERT INTO history(task, from_state, to_state, at, reason, actor, fence, trace_id)"
+                     " VALUES(?,?,?,?,?,?,?,?)", (n, frm, to, now, reason, actor, fence, trace_id))

@@ -1,0 +1,38 @@
+"""`meshkit init --dir DIR`: a config with every key and a fresh keys file (0600)."""
+
+import argparse
+import os
+
+from meshkit.adapters import keyfile
+from meshkit.adapters.atomic import write_text
+from meshkit.cli.common import EXIT_USAGE, fail, meshkit_home
+from meshkit.rules.config import render_default_toml
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="write meshkit.toml and a keys file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Write DIR/meshkit.toml (every key with its default) and DIR/keys (mode 0600).",
+                       epilog="example:\n  python -m meshkit init --dir /etc/meshkit\n"
+                              "  python -m meshkit supervisor --config /etc/meshkit/meshkit.toml")
+    p.add_argument("--dir", default=None, help="where to write (default: $MESHKIT_HOME, ~/.meshkit)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files (makes new keys!)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    d = os.path.abspath(os.path.expanduser(args.dir or meshkit_home()))
+    toml, keys = os.path.join(d, "meshkit.toml"), os.path.join(d, "keys")
+    existing = [p for p in (toml, keys) if os.path.exists(p)]
+    if existing and not args.force:
+        return fail(f"{', '.join(existing)} already exists; use --force to overwrite (this replaces the keys)",
+                    EXIT_USAGE)
+    os.makedirs(d, exist_ok=True)
+    write_text(toml, render_default_toml())
+    if os.path.exists(keys):
+        os.unlink(keys)
+    keyfile.create(keys)
+    print(f"wrote {toml}")
+    print(f"wrote {keys} (mode 0600; give workers only its worker line)")
+    print(f"start the supervisor: python -m meshkit supervisor --config {toml}")
+    return 0

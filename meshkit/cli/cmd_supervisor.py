@@ -1,0 +1,48 @@
+"""`meshkit supervisor`: run the supervisor in the foreground."""
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from meshkit.cli.common import add_config_arg, load_config
+from meshkit.roles.supervisor.service import Supervisor
+
+
+def register(sub) -> None:
+    p = sub.add_parser("supervisor", help="run the supervisor (the fleet's state)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run the supervisor. With no config it keeps everything in $MESHKIT_HOME "
+                                   "(~/.meshkit): data/ and the keys file, created on first start.",
+                       epilog="examples:\n  python -m meshkit supervisor\n"
+                              "  python -m meshkit supervisor --config /etc/meshkit/meshkit.toml --listen 0.0.0.0:8765\n"
+                              "  python -m meshkit supervisor --listen 127.0.0.1:0   # a free port; URL on line 1")
+    add_config_arg(p)
+    p.add_argument("--listen", metavar="HOST:PORT", help="override supervisor.listen (port 0 = any free port)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = load_config(args)
+    sup = Supervisor(cfg, listen=args.listen)
+    url = sup.start()
+    print(url, flush=True)
+    cfg_arg = f" --config {cfg.source}" if cfg.source else ""
+    print(f"meshkit supervisor: serving {url} (data in {sup.data_dir}, keys in {sup.keys_path}"
+          f"{', created now' if sup.created_keys else ''})")
+    print(f"  connect a worker:  python -m meshkit worker{cfg_arg} --supervisor {url}")
+    print(f"  dispatch a task:   python -m meshkit dispatch echo --payload '{{\"hello\": 1}}' --wait{cfg_arg}")
+    print(f"  fleet status:      python -m meshkit status{cfg_arg}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sup.run(stop)
+    finally:
+        sup.shutdown()
+    return 0

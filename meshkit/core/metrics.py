@@ -1,0 +1,98 @@
+"""Prometheus text-format counters, gauges and histograms (plain data, thread-safe)."""
+
+import threading
+
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _labels(names, values) -> str:
+    if not names:
+        return ""
+    esc = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values)
+    return "{" + ",".join(f'{n}="{v}"' for n, v in zip(names, esc)) + "}"
+
+
+class Family:
+    def __init__(self, name: str, kind: str, help: str, labels=()):
+        self.name, self.kind, self.help, self.labels = name, kind, help, tuple(labels)
+        self._values: dict = {}
+        self._lock = threading.Lock()
+
+    def header(self) -> list:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+
+class Counter(Family):
+    def __init__(self, name, help, labels=()):
+        super().__init__(name, "counter", help, labels)
+
+    def inc(self, *labels, by: float = 1.0) -> None:
+        with self._lock:
+            self._values[labels] = self._values.get(labels, 0.0) + by
+
+    def render(self) -> list:
+        with self._lock:
+            items = sorted(self._values.items())
+        return self.header() + [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in items]
+
+
+class Gauge(Family):
+    def __init__(self, name, help, labels=()):
+        super().__init__(name, "gauge", help, labels)
+
+    def set(self, value: float, *labels) -> None:
+        with self._lock:
+            self._values[labels] = float(value)
+
+    def replace(self, values: dict) -> None:
+        """Set all label sets at once ({label tuple: value}); others disappear."""
+        with self._lock:
+            self._values = {tuple(k): float(v) for k, v in values.items()}
+
+    def render(self) -> list:
+        with self._lock:
+            items = sorted(self._values.items())
+        return self.header() + [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in items]
+
+
+class Histogram(Family):
+    def __init__(self, name, help, labels=(), buckets=DEFAULT_BUCKETS):
+        super().__init__(name, "histogram", help, labels)
+        self.buckets = tuple(buckets)
+
+    def observe(self, value: float, *labels) -> None:
+        with self._lock:
+            counts, total = self._values.get(labels, ([0] * len(self.buckets), [0, 0.0]))
+            for i, b in enumerate(self.buckets):
+                if value <= b:
+                    counts[i] += 1
+            total[0] += 1
+            total[1] += value
+            self._values[labels] = (counts, total)
+
+    def render(self) -> list:
+        out = self.header()
+        with self._lock:
+            items = sorted((k, (list(c), list(t))) for k, (c, t) in self._values.items())
+        for key, (counts, (n, s)) in items:
+            for b, c in zip(self.buckets, counts):
+                out.append(f"{self.name}_bucket{_labels(self.labels + ('le',), key + (f'{b:g}',))} {c}")
+            out.append(f"{self.name}_bucket{_labels(self.labels + ('le',), key + ('+Inf',))} {n}")
+            out.append(f"{self.name}_sum{_labels(self.labels, key)} {s:g}")
+            out.append(f"{self.name}_count{_labels(self.labels, key)} {n}")
+        return out
+
+
+class Registry:
+    def __init__(self):
+        self.families: list = []
+
+    def add(self, family):
+        self.families.append(family)
+        return family
+
+    def render(self) -> str:
+        lines = []
+        for f in self.families:
+            lines += f.render()
+        return "\n".join(lines) + "\n"

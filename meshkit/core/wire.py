@@ -1,0 +1,118 @@
+"""Wire schemas of protocol v1 and a small validator: types, required, unknown fields, sizes.
+
+A schema maps field -> (type, required). Types: "str", "id" (task id tNNN), "name"
+(node/kind name), "int", "num", "bool", "strlist", "namelist", "idlist", "any", "obj",
+"running", "expects", "num3".
+"""
+
+import math
+import re
+
+from meshkit.core.errors import BadRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+TASK_ID_RE = re.compile(r"^t[1-9][0-9]{0,17}$")
+TRACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_LIST = 1000
+MAX_STR = 65536
+MAX_INT = 2 ** 53
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and -MAX_INT <= v <= MAX_INT
+
+
+def _num(v):
+    return (_int(v) or isinstance(v, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_INT
+
+
+def _str(v):
+    return isinstance(v, str) and len(v) <= MAX_STR
+
+
+def _list_of(check):
+    return lambda v: isinstance(v, list) and len(v) <= MAX_LIST and all(check(x) for x in v)
+
+
+def _name(v):
+    return isinstance(v, str) and bool(NAME_RE.match(v))
+
+
+def _id(v):
+    return isinstance(v, str) and bool(TASK_ID_RE.match(v))
+
+
+def _running(v):
+    return (isinstance(v, list) and len(v) <= MAX_LIST and
+            all(isinstance(x, dict) and set(x) == {"task", "fence"} and _id(x["task"]) and _int(x["fence"]) for x in v))
+
+
+def _expects(v):
+    if v is None:
+        return True
+    return (isinstance(v, dict) and set(v) <= {"path", "keys"} and _str(v.get("path")) and
+            bool(v.get("path")) and _list_of(_str)(v.get("keys", [])))
+
+
+TYPES = {
+    "str": ("a string", _str),
+    "trace": ("1-128 characters of A-Z a-z 0-9 _ . : -", lambda v: isinstance(v, str) and bool(TRACE_RE.match(v))),
+    "name": ("a name (letters, digits, _ . : @ -; at most 128)", _name),
+    "id": ("a task id like t12", _id),
+    "int": ("a whole number", _int),
+    "num": ("a finite number", _num),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "strlist": ("a list of strings", _list_of(_str)),
+    "namelist": ("a list of names", _list_of(_name)),
+    "idlist": ("a list of task ids", _list_of(_id)),
+    "num3": ("a list of numbers", lambda v: isinstance(v, list) and len(v) <= 3 and all(_num(x) for x in v)),
+    "running": ('a list of {"task": id, "fence": n}', _running),
+    "expects": ('null or {"path": str, "keys": [str]}', _expects),
+    "any": ("any JSON value", lambda v: True),
+    "optstr": ("a string or null", lambda v: v is None or _str(v)),
+    "optint": ("a whole number or null", lambda v: v is None or _int(v)),
+}
+
+HEARTBEAT = {
+    "node": ("name", True), "capabilities": ("namelist", False), "kinds": ("namelist", False),
+    "slots": ("int", False), "free_slots": ("int", False), "running": ("running", False),
+    "load": ("num3", False), "mem_available": ("int", False), "disk_free": ("int", False),
+    "version": ("str", False),
+}
+CLAIM = {"node": ("name", True), "max": ("int", False), "wait": ("num", False)}
+START = {"node": ("name", True), "fence": ("int", True)}
+RESULT = {
+    "task": ("id", True), "fence": ("int", True), "node": ("name", True),
+    "outcome": ("str", True), "ended_by": ("str", False), "exit_code": ("optint", False),
+    "signal": ("optint", False), "result": ("any", False), "error": ("optstr", False),
+    "stdout_tail": ("str", False), "stderr_tail": ("str", False),
+    "started_at": ("num", False), "finished_at": ("num", False),
+}
+DISPATCH = {
+    "kind": ("name", True), "payload": ("any", False), "requires": ("namelist", False),
+    "priority": ("int", False), "timeout": ("num", False), "max_attempts": ("int", False),
+    "key": ("str", False), "after": ("idlist", False), "expects": ("expects", False),
+    "trace_id": ("trace", False),
+}
+CANCEL = {"reason": ("str", False)}
+
+OUTCOMES = ("succeeded", "failed")
+ENDED_BY = ("exit", "timeout", "cancel", "signal", "error")
+
+
+def validate(body, schema: dict, what: str) -> dict:
+    """The body if it is a JSON object matching the schema; else BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what}: the body must be a JSON object")
+    for field in body:
+        if field not in schema:
+            raise BadRequest(f"{what}: unknown field {field[:64]!r}", field=field[:64])
+    for field, (typ, required) in schema.items():
+        if field not in body:
+            if required:
+                raise BadRequest(f"{what}: missing field {field!r}", field=field)
+            continue
+        expected, ok = TYPES[typ]
+        if not ok(body[field]):
+            raise BadRequest(f"{what}: field {field!r} must be {expected}", field=field)
+    return body

@@ -1,0 +1,1 @@
+"""The supervisor role: the fleet's one stateful part."""

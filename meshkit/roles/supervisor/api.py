@@ -1,0 +1,147 @@
+"""Protocol v1: the routes, who may call them, and what they answer."""
+
+import hmac
+import threading
+import urllib.parse
+
+from meshkit import __version__
+from meshkit.adapters.httpserver import App, Raw, Route, encode_json
+from meshkit.core import metrics as m
+from meshkit.core.errors import BadRequest, Unauthorized
+from meshkit.rules import auth, fsm
+
+
+class Api:
+    def __init__(self, sup):
+        self.sup = sup
+        self.tasks = sup.tasks
+        self._nonce_lock = threading.Lock()
+        self.nonces = auth.NonceCache(sup.cfg.get("auth.max_skew"))
+        reg = self.registry = m.Registry()
+        self.requests = reg.add(m.Counter("meshkit_http_requests_total", "HTTP requests by route and status",
+                                          ("route", "status")))
+        self.errors = reg.add(m.Counter("meshkit_http_errors_total", "HTTP answers >= 400 by route", ("route",)))
+        self.duration = reg.add(m.Histogram("meshkit_http_request_duration_seconds", "request duration by route",
+                                            ("route",)))
+        self.claim_latency = reg.add(m.Histogram("meshkit_claim_latency_seconds",
+                                                 "time to answer a claim that leased work"))
+        self.task_gauge = reg.add(m.Gauge("meshkit_tasks", "tasks by state", ("state",)))
+        self.node_gauge = reg.add(m.Gauge("meshkit_nodes", "nodes by state", ("state",)))
+        self.oldest = reg.add(m.Gauge("meshkit_oldest_queued_seconds", "age of the oldest queued task"))
+        self.epoch_gauge = reg.add(m.Gauge("meshkit_epoch", "the supervisor's epoch"))
+        self.routes = [
+            Route("GET", "/health", "health", self.health, auth="none"),
+            Route("POST", "/v1/heartbeat", "heartbeat", self.heartbeat),
+            Route("POST", "/v1/claim", "claim", self.claim),
+            Route("POST", "/v1/tasks/([^/]+)/start", "start", self.start),
+            Route("POST", "/v1/results", "results", self.results),
+            Route("POST", "/v1/tasks", "dispatch", self.dispatch, auth="admin"),
+            Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer"),
+            Route("GET", "/v1/tasks/([^/]+)", "task", self.get_task, auth="viewer"),
+            Route("POST", "/v1/tasks/([^/]+)/cancel", "cancel", self.cancel, auth="admin"),
+            Route("GET", "/v1/status", "status", self.status, auth="viewer"),
+            Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
+        ]
+
+    def app(self) -> App:
+        return App(self.routes, self.authenticate, self.sup.cfg.get("supervisor.max_body"),
+                   on_response=self.on_response, common_headers=self.headers,
+                   logger=self.sup.log, clock=self.sup.clock)
+
+    # -- auth and bookkeeping -------------------------------------------------------
+
+    def authenticate(self, req) -> None:
+        keys = self.sup.keys
+        bearer = req.headers.get("Authorization", "")
+        if req.route.auth == "viewer" and bearer.startswith("Bearer "):
+            token = bearer[7:].strip()
+            for kid, (role, secret) in keys.items():
+                if role == "viewer" and hmac.compare_digest(token.encode(), secret.encode()):
+                    req.key_id, req.role = kid, role
+                    return
+            raise Unauthorized("bad bearer token")
+        with self._nonce_lock:
+            req.key_id, req.role = auth.verify(req.headers, req.method, req.raw_path, req.body, keys,
+                                               self.nonces, self.sup.clock.time(), self.sup.cfg.get("auth.max_skew"))
+        auth.require_role(req.role, req.route.auth)
+
+    def headers(self) -> dict:
+        return {"X-Meshkit-Epoch": str(self.sup.epoch)}
+
+    def on_response(self, req, route: str, status: int, seconds: float) -> None:
+        self.requests.inc(route, str(status))
+        if status >= 400:
+            self.errors.inc(route)
+        self.duration.observe(seconds, route)
+
+    # -- handlers --------------------------------------------------------------------
+
+    def health(self, req):
+        return {"ok": True, "role": self.sup.role, "epoch": self.sup.epoch}
+
+    def heartbeat(self, req):
+        return dict(self.tasks.heartbeat(req.json()), epoch=self.sup.epoch)
+
+    def claim(self, req):
+        start = self.sup.clock.monotonic()
+        leased = self.tasks.claim(req.json())
+        if leased:
+            self.claim_latency.observe(self.sup.clock.monotonic() - start)
+        return {"tasks": leased, "epoch": self.sup.epoch}
+
+    def start(self, req):
+        return dict(self.tasks.start(req.params[0], req.json()), epoch=self.sup.epoch)
+
+    def results(self, req):
+        return dict(self.tasks.result(req.json()), epoch=self.sup.epoch)
+
+    def dispatch(self, req):
+        task, created = self.tasks.dispatch(req.json(), req.key_id)
+        return encode_json(201 if created else 200, {"task": task, "created": created, "epoch": self.sup.epoch})
+
+    def cancel(self, req):
+        body = req.json() if req.body else {}
+        return {"task": self.tasks.cancel(req.params[0], body, req.key_id), "epoch": self.sup.epoch}
+
+    def get_task(self, req):
+        return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}
+
+    def list_tasks(self, req):
+        q = req.query
+        unknown = set(q) - {"state", "limit", "after"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter {sorted(unknown)[0][:40]!r}")
+        state = q.get("state") or None
+        if state is not None and state not in fsm.STATES:
+            raise BadRequest(f"state must be one of {', '.join(fsm.STATES)}")
+        limit = q.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise BadRequest("limit must be from 1 to 1000")
+        after = q.get("after", "t0")
+        if not (after[:1] == "t" and after[1:].isdigit() and len(after) < 20):
+            raise BadRequest("after must be a task id like t12")
+        tasks = self.sup.store.tasks(state, int(limit), int(after[1:]))
+        return {"tasks": tasks, "epoch": self.sup.epoch}
+
+    def status(self, req):
+        return self.sup.status()
+
+    def metrics(self, req):
+        st = self.sup.status()
+        self.task_gauge.replace({(s,): c for s, c in st["tasks"].items()})
+        nodes = {}
+        for node in st["nodes"]:
+            nodes[(node["state"],)] = nodes.get((node["state"],), 0) + 1
+        self.node_gauge.replace(nodes or {("alive",): 0})
+        self.oldest.set(st["oldest_queued_age"] or 0)
+        self.epoch_gauge.set(st["epoch"])
+        return Raw(200, self.registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+
+def url_of(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return urllib.parse.urlunsplit(("http", f"{host}:{port}", "", "", ""))
+
+
+VERSION = __version__

@@ -1,0 +1,112 @@
+"""The supervisor: store + HTTP API + a maintenance cycle (step) that reaps lost leases."""
+
+import os
+import threading
+
+from meshkit import __version__
+from meshkit.adapters import httpserver, keyfile
+from meshkit.adapters.atomic import write_text
+from meshkit.adapters.log import Logger
+from meshkit.adapters.store import Store
+from meshkit.core.clock import REAL
+from meshkit.core.errors import ConfigError, MeshkitError
+from meshkit.roles.supervisor.api import Api, url_of
+from meshkit.roles.supervisor.tasks import Tasks
+
+
+def parse_listen(value: str, source=None) -> tuple:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(source, "supervisor.listen", '"HOST:PORT" with a port from 0 to 65535', repr(value))
+    return host.strip("[]"), int(port)
+
+
+class Supervisor:
+    def __init__(self, cfg, clock=REAL, logger=None, listen: str | None = None):
+        self.cfg, self.clock = cfg, clock
+        self.log = logger or Logger("supervisor", level=cfg.get("logging.level"), clock=clock)
+        self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
+        self.data_dir = cfg.path("supervisor.data_dir")
+        os.makedirs(self.data_dir, exist_ok=True)
+        keys_path = cfg.path("auth.keys_file")
+        self.created_keys = cfg.source is None and keyfile.ensure(keys_path)
+        self.keys_path = keys_path
+        self.keys = keyfile.load(keys_path)
+        self.store = Store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
+        self.tasks = Tasks(self.store, cfg, clock, self.log)
+        self.api = Api(self)
+        self.server = None
+        self.url = None
+        self.started = clock.time()
+        self.last_cycle_error = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.store.meta("epoch", "1"))
+
+    @property
+    def role(self) -> str:
+        return self.store.meta("role", "primary")
+
+    def start(self) -> str:
+        host, port = self.listen
+        try:
+            self.server = httpserver.start(host, port, self.api.app(),
+                                           self.cfg.get("supervisor.max_connections"),
+                                           self.cfg.get("supervisor.request_timeout"))
+        except OSError as e:
+            raise ConfigError(self.cfg.source, "supervisor.listen", f"an address this machine can bind",
+                              f"{host}:{port} ({e.strerror})") from None
+        self.url = url_of(host, self.server.server_address[1])
+        write_text(os.path.join(self.data_dir, "supervisor.url"), self.url + "\n")
+        self.log.info("supervisor_started", url=self.url, data_dir=self.data_dir, epoch=self.epoch, supervisor_role=self.role)
+        return self.url
+
+    def step(self) -> float:
+        """One maintenance cycle; returns the delay until the next."""
+        try:
+            self.tasks.reap()
+            self.last_cycle_error = None
+        except MeshkitError as e:
+            self.last_cycle_error = e.message
+            self.log.error("cycle_failed", error=e.message)
+        return float(self.cfg.get("supervisor.cycle"))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            delay = self.step()
+            self.clock.wait(stop, delay)
+
+    def shutdown(self, grace: float = 10.0) -> None:
+        """Refuse new work (503), let requests in flight finish, checkpoint the WAL."""
+        if self.server is not None:
+            self.server.draining = True
+            self.tasks.draining = True
+            self.tasks.wake_all()
+            deadline = self.clock.monotonic() + grace
+            while self.server.active > 0 and self.clock.monotonic() < deadline:
+                self.clock.sleep(0.05)
+            self.server.shutdown()
+            self.server.server_close()
+        self.store.close()
+        self.log.info("supervisor_stopped")
+
+    def status(self) -> dict:
+        now = self.clock.time()
+        counts = self.store.counts()
+        running = {}
+        for r in self.store.read("SELECT node, COUNT(*) AS c FROM tasks WHERE state IN ('leased','running')"
+                                 " GROUP BY node"):
+            running[r["node"]] = r["c"]
+        nodes = []
+        for n in self.store.nodes():
+            nodes.append({"name": n["name"], "state": n["state"], "last_seen_age": round(now - n["last_seen"], 1),
+                          "capabilities": n.get("capabilities", []), "kinds": n.get("kinds", []),
+                          "slots": n.get("slots", 1), "running": running.get(n["name"], 0),
+                          "load": n.get("load"), "mem_available": n.get("mem_available"),
+                          "disk_free": n.get("disk_free"), "version": n.get("version")})
+        oldest = self.store.read("SELECT MIN(updated_at) AS t FROM tasks WHERE state='queued'")[0]["t"]
+        return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
+                "mode": "normal", "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
+                "oldest_queued_age": round(now - oldest, 1) if oldest else None,
+                "last_cycle_error": self.last_cycle_error}
