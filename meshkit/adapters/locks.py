@@ -23,7 +23,8 @@ import os
 import socket
 
 from meshkit.core.clock import REAL
-from meshkit.core.errors import LockHeld, MeshkitError
+from meshkit.core.errors import BadRequest, LockHeld, MeshkitError
+from meshkit.rules.lockview import name_problem
 
 RECORD_VERSION = 1
 MAX_RECORD = 65536          # bytes of a lock file read; a record is a few hundred
@@ -128,7 +129,7 @@ def describe_holder(rec, now: float) -> str:
     return " ".join(parts)
 
 
-def _write_record(fd: int, rec) -> None:
+def write_record(fd: int, rec) -> None:
     """Overwrite the file's content in place (never a new inode): write, then cut."""
     data = b"" if rec is None else (json.dumps(rec, sort_keys=True) + "\n").encode()
     if data:
@@ -163,6 +164,19 @@ def kernel_says_held(path: str) -> bool | None:
         return True
     finally:
         os.close(fd)
+
+
+def lock_path(lock_dir: str, name: str, create_dir: bool = False) -> str:
+    """lock_dir/NAME.lock for a validated name (BadRequest if it could escape lock_dir)."""
+    problem = name_problem(name)
+    if problem:
+        raise BadRequest(problem)
+    if create_dir:
+        try:
+            os.makedirs(lock_dir, exist_ok=True)
+        except OSError as e:
+            raise MeshkitError(f"cannot create lock directory {lock_dir}: {e.strerror}") from None
+    return os.path.join(lock_dir, name + ".lock")
 
 
 def _open_lock_file(path: str) -> int:
@@ -247,7 +261,7 @@ class FileLock:
                "acquired_at": round(self.clock.time(), 3), "ttl": self.ttl,
                "purpose": self.purpose}
         rec.update(extra)
-        _write_record(self._fd, rec)
+        write_record(self._fd, rec)
         self.record = rec
 
     def update(self, **extra) -> None:
@@ -267,7 +281,7 @@ class FileLock:
         if fd is None:
             return
         try:
-            _write_record(fd, None)
+            write_record(fd, None)
         except OSError:
             pass        # a record left behind is cleaned by the reaper; the unlock matters
         finally:

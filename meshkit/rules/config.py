@@ -87,6 +87,7 @@ SCHEMA: list[Key] = [
     # locks
     Key("locks.dir", "path", "locks", "directory of lock files (relative to this file)"),
     Key("locks.ttl", "seconds", 7200, "a lock held longer is reported as hung"),
+    Key("locks.alert", "argv", [], "command run when `locks reap` finds a hung holder; gets the event as JSON on stdin", commented=True),
     # sync
     Key("sync.ssh_port", "int", 22, "ssh port for remote sources"),
     Key("sync.ssh_key", "path", "", "ssh identity file for remote sources", commented=True),
