@@ -125,11 +125,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """Errors found by http.server itself (bad request line, headers too long): JSON too."""
         codes = {400: "bad_request", 408: "timeout", 414: "uri_too_long", 431: "headers_too_large",
-                 501: "not_implemented", 505: "http_version"}
+                 501: "method_not_allowed", 505: "http_version"}
         body = {"error": {"code": codes.get(code, "bad_request"), "message": message or "bad request"}}
         self.close_connection = True
         try:
-            self._write(encode_json(code if code < 500 or code in (501, 505) else 400, body))
+            # Never a 5xx for a client's mistake: unknown methods are 405, the rest 400.
+            self._write(encode_json(405 if code == 501 else code if code < 500 else 400, body))
         except OSError:
             pass
 

@@ -101,13 +101,16 @@ class Tasks:
                 generation = self.generation
             leased = self._claim_once(node, want)
             remaining = deadline - self.clock.monotonic()
+            if leased is None:          # no free slot on this node: nothing to wait for
+                return []
             if leased or remaining <= 0 or self.draining:
                 return leased
             with self.cond:
                 if self.generation == generation and not self.draining:
                     self.cond.wait(remaining)
 
-    def _claim_once(self, node: str, want: int) -> list:
+    def _claim_once(self, node: str, want: int):
+        """The leased tasks (maybe none), or None when the node has no free slot."""
         now = self.clock.time()
         lease_ttl = self.cfg.get("supervisor.lease_ttl")
         with self.store.tx() as tx:
@@ -116,7 +119,9 @@ class Tasks:
             active = tx.one("SELECT COUNT(*) AS c FROM tasks WHERE node=? AND state IN ('leased','running')",
                             (node,))["c"]
             room = min(want, max(0, int(info.get("slots", 1)) - active))
-            if room <= 0 or not kinds:
+            if room <= 0:
+                return None
+            if not kinds:
                 return []
             marks = ",".join("?" * len(kinds))
             rows = tx.all(f"SELECT n, requires FROM tasks WHERE state='queued' AND not_before<=? AND kind IN ({marks})"
