@@ -197,6 +197,10 @@ class Tx:
     def execute(self, sql, args=()):
         return self.cur.execute(sql, args)
 
+    def cursor(self, sql, args=()):
+        """A separate cursor to iterate lazily inside this transaction."""
+        return self.cur.connection.execute(sql, args)
+
     def one(self, sql, args=()):
         return self.cur.execute(sql, args).fetchone()
 
@@ -211,9 +215,7 @@ class Tx:
                      (key, str(value)))
 
     def next_fence(self) -> int:
-        fence = int(self.meta("fence_seq")) + 1
-        self.set_meta("fence_seq", fence)
-        return fence
+        return int(self.one("UPDATE meta SET value=CAST(value AS INTEGER)+1 WHERE key='fence_seq' RETURNING value")[0])
 
     def task_row(self, n: int):
         row = self.one("SELECT * FROM tasks WHERE n=?", (n,))

@@ -33,6 +33,7 @@ class Supervisor:
         self.keys_path = keys_path
         self.keys = keyfile.load(keys_path)
         self.store = Store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
+        self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.api = Api(self)
         self.server = None
@@ -40,13 +41,10 @@ class Supervisor:
         self.started = clock.time()
         self.last_cycle_error = None
 
-    @property
-    def epoch(self) -> int:
-        return int(self.store.meta("epoch", "1"))
-
-    @property
-    def role(self) -> str:
-        return self.store.meta("role", "primary")
+    def _load_identity(self) -> None:
+        """Epoch and role live in the store; answers read this in-memory copy."""
+        self.epoch = int(self.store.meta("epoch", "1"))
+        self.role = self.store.meta("role", "primary")
 
     def start(self) -> str:
         host, port = self.listen

@@ -124,20 +124,23 @@ class Tasks:
             if not kinds:
                 return []
             marks = ",".join("?" * len(kinds))
-            rows = tx.all(f"SELECT n, requires FROM tasks WHERE state='queued' AND not_before<=? AND kind IN ({marks})"
-                          f" ORDER BY priority DESC, n LIMIT 500", (now, *kinds))
+            # Lazy cursor: the best candidates come first and we stop as soon as the node is full.
+            candidates = tx.cursor(f"SELECT n, requires, attempts FROM tasks WHERE state='queued' AND not_before<=?"
+                                    f" AND kind IN ({marks}) ORDER BY priority DESC, n", (now, *kinds))
+            picked = []
+            for row in candidates:
+                if row["requires"] == "[]" or set(json.loads(row["requires"])) <= caps:
+                    picked.append((row["n"], row["attempts"] + 1))
+                    if len(picked) >= room:
+                        break
+            candidates.close()
             leased = []
-            for row in rows:
-                if len(leased) >= room:
-                    break
-                if not set(json.loads(row["requires"])) <= caps:
-                    continue
+            for n, attempts in picked:
                 fence = tx.next_fence()
-                attempts = tx.one("SELECT attempts FROM tasks WHERE n=?", (row["n"],))["attempts"] + 1
-                tx.transition(row["n"], "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
+                tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
                               node=node, fence=fence, attempts=attempts, lease_deadline=now + lease_ttl,
                               started_at=None)
-                leased.append(tx.task_row(row["n"]))
+                leased.append(tx.task_row(n))
             if leased:
                 tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
         out = []
