@@ -11,9 +11,11 @@ Known limit: a descendant that leaves the group AND clears its environment canno
 found (and without /proc, e.g. on macOS, only the group is signalled).
 """
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import selectors
 import shutil
 import signal
@@ -80,6 +82,15 @@ class Tail:
 
 
 # ---- finding an attempt's processes by their marker ----
+
+def marker_prefix(work_dir: str) -> str:
+    """The marker prefix of every attempt run from work_dir (to find orphans after a restart)."""
+    return hashlib.sha256(os.path.abspath(work_dir).encode()).hexdigest()[:12] + "."
+
+
+def new_marker(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
 
 def find_marked(prefix: str, proc: str = PROC) -> list:
     """PIDs (not this process) whose environment has MARKER_ENV starting with prefix."""

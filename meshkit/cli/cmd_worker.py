@@ -1,5 +1,76 @@
-"""`meshkit worker ...` (not built yet)."""
+"""`meshkit worker`: poll the supervisor and run allowlisted task kinds."""
+
+import argparse
+import os
+import signal
+import socket
+
+from meshkit.adapters import keyfile
+from meshkit.adapters.log import Logger
+from meshkit.cli.common import EXIT_USAGE, add_config_arg, fail, load_config
+from meshkit.roles.worker import build, settings_from
+from meshkit.rules.auth import pick_key
+
+EXAMPLE = """examples:
+  python -m meshkit worker --config /etc/meshkit/meshkit.toml
+  python -m meshkit worker --name pi-1 --capability gpu --slots 2 \\
+      --supervisor http://10.0.0.5:8765 --supervisor http://10.0.0.6:8765
+
+Task kinds come only from the config's allowlist:
+  [worker.kinds.summarize]
+  argv = ["/usr/local/bin/summarize", "--json"]
+  timeout = 600
+  env = { LANG = "C.UTF-8" }
+
+Stopping: SIGTERM or Ctrl-C stops claiming, lets running tasks finish (worker.drain_timeout),
+delivers results and exits 0; a second one stops the running tasks at once."""
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("worker", help="run a worker (polls the supervisor, runs allowlisted task kinds)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run a worker: register with heartbeats, long-poll for tasks it may run, "
+                                   "run each in its own directory and process group, deliver results "
+                                   "through a durable outbox. Flags override the config.",
+                       epilog=EXAMPLE)
+    add_config_arg(p)
+    p.add_argument("--name", help="node name (worker.name; default: this machine's hostname)")
+    p.add_argument("--capability", action="append", metavar="CAP",
+                   help="a capability this node offers; repeat for several (replaces worker.capabilities)")
+    p.add_argument("--slots", type=int, metavar="N", help="tasks run at once (worker.slots)")
+    p.add_argument("--supervisor", action="append", metavar="URL",
+                   help="supervisor URL; repeat for a standby (replaces worker.supervisor)")
+    p.add_argument("--work-dir", metavar="DIR", help="task directories and outbox (worker.work_dir)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = load_config(args)
+    overrides = {}
+    if args.name is not None:
+        overrides["worker__name"] = args.name
+    if args.capability is not None:
+        overrides["worker__capabilities"] = args.capability
+    if args.slots is not None:
+        if args.slots < 1:
+            return fail("--slots must be at least 1", EXIT_USAGE)
+        overrides["worker__slots"] = args.slots
+    if args.supervisor:
+        overrides["worker__supervisor"] = args.supervisor
+    if args.work_dir:
+        overrides["worker__work_dir"] = os.path.abspath(args.work_dir)
+    s = settings_from(cfg.with_values(**overrides), socket.gethostname())
+    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), "worker")
+    log = Logger("worker", node=s.name, level=cfg.get("logging.level"))
+    worker = build(s, kid, secret, log=log)
+
+    def on_signal(signum, frame):
+        if worker.draining or worker.aborted is not None:
+            worker.abort(signum)
+        else:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run()
+

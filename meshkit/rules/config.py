@@ -84,6 +84,12 @@ SCHEMA: list[Key] = [
     Key("worker.drain_timeout", "seconds", 60, "on SIGTERM, how long running tasks may finish"),
     Key("worker.tail_bytes", "posint", 16384, "bytes of stdout/stderr kept per attempt"),
     Key("worker.keep_dirs", "seconds", 86400, "task directories older than this are removed"),
+    Key("worker.poll_interval", "seconds", 5, "plain-poll fallback: claim retry delay, and heartbeat period while tasks run (cancel latency)"),
+    Key("worker.max_result_bytes", "posint", 262144, "largest result.json attached to a result; a bigger one fails the attempt"),
+    Key("worker.retry_base", "seconds", 1, "result resend backoff base (full jitter, doubles each try)"),
+    Key("worker.retry_cap", "seconds", 60, "result resend backoff cap"),
+    Key("worker.breaker_failures", "posint", 3, "failed calls in a row that open the circuit breaker to the supervisor"),
+    Key("worker.breaker_cooldown", "seconds", 300, "seconds the breaker stays open before one half-open try"),
     # locks
     Key("locks.dir", "path", "locks", "directory of lock files (relative to this file)"),
     Key("locks.ttl", "seconds", 7200, "a lock held longer is reported as hung"),
@@ -96,6 +102,14 @@ SCHEMA: list[Key] = [
     Key("sync.max_delete_share", "share", 0.5, "refuse a sync that would remove more than this share of files"),
     Key("sync.alert", "argv", [], "command run on failure and on recovery; gets the event as JSON on stdin", commented=True),
     Key("sync.status_dir", "path", "sync", "where sync keeps its status files (relative to this file)"),
+    Key("sync.rsync", "str", "rsync", "the rsync program (macOS: Homebrew's, e.g. /opt/homebrew/bin/rsync)"),
+    Key("sync.ssh_options", "strlist", [], "extra ssh options for remote sources, e.g. [\"-o\", \"UserKnownHostsFile=/etc/meshkit/known_hosts\"]", commented=True),
+    Key("sync.io_timeout", "seconds", 300, "rsync/ssh give up after this many seconds without progress; 0 = never"),
+    Key("sync.bwlimit", "int", 0, "rsync bandwidth limit in KiB/s; 0 = unlimited"),
+    Key("sync.keep_snapshots", "posint", 3, "sync memory: newest complete snapshots kept (current always kept)"),
+    Key("sync.keep_hourly", "int", 24, "sync backup: newest snapshot of each of the last N hours kept"),
+    Key("sync.keep_daily", "int", 7, "sync backup: newest snapshot of each of the last N days kept"),
+    Key("sync.keep_invalid", "posint", 5, "snapshots that failed validation kept as evidence (newest)"),
     # logging
     Key("logging.level", "loglevel", "info", "least severe level written"),
 ]

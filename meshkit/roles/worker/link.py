@@ -1,0 +1,98 @@
+"""The worker's line to the supervisor: failover across URLs, a circuit breaker, epochs.
+
+Calls go to the supervisor that last answered; on a network failure, a 5xx, a 409
+"not_active" (a standby) or an epoch lower than one already seen, the next URL in the
+list is tried. A call that no URL answers counts as one breaker failure; while the
+breaker is open calls fail at once with BreakerOpen (nothing is sent: no hammering).
+"""
+
+import threading
+
+from meshkit.core.errors import ApiError, ClientError
+from meshkit.rules import breaker as br
+
+
+class BreakerOpen(ClientError):
+    code = "breaker_open"
+
+    def __init__(self, retry_in: float):
+        super().__init__(f"circuit breaker open: no call to the supervisor for {retry_in:.1f} s")
+        self.retry_in = retry_in
+
+
+def _unanswered(e: Exception) -> bool:
+    """True if no usable answer came back (try another URL; counts against the breaker)."""
+    if isinstance(e, ApiError):
+        return e.status >= 500 or e.code == "not_active"
+    return isinstance(e, ClientError)
+
+
+class Link:
+    def __init__(self, clients: list, breaker: br.Breaker, clock, log=None):
+        if not clients:
+            raise ValueError("no supervisor URL")
+        self.clients = list(clients)
+        self.current = 0
+        self.breaker = breaker
+        self.epoch = 0
+        self.clock = clock
+        self.log = log
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.clients[self.current].url
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state == br.CLOSED
+
+    def retry_in(self) -> float:
+        with self._lock:
+            return br.retry_in(self.breaker, self.clock.monotonic())
+
+    def call(self, method: str, path: str, body=None, timeout: float | None = None):
+        with self._lock:
+            ok, self.breaker = br.allow(self.breaker, self.clock.monotonic())
+            if not ok:
+                raise BreakerOpen(br.retry_in(self.breaker, self.clock.monotonic()))
+            first = self.current
+        order = [first] + [i for i in range(len(self.clients)) if i != first]
+        last = None
+        for i in order:
+            try:
+                answer = self.clients[i].call(method, path, body, timeout)
+            except (ApiError, ClientError) as e:
+                if not _unanswered(e):
+                    self._answered(i)
+                    raise
+                last = e
+                continue
+            epoch = answer.get("epoch") if isinstance(answer, dict) else None
+            with self._lock:
+                if isinstance(epoch, int) and epoch < self.epoch:
+                    last = ClientError(f"{self.clients[i].url} answers with epoch {epoch}, "
+                                       f"older than {self.epoch} already seen: ignored")
+                    continue
+                if isinstance(epoch, int):
+                    self.epoch = epoch
+            self._answered(i)
+            return answer
+        with self._lock:
+            before = self.breaker.state
+            self.breaker = br.failed(self.breaker, self.clock.monotonic())
+            opened = before != br.OPEN and self.breaker.state == br.OPEN
+        if opened and self.log:
+            self.log.warning("breaker_open", error=getattr(last, "message", str(last)),
+                             retry_in=round(self.breaker.cooldown, 1))
+        raise last
+
+    def _answered(self, i: int) -> None:
+        with self._lock:
+            was = self.breaker.state
+            self.breaker = br.succeeded(self.breaker, self.clock.monotonic())
+            if i != self.current and self.log:
+                self.log.info("supervisor_switched", url=self.clients[i].url, previous=self.clients[self.current].url)
+            self.current = i
+        if was != br.CLOSED and self.log:
+            self.log.info("breaker_closed", url=self.clients[i].url)

@@ -1,0 +1,131 @@
+"""What an attempt's end means (pure), and the outbox sender that delivers it.
+
+The result body follows wire.RESULT. Delivery answers are classified:
+  ack      2xx (also a duplicate: it was recorded before)      -> remove from the outbox
+  drop     404, or a 409 other than not_active (stale fence,
+           task already ended): a final answer                  -> remove, log
+  rewrite  400 / 413: the body itself is refused               -> replace it once by a
+           small failure report (so the task still ends), then drop if that is refused too
+  retry    network, 5xx, 401/403/429, not_active, open breaker  -> keep, resend later
+"""
+
+from meshkit.core.errors import ApiError, MeshkitError
+from meshkit.rules import backoff
+
+MAX_TAIL_CHARS = 65536          # wire.MAX_STR
+REFUSED = "result refused by the supervisor"
+
+
+def describe_end(ended_by: str, exit_code, sig, timeout, stop_reason: str | None) -> str | None:
+    """The error text of an attempt that ended otherwise than by exit 0 (None for exit 0)."""
+    if ended_by == "timeout":
+        return f"timed out after {timeout:g} s" if timeout else "timed out"
+    if ended_by == "cancel":
+        return "cancelled"
+    if ended_by == "signal":
+        return stop_reason or f"killed by signal {sig}"
+    if ended_by == "exit" and exit_code != 0:
+        return f"exit code {exit_code}"
+    return None
+
+
+def build_result(task: dict, node: str, fin, timeout, result, result_error, artifact_error,
+                 stop_reason: str | None = None) -> dict:
+    """The wire body for an attempt that ran (or tried to). `fin` is a runner.Finished."""
+    error = fin.error if fin.ended_by == "error" else describe_end(
+        fin.ended_by, fin.exit_code, fin.signal, timeout, stop_reason)
+    error = error or result_error or artifact_error
+    return {"task": task["id"], "fence": task["fence"], "node": node,
+            "outcome": "failed" if error else "succeeded", "ended_by": fin.ended_by,
+            "exit_code": fin.exit_code, "signal": fin.signal, "result": result, "error": error,
+            "stdout_tail": fin.stdout_tail[-MAX_TAIL_CHARS:], "stderr_tail": fin.stderr_tail[-MAX_TAIL_CHARS:],
+            "started_at": fin.started_at, "finished_at": fin.finished_at}
+
+
+def refusal(task: dict, node: str, ended_by: str, error: str, now: float) -> dict:
+    """A failure for an attempt whose process never started (kind not allowed, worker stopping)."""
+    return {"task": task["id"], "fence": task["fence"], "node": node, "outcome": "failed",
+            "ended_by": ended_by, "exit_code": None, "signal": None, "result": None, "error": error,
+            "stdout_tail": "", "stderr_tail": "", "started_at": now, "finished_at": now}
+
+
+def classify(err, body: dict) -> str:
+    if err is None:
+        return "ack"
+    if isinstance(err, ApiError):
+        if err.status == 404 or (err.status == 409 and err.code != "not_active"):
+            return "drop"
+        if err.status in (400, 413):
+            return "drop" if str(body.get("error") or "").startswith(REFUSED) else "rewrite"
+    return "retry"
+
+
+def rewritten(body: dict, err: MeshkitError) -> dict:
+    return dict(body, outcome="failed", ended_by="error", result=None,
+                error=f"{REFUSED}: {err.message}"[:1000],
+                stdout_tail=body.get("stdout_tail", "")[-1000:], stderr_tail=body.get("stderr_tail", "")[-1000:])
+
+
+class Sender:
+    """Sends the outbox, oldest first; per entry full-jitter backoff; a network failure ends the round."""
+
+    IDLE = 3600.0
+
+    def __init__(self, outbox, link, clock, rand, base: float, cap: float, log, on_done=None):
+        self.outbox, self.link, self.clock, self.rand = outbox, link, clock, rand
+        self.base, self.cap, self.log = base, cap, log
+        self.on_done = on_done or (lambda name: None)
+        self.tries = {}      # entry name -> (failed sends, monotonic time of the next try)
+
+    def step(self, force: bool = False) -> float:
+        """Send what is due (everything if force); the delay until the next entry is due."""
+        pending = self.outbox.pending()
+        names = {name for name, _ in pending}
+        self.tries = {k: v for k, v in self.tries.items() if k in names}
+        for name, body in pending:
+            now = self.clock.monotonic()
+            n, due = self.tries.get(name, (0, 0.0))
+            if due > now and not force:
+                continue
+            try:
+                answer = self.link.call("POST", "/v1/results", body)
+                err = None
+            except MeshkitError as e:
+                answer, err = None, e
+            if getattr(err, "code", None) == "breaker_open":
+                break
+            action = classify(err, body)
+            if action == "ack":
+                self.outbox.remove(name)
+                self.tries.pop(name, None)
+                self.log.info("result_delivered", task=body["task"], fence=body["fence"],
+                              state=(answer or {}).get("state"), duplicate=(answer or {}).get("duplicate"))
+                self.on_done(name)
+            elif action == "drop":
+                self.outbox.remove(name)
+                self.tries.pop(name, None)
+                self.log.warning("result_dropped", task=body["task"], fence=body["fence"], error=err.message,
+                                 code=getattr(err, "code", None))
+                self.on_done(name)
+            elif action == "rewrite":
+                self.log.warning("result_refused", task=body["task"], fence=body["fence"], error=err.message)
+                self.outbox.put(rewritten(body, err))
+                self.tries[name] = (n, now)
+            else:
+                delay = backoff.full_jitter(n + 1, self.base, self.cap, self.rand())
+                self.tries[name] = (n + 1, now + delay)
+                self.log.info("result_retry", task=body["task"], fence=body["fence"], error=err.message,
+                              retry_in=round(delay, 2))
+                if not isinstance(err, ApiError) or err.status >= 500:
+                    break      # the supervisor is not answering: do not push the others now
+        return self.next_due()
+
+    def next_due(self) -> float:
+        now = self.clock.monotonic()
+        dues = [due for _, due in self.tries.values()]
+        if len(self.outbox) > len(self.tries):
+            dues.append(now)          # entries not tried yet
+        if not dues:
+            return self.IDLE
+        delay = max(0.0, min(dues) - now)
+        return delay if self.link.healthy else max(delay, self.link.retry_in())

@@ -1,0 +1,371 @@
+"""The worker role: heartbeats, long-poll claims, one thread per running task, the outbox.
+
+Threads: the control loop (step(): heartbeat, outbox, cleanup, drain/abort), the claim
+loop (claim_step(): one long-poll claim for the free slots), and one thread per task
+(execute(): start call, subprocess, result into the outbox). Shared state is guarded
+by one condition; every step returns the delay to its next iteration.
+"""
+
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass
+
+from meshkit import __version__
+from meshkit.adapters import runner, sysinfo
+from meshkit.core.errors import ApiError, ClientError, MeshkitError
+from meshkit.rules import backoff
+from meshkit.roles.worker.link import BreakerOpen
+from meshkit.roles.worker.results import Sender, build_result, refusal
+from meshkit.roles.worker.settings import Settings, effective_timeout
+
+START_RETRY_FOR = 30.0       # seconds a task's start call is retried before the task is given up
+ABORT_WAIT = 5.0             # after an abort, seconds beyond the grace to wait for tasks to end
+MAX_RUNNING_LISTED = 1000    # wire.MAX_LIST
+
+
+@dataclass
+class Job:
+    task: dict
+    run: object = None            # runner.Run once the process is being started
+    stop: str | None = None       # why it must stop: "cancel", "signal" (worker stopping), "fenced"
+    thread: object = None
+
+
+def spawn_thread(target, *args) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+class Worker:
+    def __init__(self, s: Settings, link, outbox, clock, log, rand=random.random, spawn=spawn_thread,
+                 proc: str = runner.PROC):
+        self.s, self.link, self.outbox, self.clock, self.log = s, link, outbox, clock, log
+        self.rand, self.spawn, self.proc = rand, spawn, proc
+        self.tasks_dir = os.path.join(s.work_dir, "tasks")
+        self.marker_prefix = runner.marker_prefix(s.work_dir)
+        self.cond = threading.Condition()
+        self.jobs: dict = {}          # task id -> Job
+        self.unacked: dict = {}       # outbox entry name -> (task id, fence)
+        self.wake = threading.Event()           # the control loop has something to do
+        self.slot_freed = threading.Event()     # the claim loop may have room again
+        self.registered = threading.Event()
+        self.draining = False
+        self.drain_deadline = None
+        self.aborted = None           # the signal number of a hard stop
+        self.abort_deadline = None
+        self.stopped_jobs = False
+        self.next_heartbeat = 0.0
+        self.next_cleanup = 0.0
+        self.hb_failures = 0
+        self.claim_failures = 0
+        self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered)
+
+    # ---- shared state -------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        """Slots minus running tasks minus results the supervisor has not acknowledged (it
+        still counts those tasks as this node's, so a claim for them would come back empty)."""
+        with self.cond:
+            return max(0, self.s.slots - len(self.jobs) - len(self.unacked))
+
+    def _delivered(self, name: str) -> None:
+        with self.cond:
+            self.unacked.pop(name, None)
+        self.slot_freed.set()
+
+    def startup(self) -> None:
+        """Before the first heartbeat: end orphans of an earlier run, load the outbox, clean up."""
+        orphans = runner.signal_marked(self.marker_prefix, signal.SIGKILL, self.proc)
+        if orphans:
+            self.log.warning("orphans_killed", pids=orphans)
+        for name, body in self.outbox.pending():
+            self.unacked[name] = (body["task"], body["fence"])
+        if self.unacked:
+            self.log.info("outbox_loaded", results=len(self.unacked))
+        os.makedirs(self.tasks_dir, exist_ok=True)
+
+    # ---- heartbeats -----------------------------------------------------------------------
+
+    def heartbeat_body(self) -> dict:
+        with self.cond:
+            running = [{"task": j.task["id"], "fence": j.task["fence"]} for j in self.jobs.values()]
+            running += [{"task": t, "fence": f} for t, f in self.unacked.values()]
+        body = {"node": self.s.name, "capabilities": list(self.s.capabilities), "kinds": sorted(self.s.kinds),
+                "slots": self.s.slots, "free_slots": self.free_slots(), "running": running[:MAX_RUNNING_LISTED],
+                "load": sysinfo.load_average(), "mem_available": sysinfo.memory_available(),
+                "disk_free": sysinfo.disk_free(self.s.work_dir), "version": __version__}
+        return {k: v for k, v in body.items() if v is not None}
+
+    def heartbeat(self) -> None:
+        now = self.clock.monotonic()
+        try:
+            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body())
+        except BreakerOpen as e:
+            self.next_heartbeat = now + max(e.retry_in, 0.05)
+            return
+        except MeshkitError as e:
+            self.hb_failures += 1
+            delay = backoff.full_jitter(self.hb_failures, self.s.retry_base, self.s.retry_cap, self.rand())
+            self.next_heartbeat = now + min(self.s.heartbeat_interval, max(delay, 0.05))
+            self.log.warning("heartbeat_failed", error=e.message, retry_in=round(self.next_heartbeat - now, 2))
+            return
+        if self.hb_failures or not self.registered.is_set():
+            self.log.info("registered", supervisor=self.link.url, epoch=answer.get("epoch"))
+        self.hb_failures = 0
+        self.registered.set()
+        self.next_heartbeat = now + self.heartbeat_period()
+        with self.cond:
+            for tid in answer.get("cancel") or []:
+                self._stop_job(tid, "cancel")
+            for tid in answer.get("fenced") or []:
+                self._stop_job(tid, "fenced")   # only running ones: an unacked result is settled by its post
+
+    def heartbeat_period(self) -> float:
+        """Often while tasks run (cancels arrive with heartbeats), rarely when idle."""
+        with self.cond:
+            busy = bool(self.jobs)
+        return min(self.s.heartbeat_interval, self.s.poll_interval) if busy else self.s.heartbeat_interval
+
+    def _stop_job(self, tid: str, why: str) -> None:
+        """Caller holds self.cond."""
+        job = self.jobs.get(tid)
+        if job is None or job.stop is not None:
+            return
+        job.stop = why
+        self.log.info("task_stopping", task=tid, reason=why)
+        if job.run is not None:
+            job.run.cancel("signal" if why == "signal" else "cancel")
+
+    # ---- claims ---------------------------------------------------------------------------
+
+    def claim_step(self):
+        """One claim; the delay before the next, or None when claiming is over."""
+        if self.draining or self.aborted is not None:
+            return None
+        if not self.registered.is_set():
+            self.wake.set()
+            return 0.5
+        free = self.free_slots()
+        if free <= 0:
+            return self.s.poll_interval       # or until a slot is freed (slot_freed)
+        wait = self.s.poll_wait if self.link.healthy else 0
+        t0 = self.clock.monotonic()
+        try:
+            answer = self.link.call("POST", "/v1/claim", {"node": self.s.name, "max": free, "wait": wait},
+                                    timeout=wait + 15)
+        except BreakerOpen as e:
+            return max(e.retry_in, 0.05)
+        except MeshkitError as e:
+            if isinstance(e, ApiError) and e.code == "unknown_node":
+                self.registered.clear()       # the supervisor forgot us: heartbeat first
+                self.next_heartbeat = 0.0
+                self.wake.set()
+                return 0.0
+            self.claim_failures += 1
+            delay = backoff.full_jitter(self.claim_failures, self.s.retry_base, self.s.retry_cap, self.rand())
+            self.log.warning("claim_failed", error=e.message, retry_in=round(delay, 2))
+            return max(delay, 0.05)
+        self.claim_failures = 0
+        tasks = answer.get("tasks") or []
+        for task in tasks:
+            self.launch(task)
+        if tasks or self.clock.monotonic() - t0 >= wait / 2:
+            return 0.0
+        return self.s.poll_interval   # answered early with nothing: no free slot in its eyes; do not spin
+
+    def launch(self, task: dict) -> None:
+        with self.cond:
+            if task["id"] in self.jobs:
+                return
+            job = self.jobs[task["id"]] = Job(task)
+            if self.aborted is not None:
+                job.stop = "signal"
+        self.log.info("task_claimed", task=task["id"], kind=task.get("kind"), fence=task["fence"],
+                      attempt=task.get("attempt"), trace_id=task.get("trace_id"))
+        self.wake.set()       # heartbeats go faster while tasks run
+        job.thread = self.spawn(self.execute, job)
+
+    # ---- one task -------------------------------------------------------------------------
+
+    def execute(self, job: Job) -> None:
+        try:
+            body = self._attempt(job)
+        except Exception as e:     # a bug or an OS failure must not leave a slot taken forever
+            self.log.error("task_error", task=job.task["id"], error=f"{e.__class__.__name__}: {e}")
+            body = refusal(job.task, self.s.name, "error", f"worker error: {e.__class__.__name__}: {e}",
+                           self.clock.time())
+        self._finish(job, body)
+
+    def _attempt(self, job: Job):
+        task, node = job.task, self.s.name
+        kind = self.s.kinds.get(task.get("kind"))
+        if kind is None:
+            return refusal(task, node, "error", f"kind not allowed: {task.get('kind')}", self.clock.time())
+        if not self._start_call(job):
+            return None
+        timeout = effective_timeout(task.get("timeout"), kind)
+        task_dir = runner.prepare_dir(self.tasks_dir, runner.dir_name(task["id"], task.get("attempt", 0),
+                                                                       task["fence"]), task.get("payload"))
+        attempt = runner.Attempt(task["id"], task.get("attempt", 0), task.get("trace_id") or "", kind.argv,
+                                 task_dir, runner.new_marker(self.marker_prefix), timeout, kind.env)
+        run = runner.Run(attempt, self.s.grace, self.s.tail_bytes, self.clock, self.proc)
+        with self.cond:
+            job.run = run
+            if job.stop is not None:
+                run.cancel("signal" if job.stop == "signal" else "cancel")
+        self.log.info("task_started", task=task["id"], kind=task["kind"], fence=task["fence"],
+                      trace_id=task.get("trace_id"), dir=task_dir)
+        fin = run.run()
+        result, result_error = runner.read_result(task_dir, self.s.max_result_bytes)
+        artifact_error = None
+        if fin.ended_by == "exit" and fin.exit_code == 0 and not result_error:
+            artifact_error = runner.check_expects(task_dir, task.get("expects"))
+        stop_reason = "the worker is shutting down" if job.stop == "signal" else None
+        return build_result(task, node, fin, timeout, result, result_error, artifact_error, stop_reason)
+
+    def _start_call(self, job: Job) -> bool:
+        """Tell the supervisor the process starts; False if the lease is gone (do not run)."""
+        task = job.task
+        until = self.clock.monotonic() + START_RETRY_FOR
+        tries = 0
+        while True:
+            if job.stop == "fenced":
+                return False
+            try:
+                self.link.call("POST", f"/v1/tasks/{task['id']}/start", {"node": self.s.name, "fence": task["fence"]})
+                return True
+            except ApiError as e:
+                if e.status in (404, 409) and e.code != "not_active":
+                    self.log.warning("task_not_started", task=task["id"], fence=task["fence"], error=e.message)
+                    return False
+                err = e
+            except ClientError as e:
+                err = e
+            tries += 1
+            delay = err.retry_in if isinstance(err, BreakerOpen) else backoff.full_jitter(
+                tries, self.s.retry_base, self.s.retry_cap, self.rand())
+            if self.clock.monotonic() + delay > until or self.aborted is not None:
+                self.log.warning("task_not_started", task=task["id"], fence=task["fence"],
+                                 error=f"{err.message}; given up (its lease will expire)")
+                return False
+            self.clock.sleep(max(delay, 0.05))
+
+    def _finish(self, job: Job, body) -> None:
+        tid = job.task["id"]
+        with self.cond:
+            if body is not None and job.stop != "fenced":
+                name = self.outbox.put(body)
+                self.unacked[name] = (body["task"], body["fence"])
+            elif job.stop == "fenced":
+                self.log.warning("result_dropped", task=tid, fence=job.task["fence"],
+                                 error="the lease is no longer ours (fenced)")
+            self.jobs.pop(tid, None)
+        if body is not None:
+            self.log.info("task_finished", task=tid, outcome=body["outcome"], ended_by=body["ended_by"],
+                          error=body["error"], started_at=body["started_at"], trace_id=job.task.get("trace_id"))
+        self.slot_freed.set()
+        self.wake.set()
+
+    # ---- the control loop -------------------------------------------------------------------
+
+    def step(self):
+        """One control iteration: the delay to the next, or None when the worker may exit."""
+        now = self.clock.monotonic()
+        if self.aborted is not None or self.draining:
+            return self._stopping_step(now)
+        if now >= self.next_heartbeat:
+            self.heartbeat()
+        delays = [self.next_heartbeat - now, self.sender.step()]
+        if now >= self.next_cleanup:
+            self.cleanup()
+        delays.append(self.next_cleanup - now)
+        return max(0.0, min(delays))
+
+    def _stopping_step(self, now: float):
+        with self.cond:
+            busy = bool(self.jobs)
+        if self.aborted is not None:
+            if not self.stopped_jobs:
+                self.stop_all("signal")
+            if busy and now < self.abort_deadline:
+                return 0.05
+        elif busy:
+            if now < self.drain_deadline:
+                if now >= self.next_heartbeat:
+                    self.heartbeat()     # keep leases alive and hear cancels while draining
+                send = self.sender.step()
+                return max(0.0, min(0.2, send, self.next_heartbeat - now, self.drain_deadline - now))
+            if not self.stopped_jobs:
+                self.log.warning("drain_timeout", running=sorted(self.jobs))
+                self.stop_all("signal")
+            return 0.05
+        self.sender.step(force=True)     # one last delivery round; what is left stays for the next start
+        self.log.info("worker_stopped", undelivered=len(self.unacked))
+        return None
+
+    def stop_all(self, why: str) -> None:
+        with self.cond:
+            self.stopped_jobs = True
+            for tid in list(self.jobs):
+                self._stop_job(tid, why)
+
+    def cleanup(self) -> None:
+        with self.cond:
+            keep = {os.path.basename(j.run.a.task_dir) for j in self.jobs.values() if j.run is not None}
+        removed = runner.clean_old_dirs(self.tasks_dir, self.s.keep_dirs, self.clock.time(), keep)
+        if removed:
+            self.log.info("task_dirs_removed", count=len(removed))
+        self.next_cleanup = self.clock.monotonic() + max(1.0, min(3600.0, self.s.keep_dirs / 4))
+
+    # ---- stopping ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful: stop claiming, let running tasks finish (drain_timeout), flush, exit."""
+        if not self.draining:
+            self.draining = True
+            self.drain_deadline = self.clock.monotonic() + self.s.drain_timeout
+            self.log.info("worker_draining", running=len(self.jobs), drain_timeout=self.s.drain_timeout)
+        self.slot_freed.set()
+        self.wake.set()
+
+    def abort(self, signum: int = signal.SIGTERM) -> None:
+        """Hard: cancel running tasks (SIGTERM, grace, SIGKILL), flush once, exit."""
+        if self.aborted is None:
+            self.aborted = signum
+            self.abort_deadline = self.clock.monotonic() + self.s.grace + ABORT_WAIT
+            self.log.warning("worker_aborting", running=len(self.jobs), signal=signum)
+        self.slot_freed.set()
+        self.wake.set()
+
+    # ---- loops ----------------------------------------------------------------------------------
+
+    def claim_loop(self) -> None:
+        while True:
+            try:
+                delay = self.claim_step()
+            except Exception as e:     # keep claiming whatever happens; report it
+                self.log.error("claim_error", error=f"{e.__class__.__name__}: {e}")
+                delay = self.s.poll_interval
+            if delay is None:
+                return
+            if delay > 0:
+                self.clock.wait(self.slot_freed, delay)
+            self.slot_freed.clear()
+
+    def run(self) -> int:
+        """Run until stopped; 0 after a graceful stop, 128 + signal after an abort."""
+        self.startup()
+        self.log.info("worker_started", supervisor=self.link.url, slots=self.s.slots, kinds=sorted(self.s.kinds),
+                      capabilities=list(self.s.capabilities), work_dir=self.s.work_dir)
+        self.spawn(self.claim_loop)
+        while True:
+            delay = self.step()
+            if delay is None:
+                break
+            self.clock.wait(self.wake, delay)
+            self.wake.clear()
+        self.outbox.close()
+        return 0 if self.aborted is None else 128 + self.aborted
