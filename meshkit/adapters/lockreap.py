@@ -17,9 +17,9 @@ import os
 import signal
 import subprocess
 
-from meshkit.adapters.locks import (MAX_RECORD, write_record, boot_id, describe_holder, hostname,
-                                    kernel_says_held, parse_record, pid_alive, process_start_time,
-                                    read_record, try_flock)
+from meshkit.adapters.locks import (MAX_RECORD, boot_id, describe_holder, hostname, kernel_says_held,
+                                    parse_record, pid_alive, process_start_time, read_record,
+                                    try_flock, write_record)
 from meshkit.core.clock import REAL
 from meshkit.core.errors import MeshkitError
 from meshkit.rules import lockview
@@ -238,6 +238,7 @@ def reap(lock_dir: str, ttl, kill: bool = False, dry_run: bool = False, clock=RE
 
 
 def _event(entry: dict, clock) -> dict:
-    return {"event": f"lock_{entry['state']}", "action": entry["action"], "lock": entry["lock"],
+    name = "lock_orphan" if entry.get("orphan") else f"lock_{entry['state']}"
+    return {"event": name, "action": entry["action"], "lock": entry["lock"],
             "path": entry["path"], "host": hostname(), "reason": entry["reason"],
             "holder": entry["holder"], "result": entry["result"], "time": round(clock.time(), 3)}
