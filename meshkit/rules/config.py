@@ -261,8 +261,9 @@ def config_from_dict(data: dict, source: str | None = None, base_dir: str | None
 
 
 def default_config(base_dir: str) -> Config:
-    """The embedded default: no file, every key at its default, paths under base_dir."""
-    return Config({}, None, base_dir, {}, {})
+    """The embedded default: no file, every key at its default, paths under base_dir,
+    and one harmless kind, `echo` (runs `cat`: the payload comes back as stdout)."""
+    return Config({}, None, base_dir, {"echo": Kind("echo", ("cat",), None, {})}, {})
 
 
 def _toml_value(v) -> str:

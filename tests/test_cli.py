@@ -1,0 +1,118 @@
+"""The client CLI as a user runs it: real processes, exit codes, one-line errors."""
+
+import json
+import os
+import threading
+import unittest
+
+from tests.helpers import Fleet, meshkit, register
+
+COMMANDS = ["init", "supervisor", "dispatch", "task", "tasks", "cancel", "status"]
+
+
+def fake_worker(client, node, outcome, result=None, deadline_s=20):
+    """Claim one task and post a result, like a worker would."""
+    register(client, node, kinds=["job"])
+    t = client.call("POST", "/v1/claim", {"node": node, "wait": deadline_s}, timeout=deadline_s + 5)["tasks"][0]
+    client.call("POST", f"/v1/tasks/{t['id']}/start", {"node": node, "fence": t["fence"]})
+    client.call("POST", "/v1/results", {"task": t["id"], "fence": t["fence"], "node": node, "outcome": outcome,
+                                        "result": result, "error": None if outcome == "succeeded" else "exit code 3",
+                                        "exit_code": 0 if outcome == "succeeded" else 3})
+
+
+class Cli(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fleet = Fleet()
+        cls.fleet.start_supervisor()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fleet.close()
+
+    def run_with_worker(self, outcome, *args, result=None):
+        t = threading.Thread(target=fake_worker, args=(self.fleet.client("worker"), f"n-{outcome}", outcome, result))
+        t.start()
+        r = self.fleet.cli("dispatch", "job", *args, "--wait")
+        t.join(30)
+        return r
+
+    def test_dispatch_wait_success_prints_result(self):
+        r = self.run_with_worker("succeeded", "--payload", '{"a": 1}', result={"answer": 42})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertRegex(lines[0], r"^t\d+$")
+        self.assertEqual(json.loads("\n".join(lines[1:])), {"answer": 42})
+        self.assertIn("-> succeeded", r.stderr)
+
+    def test_dispatch_wait_failure_exits_1(self):
+        r = self.run_with_worker("failed", "--max-attempts", "1")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("failed", r.stderr.splitlines()[-1])
+
+    def test_task_tasks_cancel_status(self):
+        tid = self.fleet.cli("dispatch", "other", "--payload", '{"x": [1, 2]}', "--priority", "3").stdout.strip()
+        task = json.loads(self.fleet.cli("task", tid, "--json").stdout)
+        for key in ("id", "kind", "state", "attempts", "history", "result"):
+            self.assertIn(key, task)
+        self.assertEqual(set(task["history"][0]) >= {"from", "to", "at", "reason"}, True)
+        listed = json.loads(self.fleet.cli("tasks", "--state", "queued", "--json").stdout)
+        self.assertIn(tid, [t["id"] for t in listed])
+        self.assertIn(tid, self.fleet.cli("tasks").stdout)
+        self.assertEqual(self.fleet.cli("cancel", tid).returncode, 0)
+        self.assertEqual(json.loads(self.fleet.cli("task", tid, "--json").stdout)["state"], "cancelled")
+        again = self.fleet.cli("cancel", tid)
+        self.assertEqual((again.returncode, "already ended" in again.stderr), (1, True))
+        st = json.loads(self.fleet.cli("status", "--json").stdout)
+        for key in ("role", "epoch", "nodes", "tasks"):
+            self.assertIn(key, st)
+        self.assertIsInstance(st["nodes"], list)
+        human = self.fleet.cli("status").stdout
+        self.assertTrue(all(len(line) <= 80 for line in human.splitlines()), human)
+
+    def test_payload_from_file_and_idempotency_key(self):
+        path = os.path.join(self.fleet.dir, "job.json")
+        with open(path, "w") as f:
+            json.dump({"from": "file"}, f)
+        a = self.fleet.cli("dispatch", "other", "--payload", "@" + path, "--key", "k-1").stdout.strip()
+        b = self.fleet.cli("dispatch", "other", "--payload", "@" + path, "--key", "k-1").stdout.strip()
+        self.assertEqual(a, b)
+        self.assertEqual(json.loads(self.fleet.cli("task", a, "--json").stdout)["payload"], {"from": "file"})
+
+    def test_errors_are_one_line_with_exit_codes(self):
+        cases = [
+            (self.fleet.cli("task", "t999999"), 1, "no task t999999"),
+            (self.fleet.cli("dispatch", "x", "--payload", "{bad"), 3, "--payload is not valid JSON"),
+            (meshkit("status", "--config", self.fleet.config, "--supervisor", "http://127.0.0.1:1"), 3, "127.0.0.1:1"),
+            (meshkit("status", "--config", "/nonexistent/m.toml"), 2, "/nonexistent/m.toml"),
+            (meshkit("dispatch"), 2, "kind"),
+        ]
+        for r, code, text in cases:
+            with self.subTest(text):
+                self.assertEqual(r.returncode, code, r.stderr)
+                self.assertIn(text, r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+                self.assertTrue(r.stderr.strip().splitlines()[-1].startswith("meshkit: "), r.stderr)
+                if code != 2:   # usage errors show the usage above the one-line error, as argparse does
+                    self.assertEqual(r.stderr.strip().count("\n"), 0, r.stderr)
+
+    def test_bad_config_names_key(self):
+        bad = os.path.join(self.fleet.dir, "bad.toml")
+        with open(bad, "w") as f:
+            f.write('[supervisor]\nstale_after = "ten minutes"\n')
+        r = meshkit("supervisor", "--config", bad)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(f"{bad}: supervisor.stale_after: expected a number of seconds >= 0, found \"ten minutes\"", r.stderr)
+        r = meshkit("status", MESHKIT_CONFIG=bad)
+        self.assertEqual(r.returncode, 2)
+
+    def test_every_help_has_an_example(self):
+        for cmd in COMMANDS:
+            with self.subTest(cmd):
+                r = meshkit(cmd, "--help")
+                self.assertEqual(r.returncode, 0)
+                self.assertIn("example", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
