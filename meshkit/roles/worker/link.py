@@ -81,7 +81,7 @@ class Link:
         with self._lock:
             before = self.breaker.state
             self.breaker = br.failed(self.breaker, self.clock.monotonic())
-            opened = before != br.OPEN and self.breaker.state == br.OPEN
+            opened = before == br.CLOSED and self.breaker.state == br.OPEN
         if opened and self.log:
             self.log.warning("breaker_open", error=getattr(last, "message", str(last)),
                              retry_in=round(self.breaker.cooldown, 1))
