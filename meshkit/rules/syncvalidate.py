@@ -1,0 +1,106 @@
+"""Validation of a synced copy, one file at a time: bytes in, problems out.
+
+  *.json   parses as JSON
+  *.jsonl  every non-blank line parses as JSON
+  *.md     is UTF-8 and not empty
+  [sync.memory.require] "GLOB" = ["key", ...]   a matching file is a JSON object
+           (each line, for .jsonl) that has those keys; GLOB is an fnmatch
+           pattern on the path relative to the copy ('*' also matches '/')
+  any file that had content in the current copy did not shrink to zero bytes
+
+The caller reads only the files for which needs_content() is true.
+"""
+
+import fnmatch
+import json
+
+CHECKED_SUFFIXES = (".json", ".jsonl", ".md")
+
+
+def _suffix(path: str) -> str:
+    name = path.rsplit("/", 1)[-1].lower()
+    dot = name.rfind(".")
+    return name[dot:] if dot > 0 else ""
+
+
+def required_keys(path: str, require: dict) -> list[tuple[str, list]]:
+    """[(glob, keys)] of every require entry whose glob matches path."""
+    return [(glob, keys) for glob, keys in require.items() if fnmatch.fnmatchcase(path, glob)]
+
+
+def needs_content(path: str, require: dict) -> bool:
+    return _suffix(path) in CHECKED_SUFFIXES or bool(required_keys(path, require))
+
+
+def _json_error(e: ValueError) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at line {e.lineno} column {e.colno}"
+    return str(e)
+
+
+def _missing(obj, keys) -> list:
+    if not isinstance(obj, dict):
+        return list(keys)
+    return [k for k in keys if k not in obj]
+
+
+def _check_keys(records: list, rules: list, jsonl: bool) -> list[str]:
+    problems = []
+    for glob, keys in rules:
+        for n, obj in records:
+            missing = _missing(obj, keys)
+            if not missing:
+                continue
+            where = f"line {n} " if jsonl else ""
+            what = "is not a JSON object" if not isinstance(obj, dict) else \
+                "lacks required key" + ("s " if len(missing) > 1 else " ") + ", ".join(map(json.dumps, missing))
+            problems.append(f"{where}{what} (required by [sync.memory.require] {json.dumps(glob)})")
+            break
+    return problems
+
+
+def _parse_jsonl(data: bytes) -> tuple[list, list[str]]:
+    records, problems = [], []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((n, json.loads(line)))
+        except ValueError as e:
+            problems.append(f"line {n} is not valid JSON: {_json_error(e)}")
+            break
+    return records, problems
+
+
+def check_file(path: str, data: bytes | None, size: int, old_size: int | None, require: dict) -> list[str]:
+    """Problems with one file of a new copy ([] if none).
+
+    data: the file's bytes (None if needs_content() said they are not needed);
+    size: its size; old_size: its size in the current copy (None if it is new)."""
+    problems = []
+    if size == 0 and old_size:
+        problems.append(f"shrank to zero bytes (was {old_size} bytes)")
+    if data is None:
+        return problems
+    suffix, rules = _suffix(path), required_keys(path, require)
+    if suffix == ".md":
+        if not data.strip():
+            problems.append("is empty (a .md file must have content)")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"is not UTF-8 (bad byte at offset {e.start})")
+        if rules:
+            problems.append("has required keys configured but is not JSON")
+        return problems
+    if suffix == ".jsonl":
+        records, bad = _parse_jsonl(data)
+        return problems + (bad or _check_keys(records, rules, jsonl=True))
+    if suffix == ".json" or rules:
+        try:
+            obj = json.loads(data)
+        except ValueError as e:
+            what = "is not valid JSON" if suffix == ".json" else "has required keys configured but is not valid JSON"
+            return problems + [f"{what}: {_json_error(e)}"]
+        problems += _check_keys([(1, obj)], rules, jsonl=False)
+    return problems
