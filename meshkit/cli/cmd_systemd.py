@@ -1,0 +1,139 @@
+"""`meshkit systemd ROLE`: print (or write) a systemd unit with this machine's paths filled in.
+
+The templates are the files in the checkout's systemd/ directory. They are written for a
+checkout in /opt/meshkit, the config /etc/meshkit/meshkit.toml, /usr/bin/python3 and
+writable directories under /var/lib/meshkit; render_unit() replaces those (outside
+comments) with this machine's python, checkout, config and the role's writable directories.
+"""
+
+import argparse
+import glob
+import os
+import re
+import sys
+
+import meshkit
+from meshkit.adapters.atomic import write_text
+from meshkit.cli.common import EXIT_USAGE, add_config_arg, config_path, fail, load_config, meshkit_home
+from meshkit.rules.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(meshkit.__file__)))
+UNIT_DIR = os.path.join(ROOT, "systemd")
+ROLES = ("supervisor", "worker", "watchdog", "sync-memory", "sync-backup")
+
+# What the templates say, and what replaces it.
+T_ROOT = "/opt/meshkit"
+T_CONFIG = "/etc/meshkit/meshkit.toml"
+T_STATE = "/var/lib/meshkit"
+T_USER = "meshkit"
+PYTHON_RE = re.compile(r"^(Exec\w+=[-@:+!]*)(?:/usr/bin/env\s+)?(?:/usr(?:/local)?/bin/)?python3?(?=\s|$)")
+
+# Config keys naming the directories each role writes (ReadWritePaths).
+WRITABLE = {
+    "supervisor": ("supervisor.data_dir",),
+    "worker": ("worker.work_dir", "locks.dir"),
+    "watchdog": ("supervisor.data_dir",),
+    "sync-memory": ("sync.status_dir", "locks.dir"),
+    "sync-backup": ("sync.status_dir", "locks.dir"),
+}
+
+EXAMPLE = """examples:
+  python3 -m meshkit systemd supervisor --config /etc/meshkit/meshkit.toml \\
+      | sudo tee /etc/systemd/system/meshkit-supervisor.service
+  sudo python3 -m meshkit systemd sync-memory --config /etc/meshkit/meshkit.toml --write /etc/systemd/system
+  sudo systemctl daemon-reload && sudo systemctl enable --now meshkit-supervisor
+
+The unit runs as --user (default meshkit; create it with `useradd --system meshkit`) and
+may write only the role's directories from the config (ReadWritePaths); create them
+owned by that user before the first start."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("systemd", help="print a systemd unit for a role, with this machine's paths",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Print the systemd unit(s) of ROLE from the checkout's systemd/ directory "
+                                   "with this machine's python, checkout, config and writable directories "
+                                   "filled in. Roles with a timer print two files, each after a "
+                                   "'# ==> NAME <==' line; --write DIR writes them as separate files.",
+                       epilog=EXAMPLE)
+    p.add_argument("role", choices=ROLES, metavar="ROLE", help=" | ".join(ROLES))
+    add_config_arg(p)
+    p.add_argument("--user", default=T_USER, help="user (and group) the service runs as (default: meshkit)")
+    p.add_argument("--write", metavar="DIR", help="write the unit file(s) into DIR instead of printing them")
+    p.set_defaults(func=run)
+
+
+def quote(path: str) -> str:
+    """A path as one word of a unit file: % doubled, quoted when it has spaces or quotes."""
+    path = path.replace("%", "%%")
+    if re.search(r"[\s\"'\\]", path):
+        return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return path
+
+
+def templates(role: str, unit_dir: str = UNIT_DIR) -> list:
+    """The template files of a role: meshkit-ROLE.service first, then its .timer etc."""
+    found = glob.glob(os.path.join(glob.escape(unit_dir), f"meshkit-{role}.*"))
+    return sorted(found, key=lambda p: (not p.endswith(".service"), p))
+
+
+def render_unit(text: str, python: str, root: str, config: str | None, home: str,
+                writable: list, user: str) -> str:
+    """The template with the machine's values, comments left as they are. Pure."""
+    out = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(("#", ";")) or "=" not in line:
+            out.append(line)
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key.startswith("Exec"):
+            line = PYTHON_RE.sub(lambda m: m.group(1) + quote(python), line)
+            if config:
+                line = line.replace(T_CONFIG, quote(config))
+            else:
+                line = re.sub(r"\s+--config\s+" + re.escape(T_CONFIG), "", line)
+        elif key in ("User", "Group") and value.strip() == T_USER:
+            line = f"{key}={user}"
+        elif key == "ReadWritePaths":
+            words = [quote(p) for p in writable] if T_STATE in value.split() else []
+            words += [w for w in value.split() if w != T_STATE]
+            line = "ReadWritePaths=" + " ".join(dict.fromkeys(words))
+        elif key == "Environment" and value.strip() == f"MESHKIT_HOME={T_STATE}":
+            line = "Environment=" + quote(f"MESHKIT_HOME={home}")
+        line = line.replace(T_ROOT, root)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def writable_dirs(role: str, cfg: Config) -> list:
+    dirs = [cfg.path(key) for key in WRITABLE[role]]
+    return list(dict.fromkeys(d for d in dirs if d))
+
+
+def run(args) -> int:
+    cfg = load_config(args)
+    files = templates(args.role)
+    if not files:
+        return fail(f"no unit template {os.path.join(UNIT_DIR, f'meshkit-{args.role}.*')} "
+                    f"(this command needs a checkout with its systemd/ directory)", EXIT_USAGE)
+    cfg_file = config_path(args) if cfg.source else None
+    rendered = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        name = os.path.basename(path)
+        head = f"# {name}: made by `python3 -m meshkit systemd {args.role}` from {path}\n"
+        rendered.append((name, head + render_unit(text, sys.executable, ROOT, cfg_file, meshkit_home(),
+                                                  writable_dirs(args.role, cfg), args.user)))
+    if args.write:
+        for name, text in rendered:
+            target = os.path.join(args.write, name)
+            write_text(target, text)
+            print(target)
+        return 0
+    for i, (name, text) in enumerate(rendered):
+        if len(rendered) > 1:
+            sys.stdout.write(("\n" if i else "") + f"# ==> {name} <==\n")
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,162 @@
+"""systemd units: what each must say, the start-limit arithmetic, `systemd-analyze verify`
+on every unit in systemd/ and on the ones `python -m meshkit systemd ROLE` prints."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from tests.helpers import ROOT, meshkit
+
+from meshkit.cli import cmd_systemd
+from meshkit.rules.config import render_default_toml
+
+UNIT_DIR = os.path.join(ROOT, "systemd")
+MINE = {"meshkit-supervisor.service": "-500", "meshkit-worker.service": "500", "meshkit-watchdog.service": None}
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def parse_unit(text: str) -> dict:
+    """{section: {key: [values]}} (keys may repeat)."""
+    out, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        k, _, v = line.partition("=")
+        section.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def seconds(v: str) -> float:
+    units = {"ms": 0.001, "s": 1, "min": 60, "m": 60, "h": 3600}
+    for suffix in sorted(units, key=len, reverse=True):
+        if v.endswith(suffix):
+            return float(v[: -len(suffix)]) * units[suffix]
+    return float(v)
+
+
+def verify(test, paths):
+    """systemd-analyze verify: exit 0 and not a word on stderr."""
+    p = subprocess.run([ANALYZE, "verify", *paths], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    test.assertEqual((p.returncode, p.stderr.strip()), (0, ""), f"verify {paths}:\n{p.stdout}{p.stderr}")
+
+
+class UnitContents(unittest.TestCase):
+    def units(self):
+        return {os.path.basename(p): parse_unit(open(p).read()) for p in glob.glob(os.path.join(UNIT_DIR, "*"))
+                if p.endswith((".service", ".timer"))}
+
+    def test_role_units_say_what_they_must(self):
+        units = self.units()
+        for name, oom in MINE.items():
+            with self.subTest(name):
+                self.assertIn(name, units)
+                svc, unit = units[name]["Service"], units[name]["Unit"]
+                self.assertEqual(svc["Type"], ["notify"])
+                self.assertEqual(svc["Restart"], ["always"])
+                self.assertTrue(seconds(svc["WatchdogSec"][0]) > 0)
+                self.assertEqual(svc["NoNewPrivileges"], ["yes"])
+                self.assertEqual(svc["ProtectSystem"], ["strict"])
+                self.assertEqual(svc["PrivateTmp"], ["yes"])
+                self.assertEqual(svc["User"], ["meshkit"])
+                self.assertTrue(svc["ReadWritePaths"][0])
+                self.assertIn("/usr/bin/python3 -m meshkit", svc["ExecStart"][0])
+                self.assertIn("StartLimitBurst", unit)
+                if oom:
+                    self.assertEqual(svc["OOMScoreAdjust"], [oom])
+
+    def test_restart_delay_can_never_trip_the_start_limit(self):
+        """With restarts RestartSec apart, at most interval/RestartSec + 1 starts fit in the
+        start-limit window; that must stay below the burst (or the limit is off)."""
+        checked = 0
+        for name, unit in self.units().items():
+            svc = unit.get("Service", {})
+            if svc.get("Restart", [""])[-1] != "always":
+                continue
+            with self.subTest(name):
+                interval = seconds(unit["Unit"].get("StartLimitIntervalSec", ["10"])[-1])
+                burst = int(unit["Unit"].get("StartLimitBurst", ["5"])[-1])
+                delay = seconds(svc.get("RestartSec", ["0.1"])[-1])
+                if interval > 0:
+                    self.assertLess(interval / delay + 1, burst, f"{name}: {burst} starts in {interval} s, {delay} s apart")
+                checked += 1
+        self.assertGreaterEqual(checked, 3)
+
+
+class RenderUnit(unittest.TestCase):
+    TEMPLATE = ("# a comment about /opt/meshkit and /etc/meshkit/meshkit.toml stays\n[Service]\nUser=meshkit\n"
+                "Group=meshkit\nWorkingDirectory=/opt/meshkit\nEnvironment=MESHKIT_HOME=/var/lib/meshkit\n"
+                "ExecStart=/usr/bin/python3 -m meshkit supervisor --config /etc/meshkit/meshkit.toml\n"
+                "ExecStartPre=-/usr/bin/env python3 -m meshkit locks list\n"
+                "ReadWritePaths=/var/lib/meshkit /srv/extra\n")
+
+    def test_fills_in_python_paths_user_and_writable_dirs(self):
+        out = cmd_systemd.render_unit(self.TEMPLATE, "/opt/py 3/bin/python3", "/home/me/meshkit", "/home/me/m.toml",
+                                      "/home/me/.meshkit", ["/home/me/data", "/tmp/50%"], "agent")
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "# a comment about /opt/meshkit and /etc/meshkit/meshkit.toml stays")
+        self.assertIn("User=agent", lines)
+        self.assertIn("Group=agent", lines)
+        self.assertIn("WorkingDirectory=/home/me/meshkit", lines)
+        self.assertIn("Environment=MESHKIT_HOME=/home/me/.meshkit", lines)
+        self.assertIn('ExecStart="/opt/py 3/bin/python3" -m meshkit supervisor --config /home/me/m.toml', lines)
+        self.assertIn('ExecStartPre=-"/opt/py 3/bin/python3" -m meshkit locks list', lines)
+        self.assertIn("ReadWritePaths=/home/me/data /tmp/50%% /srv/extra", lines)
+
+    def test_without_a_config_file_the_flag_goes(self):
+        out = cmd_systemd.render_unit(self.TEMPLATE, "/usr/bin/python3.11", "/r", None, "/h", ["/h/data"], "meshkit")
+        self.assertIn("ExecStart=/usr/bin/python3.11 -m meshkit supervisor\n", out)
+
+
+@unittest.skipUnless(ANALYZE, "systemd-analyze is not installed (no systemd on this machine)")
+class Verify(unittest.TestCase):
+    def test_every_unit_in_the_repository(self):
+        units = sorted(p for p in glob.glob(os.path.join(UNIT_DIR, "*")) if p.endswith((".service", ".timer")))
+        self.assertTrue(units)
+        if not os.access("/usr/bin/python3", os.X_OK):
+            self.skipTest("the units run /usr/bin/python3, which this machine lacks")
+        verify(self, units)
+
+    def test_printed_units(self):
+        with tempfile.TemporaryDirectory() as d:
+            config = os.path.join(d, "meshkit.toml")
+            with open(config, "w") as f:
+                f.write(render_default_toml())
+            out = os.path.join(d, "units")
+            printed = []
+            for role in cmd_systemd.ROLES:
+                if not cmd_systemd.templates(role):
+                    continue      # the sync units come with the sync feature
+                p = meshkit("systemd", role, "--config", config)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertIn(f"ExecStart={sys.executable} -m meshkit {role.replace('-', ' ')}", p.stdout)
+                self.assertIn(f"--config {config}", p.stdout)
+                self.assertIn(f"WorkingDirectory={ROOT}", p.stdout)
+                w = meshkit("systemd", role, "--config", config, "--write", out)
+                self.assertEqual(w.returncode, 0, w.stderr)
+                printed += w.stdout.split()
+            self.assertIn(os.path.join(out, "meshkit-supervisor.service"), printed)
+            self.assertIn(f"ReadWritePaths={os.path.join(d, 'data')}",
+                          open(os.path.join(out, "meshkit-supervisor.service")).read())
+            verify(self, printed)
+
+
+class Command(unittest.TestCase):
+    def test_a_role_without_templates_is_a_clear_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertEqual(cmd_systemd.templates("worker", d), [])
+        p = meshkit("systemd", "nosuchrole")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("invalid choice", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
