@@ -34,6 +34,7 @@ def run(args) -> int:
     print(f"  connect a worker:  python -m meshkit worker{cfg_arg} --supervisor {url}")
     print(f"  dispatch a task:   python -m meshkit dispatch echo --payload '{{\"hello\": 1}}' --wait{cfg_arg}")
     print(f"  fleet status:      python -m meshkit status{cfg_arg}", flush=True)
+    sup.ops.ready()                # systemd: READY=1 (no-op without NOTIFY_SOCKET)
     stop = threading.Event()
 
     def on_signal(signum, frame):

@@ -11,6 +11,7 @@ from meshkit.adapters.store import Store
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ConfigError, MeshkitError
 from meshkit.roles.supervisor.api import Api, url_of
+from meshkit.roles.supervisor.ops import Ops
 from meshkit.roles.supervisor.tasks import Tasks
 
 
@@ -36,6 +37,7 @@ class Supervisor:
         self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.api = Api(self)
+        self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
         self.server = None
         self.url = None
         self.started = clock.time()
@@ -68,7 +70,8 @@ class Supervisor:
         except MeshkitError as e:
             self.last_cycle_error = e.message
             self.log.error("cycle_failed", error=e.message)
-        return float(self.cfg.get("supervisor.cycle"))
+        self.ops.cycle()
+        return self.ops.next_delay(float(self.cfg.get("supervisor.cycle")))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -77,6 +80,7 @@ class Supervisor:
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Refuse new work (503), let requests in flight finish, checkpoint the WAL."""
+        self.ops.stopping()
         if self.server is not None:
             self.server.draining = True
             self.tasks.draining = True
