@@ -46,4 +46,4 @@ def run(args) -> int:
         sup.run(stop)
     finally:
         sup.shutdown()
-    return 0
+    return sup.exit_code           # 0, or 70 from the memory guard

@@ -1,8 +1,14 @@
 """What an operator sees of the supervisor, refreshed once per maintenance cycle:
-systemd notifications (READY, WATCHDOG from the step loop, STATUS, STOPPING)."""
+systemd notifications (READY, WATCHDOG from the step loop, STATUS, STOPPING) and the
+memory guard (limits.rss_soft_mb / rss_hard_mb: shed, or exit 70 for systemd to restart)."""
 
-from meshkit.adapters import sdnotify
+import gc
+
+from meshkit.adapters import procself, sdnotify
 from meshkit.core.errors import MeshkitError
+from meshkit.rules import memguard
+
+MB = memguard.MB
 
 
 def status_line(st: dict) -> str:
@@ -16,10 +22,14 @@ def status_line(st: dict) -> str:
 
 
 class Ops:
-    def __init__(self, sup, notifier=None):
+    def __init__(self, sup, notifier=None, rss=procself.rss_bytes):
         self.sup = sup
         self.notify = notifier if notifier is not None else sdnotify.Notifier.from_env(clock=sup.clock)
         self.last_status = None
+        self.read_rss = rss
+        self.soft, self.hard = memguard.limits(sup.cfg.get("limits.rss_soft_mb"), sup.cfg.get("limits.rss_hard_mb"))
+        self.rss = None
+        self.memory = memguard.OK
 
     def _status(self):
         try:
@@ -34,9 +44,33 @@ class Ops:
         self.notify.ready(f"serving {self.sup.url}; " + (status_line(st) if st else "status unavailable"))
 
     def cycle(self) -> None:
-        """After each maintenance step: the watchdog ping (only a loop that runs sends it)."""
+        """After each maintenance step: memory guard, then the watchdog ping (only a loop
+        that runs sends it, and not once the guard decided to exit)."""
+        if self.guard() == memguard.EXIT:
+            return
         st = self._status()
         self.notify.watchdog(status_line(st) if st else "status unavailable")
+
+    def guard(self) -> str:
+        """Read RSS, decide, act: shed = collect garbage (logged when it starts); exit = ask
+        the run loop to stop with memguard.EXIT_CODE (a clean shutdown follows)."""
+        rss = self.read_rss()
+        decision = memguard.decide(rss, self.soft, self.hard)
+        if decision != memguard.OK:
+            gc.collect()
+            rss = self.read_rss()
+            decision = memguard.decide(rss, self.soft, self.hard)
+        self.rss = rss
+        fields = {"rss_mb": round(rss / MB, 1) if rss else None, "soft_mb": self.soft // MB or None,
+                  "hard_mb": self.hard // MB or None}
+        if decision == memguard.EXIT:
+            self.sup.log.error("memory_limit_exceeded", exit_code=memguard.EXIT_CODE, **fields)
+            self.sup.exit_code = memguard.EXIT_CODE
+        elif decision != self.memory:
+            log = self.sup.log.warning if decision == memguard.SHED else self.sup.log.info
+            log("memory_shed" if decision == memguard.SHED else "memory_ok", **fields)
+        self.memory = decision
+        return decision
 
     def next_delay(self, delay: float) -> float:
         """The step delay, shortened so that a watchdog ping is never late."""

@@ -38,6 +38,7 @@ class Supervisor:
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
+        self.exit_code = 0            # set by the memory guard (70) to end run()
         self.server = None
         self.url = None
         self.started = clock.time()
@@ -74,7 +75,7 @@ class Supervisor:
         return self.ops.next_delay(float(self.cfg.get("supervisor.cycle")))
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not self.exit_code:
             delay = self.step()
             self.clock.wait(stop, delay)
 
