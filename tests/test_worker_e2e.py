@@ -93,7 +93,7 @@ class FiftyTasks(unittest.TestCase):
         victim.wait()
         task = wait_state(self.admin, tid, ("succeeded", "failed"), 20)
         self.assertEqual(task["state"], "succeeded")
-        self.assertEqual(task["attempts"], 2)
+        self.assertEqual(task["attempts"], 2, task["history"])
         self.assertEqual(path_of(task).count("succeeded"), 1)
         self.assertEqual(path_of(task), ["queued", "leased", "running", "queued", "leased", "running", "succeeded"])
         self.assertIn("stale", task["history"][3]["reason"])

@@ -42,7 +42,9 @@ if log:
 
 MODES = ("ok", "plain", "fail", "slow", "art")
 
-FAST = dict(worker__heartbeat_interval=0.5, worker__poll_interval=0.5, worker__grace=0.3,
+# poll_wait < stale_after, as in production (25 s < 600 s): a dead worker's open claim has ended
+# before its node is declared stale (else the supervisor could lease the requeued task to it).
+FAST = dict(worker__heartbeat_interval=0.5, worker__poll_interval=0.5, worker__poll_wait=1.0, worker__grace=0.3,
             worker__retry_base=0.1, worker__retry_cap=0.5, worker__breaker_cooldown=1.0,
             worker__drain_timeout=10, tasks__backoff_base=0.1, tasks__backoff_cap=0.2,
             supervisor__cycle=0.2, supervisor__stale_after=2)
@@ -99,8 +101,11 @@ class WorkerProc:
         return len(self.events(name))
 
     def wait_event(self, name, count=1, timeout=10.0) -> list:
-        return wait_for(lambda: self.count(name) >= count and self.events(name), timeout,
-                        f"{self.name}: {count} x {name}; log:\n{self.tail()}")
+        try:
+            return wait_for(lambda: self.count(name) >= count and self.events(name), timeout,
+                            f"{self.name}: {count} x {name}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; worker exit code {self.proc.poll()}; log:\n{self.tail()}") from None
 
     def tail(self, n=15) -> str:
         try:

@@ -70,7 +70,7 @@ class WorkerProcess(unittest.TestCase):
         self.assertEqual(task["result"]["result"], {"slept": 0.5})
         self.assertEqual(path_of(task).count("succeeded"), 1)
         self.assertEqual(task["attempts"], 1)
-        delivered = w.events("result_delivered")
+        delivered = w.wait_event("result_delivered")
         self.assertEqual([d["task"] for d in delivered], [tid])   # sent once after the restart (maybe a duplicate)
 
     def test_supervisor_down_breaker_stops_hammering_then_everything_is_delivered(self):
