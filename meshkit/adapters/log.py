@@ -1,6 +1,13 @@
-"""Structured logs: one JSON object per line on stderr (journald reads it)."""
+"""Structured logs: one JSON object per line on stderr (journald reads it) and, optionally,
+in daily files DIR/YYYY-MM-DD.jsonl (UTC dates; config key logging.dir, empty = off).
 
+Every line has time, level, role, node, event, and the ids the caller passes (task,
+trace_id, ...), so `grep TRACE_ID` across machines shows one task's journey.
+"""
+
+import datetime
 import json
+import os
 import sys
 import threading
 
@@ -9,18 +16,28 @@ from meshkit.core.clock import REAL
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+def day_file(log_dir: str, when: float) -> str:
+    day = datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d")
+    return os.path.join(log_dir, f"{day}.jsonl")
+
+
 class Logger:
-    def __init__(self, role: str, node: str = "", level: str = "info", stream=None, clock=REAL):
+    def __init__(self, role: str, node: str = "", level: str = "info", stream=None, clock=REAL, log_dir: str = ""):
         self.role, self.node = role, node
         self.min = LEVELS[level]
         self.stream = stream or sys.stderr
         self.clock = clock
+        self.log_dir = log_dir
+        self.file_errors = 0
+        self._file = None
+        self._file_path = None
         self._lock = threading.Lock()
 
     def log(self, level: str, event: str, **fields) -> None:
         if LEVELS[level] < self.min:
             return
-        rec = {"time": round(self.clock.time(), 3), "level": level, "role": self.role,
+        now = self.clock.time()
+        rec = {"time": round(now, 3), "level": level, "role": self.role,
                "node": self.node, "event": event}
         rec.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(rec, default=str, separators=(",", ":")) + "\n"
@@ -30,6 +47,35 @@ class Logger:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
+            if self.log_dir:
+                self._to_file(line, now)
+
+    def _to_file(self, line: str, now: float) -> None:
+        """Append to today's file (opened once a day; a new day opens the next)."""
+        path = day_file(self.log_dir, now)
+        try:
+            if path != self._file_path:
+                self._close_file()
+                os.makedirs(self.log_dir, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._file, self._file_path = os.fdopen(fd, "a", encoding="utf-8"), path
+            self._file.write(line)
+            self._file.flush()
+        except (OSError, ValueError):
+            self.file_errors += 1      # a full disk must not stop the role; stderr still has it
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file, self._file_path = None, None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_file()
 
     def debug(self, event, **f): self.log("debug", event, **f)
     def info(self, event, **f): self.log("info", event, **f)

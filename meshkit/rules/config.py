@@ -112,6 +112,7 @@ SCHEMA: list[Key] = [
     Key("sync.keep_invalid", "posint", 5, "snapshots that failed validation kept as evidence (newest)"),
     # logging
     Key("logging.level", "loglevel", "info", "least severe level written"),
+    Key("logging.dir", "path", "", "also write the log to daily files DIR/YYYY-MM-DD.jsonl (UTC dates); empty = stderr only", commented=True),
     # limits
     Key("limits.rss_soft_mb", "int", 0, "memory guard: above this resident memory (MB) collect garbage and log; 0 = off"),
     Key("limits.rss_hard_mb", "int", 0, "memory guard: above this (MB) shut down cleanly with exit code 70 (systemd restarts it); 0 = off"),

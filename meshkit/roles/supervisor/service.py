@@ -25,7 +25,8 @@ def parse_listen(value: str, source=None) -> tuple:
 class Supervisor:
     def __init__(self, cfg, clock=REAL, logger=None, listen: str | None = None):
         self.cfg, self.clock = cfg, clock
-        self.log = logger or Logger("supervisor", level=cfg.get("logging.level"), clock=clock)
+        self.log = logger or Logger("supervisor", level=cfg.get("logging.level"), clock=clock,
+                                    log_dir=cfg.path("logging.dir"))
         self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
         self.data_dir = cfg.path("supervisor.data_dir")
         os.makedirs(self.data_dir, exist_ok=True)
