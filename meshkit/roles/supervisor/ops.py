@@ -4,7 +4,9 @@ memory guard (limits.rss_soft_mb / rss_hard_mb: shed, or exit 70 for systemd to 
 
 import gc
 
+from meshkit import __version__
 from meshkit.adapters import procself, sdnotify
+from meshkit.core import metrics as m
 from meshkit.core.errors import MeshkitError
 from meshkit.rules import memguard
 
@@ -30,6 +32,11 @@ class Ops:
         self.soft, self.hard = memguard.limits(sup.cfg.get("limits.rss_soft_mb"), sup.cfg.get("limits.rss_hard_mb"))
         self.rss = None
         self.memory = memguard.OK
+        reg = sup.api.registry
+        self.mode_gauge = reg.add(m.Gauge("meshkit_mode", "the supervisor's degradation mode (1 = current)", ("mode",)))
+        self.rss_gauge = reg.add(m.Gauge("meshkit_process_resident_memory_bytes", "the supervisor's resident memory"))
+        self.guard_gauge = reg.add(m.Gauge("meshkit_memory_guard", "memory guard decision (1 = current)", ("state",)))
+        reg.add(m.Gauge("meshkit_build_info", "meshkit version", ("version",))).set(1, __version__)
 
     def _status(self):
         try:
@@ -49,7 +56,16 @@ class Ops:
         if self.guard() == memguard.EXIT:
             return
         st = self._status()
+        self.update_metrics(st)
         self.notify.watchdog(status_line(st) if st else "status unavailable")
+
+    def update_metrics(self, st) -> None:
+        """Gauges /metrics shows that come from the cycle (tasks and nodes come at scrape time)."""
+        if st:
+            self.mode_gauge.replace({(str(st.get("mode")),): 1})
+        if self.rss:
+            self.rss_gauge.set(self.rss)
+        self.guard_gauge.replace({(s,): float(s == self.memory) for s in (memguard.OK, memguard.SHED, memguard.EXIT)})
 
     def guard(self) -> str:
         """Read RSS, decide, act: shed = collect garbage (logged when it starts); exit = ask
