@@ -1,13 +1,21 @@
-"""`meshkit worker`: poll the supervisor and run allowlisted task kinds."""
+"""`meshkit worker`: poll the supervisor and run allowlisted task kinds.
+
+`python -m meshkit worker` re-executes itself as `python -m meshkit.cli.cmd_worker` (same pid,
+arguments and environment): that process imports only the worker's modules, not the whole
+CLI (supervisor, SQLite, http.server, sync...), which keeps an idle worker's RSS ~3 MB lower.
+"""
 
 import argparse
 import os
 import signal
 import socket
+import sys
 
+import meshkit
 from meshkit.adapters import keyfile
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import EXIT_USAGE, add_config_arg, fail, load_config
+from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
+from meshkit.core.errors import MeshkitError
 from meshkit.roles.worker import build, settings_from
 from meshkit.rules.auth import pick_key
 
@@ -28,11 +36,16 @@ delivers results and exits 0; a second one stops the running tasks at once."""
 
 def register(sub) -> None:
     p = sub.add_parser("worker", help="run a worker (polls the supervisor, runs allowlisted task kinds)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Run a worker: register with heartbeats, long-poll for tasks it may run, "
-                                   "run each in its own directory and process group, deliver results "
-                                   "through a durable outbox. Flags override the config.",
-                       epilog=EXAMPLE)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=DESCRIPTION, epilog=EXAMPLE)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+DESCRIPTION = ("Run a worker: register with heartbeats, long-poll for tasks it may run, run each in its own "
+               "directory and process group, deliver results through a durable outbox. Flags override the config.")
+
+
+def add_arguments(p) -> None:
     add_config_arg(p)
     p.add_argument("--name", help="node name (worker.name; default: this machine's hostname)")
     p.add_argument("--capability", action="append", metavar="CAP",
@@ -41,10 +54,38 @@ def register(sub) -> None:
     p.add_argument("--supervisor", action="append", metavar="URL",
                    help="supervisor URL; repeat for a standby (replaces worker.supervisor)")
     p.add_argument("--work-dir", metavar="DIR", help="task directories and outbox (worker.work_dir)")
-    p.set_defaults(func=run)
+
+
+def to_argv(args) -> list:
+    out = []
+    for flag, value in (("--config", args.config), ("--name", args.name), ("--slots", args.slots),
+                        ("--work-dir", args.work_dir and os.path.abspath(args.work_dir))):
+        if value is not None:
+            out += [flag, str(value)]
+    for flag, values in (("--capability", args.capability), ("--supervisor", args.supervisor)):
+        for v in values or []:
+            out += [flag, v]
+    return out
 
 
 def run(args) -> int:
+    """From the full CLI: become the lean worker process; if exec is impossible, serve here."""
+    if sys.executable:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(meshkit.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if args.config:
+            args.config = os.path.abspath(os.path.expanduser(args.config))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "meshkit.cli.cmd_worker", *to_argv(args)], env)
+        except OSError:
+            pass
+    return serve(args)
+
+
+def serve(args) -> int:
     cfg = load_config(args)
     overrides = {}
     if args.name is not None:
@@ -74,3 +115,20 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     return worker.run()
 
+
+def main(argv=None) -> int:
+    """`python -m meshkit.cli.cmd_worker ARGS`: the lean worker process."""
+    p = argparse.ArgumentParser(prog="meshkit worker", description=DESCRIPTION, epilog=EXAMPLE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return serve(args)
+    except MeshkitError as e:
+        return fail(e.message, exit_code_for(e))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
