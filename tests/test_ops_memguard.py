@@ -92,7 +92,9 @@ class RealSupervisor(unittest.TestCase):
         # systemd would start it again; with the limit raised it serves from the same data.
         fleet.write_config(supervisor__cycle=0.2)
         fleet.start_supervisor()
-        self.assertEqual(fleet.client("viewer").call("GET", "/v1/status")["role"], "primary")
+        viewer = fleet.client("viewer")
+        self.assertEqual(viewer.call("GET", "/v1/status")["role"], "primary")
+        viewer.close()
         self.assertEqual(fleet.stop(), 0)
 
     def test_soft_limit_sheds_and_keeps_serving(self):
@@ -106,6 +108,7 @@ class RealSupervisor(unittest.TestCase):
         self.assertEqual(shed[0]["soft_mb"], 1)
         client = fleet.client("admin")
         self.assertTrue(client.call("POST", "/v1/tasks", {"kind": "echo"})["created"])
+        client.close()
         time.sleep(0.3)                                       # a few more cycles
         self.assertIsNone(fleet.supervisor.poll())
         self.assertEqual(len([e for e in events(log) if e["event"] == "memory_shed"]), 1, "logged once, not per cycle")

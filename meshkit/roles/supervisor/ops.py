@@ -1,6 +1,7 @@
 """What an operator sees of the supervisor, refreshed once per maintenance cycle:
-systemd notifications (READY, WATCHDOG from the step loop, STATUS, STOPPING) and the
-memory guard (limits.rss_soft_mb / rss_hard_mb: shed, or exit 70 for systemd to restart)."""
+systemd notifications (READY, WATCHDOG from the step loop, STATUS, STOPPING), the
+memory guard (limits.rss_soft_mb / rss_hard_mb: shed, or exit 70 for systemd to restart),
+the status files (HEARTBEAT.md, LOAD_STATUS.json) and the cycle's /metrics gauges."""
 
 import gc
 
@@ -8,6 +9,7 @@ from meshkit import __version__
 from meshkit.adapters import procself, sdnotify
 from meshkit.core import metrics as m
 from meshkit.core.errors import MeshkitError
+from meshkit.roles.supervisor import statusfiles
 from meshkit.rules import memguard
 
 MB = memguard.MB
@@ -32,6 +34,7 @@ class Ops:
         self.soft, self.hard = memguard.limits(sup.cfg.get("limits.rss_soft_mb"), sup.cfg.get("limits.rss_hard_mb"))
         self.rss = None
         self.memory = memguard.OK
+        self.files_failing = False
         reg = sup.api.registry
         self.mode_gauge = reg.add(m.Gauge("meshkit_mode", "the supervisor's degradation mode (1 = current)", ("mode",)))
         self.rss_gauge = reg.add(m.Gauge("meshkit_process_resident_memory_bytes", "the supervisor's resident memory"))
@@ -57,7 +60,26 @@ class Ops:
             return
         st = self._status()
         self.update_metrics(st)
+        if st:
+            self.write_files(st)
         self.notify.watchdog(status_line(st) if st else "status unavailable")
+
+    def memory_view(self) -> dict:
+        return {"rss_bytes": self.rss, "soft_bytes": self.soft or None, "hard_bytes": self.hard or None,
+                "state": self.memory}
+
+    def write_files(self, st: dict) -> None:
+        """HEARTBEAT.md and LOAD_STATUS.json; a failure is logged once, not every cycle."""
+        try:
+            statusfiles.write(self.sup.data_dir, st, self.sup.clock.time(), self.memory_view())
+        except OSError as e:
+            if not self.files_failing:
+                self.sup.log.error("status_files_failed", error=f"{e.strerror or e}", data_dir=self.sup.data_dir)
+            self.files_failing = True
+            return
+        if self.files_failing:
+            self.sup.log.info("status_files_ok", data_dir=self.sup.data_dir)
+        self.files_failing = False
 
     def update_metrics(self, st) -> None:
         """Gauges /metrics shows that come from the cycle (tasks and nodes come at scrape time)."""
