@@ -8,6 +8,7 @@ from meshkit import __version__
 from meshkit.adapters.httpserver import App, Raw, Route, encode_json
 from meshkit.core import metrics as m
 from meshkit.core.errors import BadRequest, Unauthorized
+from meshkit.roles.supervisor import page
 from meshkit.rules import auth, fsm
 
 
@@ -41,6 +42,8 @@ class Api:
             Route("POST", "/v1/tasks/([^/]+)/cancel", "cancel", self.cancel, auth="admin"),
             Route("GET", "/v1/status", "status", self.status, auth="viewer"),
             Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
+            Route("GET", "/", "page", page.page, auth="none"),                # status page (page.py)
+            Route("GET", "/v1/overview", "overview", lambda req: page.overview(self.sup), auth="viewer"),
         ]
 
     def app(self) -> App:
