@@ -1,0 +1,278 @@
+"""`meshkit sync memory` with real rsync and real processes: every way a copy can go
+wrong leaves `current` on a complete, valid copy and deletes nothing valid."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from meshkit.adapters.locks import FileLock
+from tests.test_sync_helpers import ROOT, STATUS_KEYS, SyncCase, tree, write
+
+
+class FirstSyncAndChanges(SyncCase):
+    def test_copy_unchanged_and_incremental(self):
+        expected = self.make_agents()
+        proc = self.sync()
+        first = self.current()
+        self.assert_current(expected)
+        self.assertIn("current -> snapshots/", proc.stdout)
+        line = self.run_line(proc)
+        self.assertEqual((line["result"], line["files"], line["changed"]), ("ok", len(expected), len(expected)))
+        for key in ("bytes", "duration", "snapshot", "job"):
+            self.assertIn(key, line)
+        st = self.status()
+        self.assertLessEqual(STATUS_KEYS, set(st))
+        self.assertEqual((st["job"], st["last_result"], st["consecutive_failures"]), ("memory", "ok", 0))
+        self.assertIsNone(st["last_failure"])
+
+        # nothing changed: no new snapshot
+        proc = self.sync()
+        self.assertEqual(self.run_line(proc)["result"], "unchanged")
+        self.assertEqual(self.snapshots(), [first])
+
+        # one file changed, one added, one removed, a new agent
+        write(os.path.join(self.src, "agent0", "memory", "note0.json"), '{"agent": 0, "note": "new"}')
+        write(os.path.join(self.src, "agent1", "memory", "extra.json"), '{"x": 1}')
+        os.unlink(os.path.join(self.src, "agent2", "memory", "note2.json"))
+        write(os.path.join(self.src, "agent9", "memory", "a.json"), "{}")
+        write(os.path.join(self.src, "agent9", "MEMORY.md"), "nine")
+        proc = self.sync()
+        line = self.run_line(proc)
+        self.assertEqual((line["changed"], line["deleted"]), (4, 1))
+        second = self.current()
+        self.assertNotEqual(second, first)
+        self.assert_current(self.expected())
+        meta = json.load(open(os.path.join(self.dest, "snapshots", second + ".json")))
+        self.assertEqual((meta["files"], meta["bytes"]), (len(self.expected()), sum(map(len, self.expected().values()))))
+        # unchanged files share their inode with the previous snapshot; changed ones do not
+        old, new = (os.path.join(self.dest, "snapshots", n) for n in (first, second))
+        same = os.path.join("agent1", "memory", "note1.json")
+        self.assertEqual(os.stat(os.path.join(old, same)).st_ino, os.stat(os.path.join(new, same)).st_ino)
+        changed = os.path.join("agent0", "memory", "note0.json")
+        self.assertNotEqual(os.stat(os.path.join(old, changed)).st_ino, os.stat(os.path.join(new, changed)).st_ino)
+        self.assertEqual(json.load(open(os.path.join(old, changed)))["note"], 0)     # old copy untouched
+
+    def test_permission_change_does_not_leak_into_old_snapshot(self):
+        self.make_agents(1, 1)
+        self.sync()
+        first = self.current()
+        path = os.path.join("agent0", "memory", "note0.json")
+        os.chmod(os.path.join(self.src, path), 0o600)
+        self.sync()
+        self.assertEqual(os.stat(os.path.join(self.dest, "snapshots", first, path)).st_mode & 0o777, 0o644)
+        self.assertEqual(os.stat(os.path.join(self.dest, "current", path)).st_mode & 0o777, 0o600)
+
+    def test_keep_rotates_old_snapshots_after_success(self):
+        self.make_agents(1, 1)
+        names = []
+        for i in range(4):
+            write(os.path.join(self.src, "agent0", "memory", "n.json"), json.dumps({"i": i}))
+            self.sync("--keep", "2")
+            names.append(self.current())
+        self.assertEqual(self.snapshots(), names[2:])
+
+    def test_include_and_exclude(self):
+        self.make_agents(2, 1)
+        self.sync("--include", "*.md", "--exclude", "agent1/")
+        self.assertEqual(sorted(tree(os.path.join(self.dest, "current"))), ["agent0/MEMORY.md"])
+
+
+class ValidationFailures(SyncCase):
+    def setUp(self):
+        super().setUp()
+        self.alerts = os.path.join(self.tmp, "alerts.jsonl")
+        hook = f"import sys; open({self.alerts!r}, 'a').write(sys.stdin.read() + chr(10))"
+        self.set_config(f'[sync]\nalert = [{json.dumps(sys.executable)}, "-c", {json.dumps(hook)}]\n'
+                        '[sync.memory.require]\n"*/memory/state.json" = ["agent", "updated"]\n')
+        self.good = self.make_agents()
+        self.sync()
+        self.first = self.current()
+
+    def events(self) -> list:
+        if not os.path.exists(self.alerts):
+            return []
+        return [json.loads(ln)["event"] for ln in open(self.alerts) if ln.strip()]
+
+    def assert_refused_copy(self, proc, *problems):
+        self.assertIn("validation failed", proc.stderr)
+        self.assert_current(self.good, self.first)
+        [aside] = self.invalid()
+        report = json.load(open(os.path.join(self.dest, "invalid", aside + ".report.json")))
+        got = {}
+        for p in report["problems"]:
+            got[p["path"]] = got.get(p["path"], "") + p["problem"] + "; "
+        for path, words in problems:
+            self.assertIn(path, got)
+            self.assertIn(words, got[path])
+        return report
+
+    def test_corrupt_json_then_recovery_with_alerts(self):
+        write(os.path.join(self.src, "agent1", "memory", "note1.json"), '{"agent": 1, "note"')
+        proc = self.sync(code=1)
+        self.assert_refused_copy(proc, ("agent1/memory/note1.json", "not valid JSON"))
+        st = self.status()
+        self.assertEqual((st["last_result"], st["consecutive_failures"]), ("invalid", 1))
+        self.assertIn("agent1/memory/note1.json", st["last_error"])
+        self.sync(code=1)
+        self.assertEqual(self.status()["consecutive_failures"], 2)
+        write(os.path.join(self.src, "agent1", "memory", "note1.json"), '{"agent": 1, "note": 1}')
+        self.sync()
+        self.assertNotEqual(self.current(), self.first)
+        self.assertEqual(self.status()["consecutive_failures"], 0)
+        self.assertEqual(self.events(), ["sync_failed", "sync_failed", "sync_recovered"])
+        self.assertEqual(len(self.invalid()), 2)        # evidence kept
+
+    def test_truncated_files(self):
+        log = os.path.join(self.src, "agent0", "memory", "log.jsonl")
+        with open(log, "r+b") as f:
+            f.truncate(12)
+        note = os.path.join(self.src, "agent2", "memory", "note0.json")
+        with open(note, "r+b") as f:
+            f.truncate(5)
+        proc = self.sync(code=1)
+        report = self.assert_refused_copy(proc, ("agent0/memory/log.jsonl", "line 2 is not valid JSON"),
+                                          ("agent2/memory/note0.json", "not valid JSON"))
+        self.assertEqual(report["problem_count"], 2)
+
+    def test_shrunk_to_zero_empty_md_and_required_keys(self):
+        write(os.path.join(self.src, "agent0", "MEMORY.md"), "")
+        with open(os.path.join(self.src, "agent1", "memory", "log.jsonl"), "w"):
+            pass
+        write(os.path.join(self.src, "agent2", "memory", "state.json"), '{"agent": 2}')
+        write(os.path.join(self.src, "agent2", "MEMORY.md"), b"\xff\xfe bad")
+        proc = self.sync(code=1)
+        self.assert_refused_copy(proc, ("agent0/MEMORY.md", "shrank to zero"),
+                                 ("agent1/memory/log.jsonl", "shrank to zero"),
+                                 ("agent2/memory/state.json", 'lacks required key "updated"'),
+                                 ("agent2/MEMORY.md", "not UTF-8"))
+
+    def test_check_all_finds_old_problems(self):
+        self.set_config('[sync.memory.require]\n"*/memory/note0.json" = ["missing"]\n')
+        self.sync()     # nothing changed: nothing checked
+        write(os.path.join(self.src, "agent0", "memory", "x.json"), "{}")
+        self.sync("--check-all", code=1)
+
+
+class GuardRefusals(SyncCase):
+    def setUp(self):
+        super().setUp()
+        self.good = self.make_agents(4, 3)
+        self.sync()
+        self.first = self.current()
+
+    def assert_nothing_changed(self):
+        self.assert_current(self.good, self.first)
+        self.assertEqual(self.snapshots(), [self.first])
+        self.assertEqual(self.snapshots(".incomplete"), [])
+        self.assertEqual(self.invalid(), [])
+
+    def test_empty_source(self):
+        for name in os.listdir(self.src):
+            subprocess.run(["rm", "-rf", os.path.join(self.src, name)], check=True)
+        proc = self.sync(code=4)
+        self.assertIn("source is empty", proc.stderr)
+        self.assertEqual(self.status()["last_result"], "refused")
+        self.assert_nothing_changed()
+
+    def test_missing_source(self):
+        os.rename(self.src, self.src + ".unmounted")
+        proc = self.sync(code=4)
+        self.assertIn("does not exist", proc.stderr)
+        self.assertIn("not mounted", proc.stderr)
+        self.assert_nothing_changed()
+
+    def test_mass_deletion(self):
+        for a in range(3):
+            subprocess.run(["rm", "-rf", os.path.join(self.src, f"agent{a}", "memory")], check=True)
+        proc = self.sync(code=4)
+        self.assertIn("would remove 12 of 20 files (60%)", proc.stderr)
+        self.assert_nothing_changed()
+        self.sync("--max-delete-share", "1")
+        self.assert_current(self.expected())
+
+    def test_first_sync_of_empty_source(self):
+        empty = os.path.join(self.tmp, "empty")
+        os.makedirs(os.path.join(empty, "agentX"))
+        dest = os.path.join(self.tmp, "other")
+        proc = self.meshkit("sync", "memory", "--source", empty, "--dest", dest, "--job", "other")
+        self.assertEqual(proc.returncode, 4, proc.stderr)
+        self.assertIn("source is empty", proc.stderr)
+        self.assertFalse(os.path.lexists(os.path.join(dest, "current")))
+        self.assertEqual(os.listdir(os.path.join(dest, "snapshots")), [])
+
+
+class KilledAndLocked(SyncCase):
+    def test_kill_9_halfway(self):
+        good = self.make_agents(2, 2)
+        self.sync()
+        first = self.current()
+        write(os.path.join(self.src, "agent0", "memory", "big.bin"), os.urandom(3 * 1024 * 1024))
+        write(os.path.join(self.src, "agent0", "memory", "note0.json"), '{"changed": true}')
+        env = dict(os.environ, MESHKIT_HOME=self.home, PYTHONPATH=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "meshkit", "sync", "memory", "--source", self.src,
+                                 "--dest", self.dest, "--bwlimit", "2000"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        work = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            inc = self.snapshots(".incomplete")
+            if inc:
+                work = os.path.join(self.dest, "snapshots", inc[0], "agent0", "memory")
+                if os.path.isdir(work) and any(n.startswith(".big.bin.") for n in os.listdir(work)):
+                    break       # rsync is writing the big file
+            time.sleep(0.02)
+        self.assertIsNone(proc.poll(), "the sync finished before it could be killed")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.2)
+        self.assert_current(good, first)
+        [inc] = self.snapshots(".incomplete")
+        self.assertFalse(os.path.exists(os.path.join(self.dest, "snapshots", inc, "agent0", "memory", "big.bin")))
+        listing = self.meshkit("sync", "list", self.dest)
+        self.assertIn("incomplete", listing.stdout)
+        # the next run resumes it and completes
+        self.sync()
+        self.assert_current(self.expected())
+        self.assertEqual(self.snapshots(".incomplete"), [])
+        self.assertEqual(len(self.snapshots()), 2)
+
+    def test_lock_held(self):
+        self.make_agents(1, 1)
+        lock = FileLock(os.path.join(self.home, "locks", "sync-memory.lock"), purpose="test holder")
+        os.makedirs(os.path.dirname(lock.path))
+        with lock.acquired(wait=0):
+            proc = self.sync(code=75)
+        self.assertIn(f"pid {os.getpid()}", proc.stderr)
+        self.assertIn("test holder", proc.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.home, "sync", "memory.json")))
+        self.sync()
+
+    def test_rsync_missing_and_vanished_warning(self):
+        self.make_agents(1, 1)
+        self.set_config('[sync]\nrsync = "/nonexistent/rsync"\n')
+        proc = self.sync(code=5)
+        self.assertIn("package `rsync`", proc.stderr)
+        self.assertEqual(self.status()["last_result"], "failed")
+        fake = os.path.join(self.tmp, "rsync24")
+        write(fake, '#!/bin/sh\nrsync "$@"; rc=$?; [ $rc -eq 0 ] && exit 24; exit $rc\n')
+        os.chmod(fake, 0o755)
+        self.set_config(f'[sync]\nrsync = "{fake}"\n')
+        proc = self.sync()
+        self.assertIn("vanished", proc.stdout)
+        self.assertEqual(self.run_line(proc)["result"], "warning")
+        self.assertEqual(self.status()["consecutive_failures"], 0)
+
+    def test_usage_errors(self):
+        self.make_agents(1, 1)
+        for args in (["sync", "memory", "--dest", self.dest],
+                     ["sync", "memory", "--source", self.src, "--dest", self.dest, "--job", "a/b"],
+                     ["sync", "memory", "--source", "rsync://h/m", "--dest", self.dest],
+                     ["sync", "memory", "--source", self.src, "--dest", self.dest, "--max-delete-share", "2"]):
+            with self.subTest(args=args):
+                self.assertEqual(self.meshkit(*args).returncode, 2)
+        self.sync()
+        proc = self.sync("--job", "other", code=2)
+        self.assertIn("holds the snapshots of job 'memory'", proc.stderr)
