@@ -161,6 +161,36 @@ class SupervisorUnderSystemd(unittest.TestCase):
         self.assertEqual(proc.wait(15), 0)
 
 
+class WorkerUnderSystemd(unittest.TestCase):
+    """A real `python -m meshkit worker` (it re-execs itself, same pid) under a notify socket."""
+
+    def test_ready_watchdog_stopping(self):
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        fleet.start_supervisor()
+        listener = Listener()
+        self.addCleanup(listener.close)
+        log = open(os.path.join(fleet.dir, "worker.log"), "wb")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen([sys.executable, "-m", "meshkit", "worker", "--config", fleet.config, "--supervisor",
+                                 fleet.url, "--name", "w-sd", "--work-dir", os.path.join(fleet.dir, "work")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                env=env(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="1000000"))
+        fleet.procs.append(proc)
+        ready = listener.wait_for("READY", 15)
+        self.assertIsNotNone(ready, "no READY=1 from the worker")
+        self.assertIn("slots busy", ready.get("STATUS", ""))
+        pings = 0
+        deadline = time.monotonic() + 10
+        while pings < 3 and time.monotonic() < deadline:
+            msg = listener.recv(deadline - time.monotonic())
+            pings += bool(msg and "WATCHDOG" in msg)
+        self.assertEqual(pings, 3, "WATCHDOG=1 does not repeat")
+        proc.send_signal(signal.SIGTERM)
+        self.assertIsNotNone(listener.wait_for("STOPPING", 10), "no STOPPING=1 on SIGTERM")
+        self.assertEqual(proc.wait(15), 0)
+
+
 class StuckLoopStopsPinging(unittest.TestCase):
     """In-process: the pings come from the step loop, so a step that hangs stops them."""
 

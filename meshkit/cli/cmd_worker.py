@@ -15,6 +15,7 @@ import meshkit
 from meshkit.adapters import keyfile
 from meshkit.adapters.log import Logger
 from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
+from meshkit.cli.sdwire import wire_worker
 from meshkit.core.errors import MeshkitError
 from meshkit.roles.worker import build, settings_from
 from meshkit.rules.auth import pick_key
@@ -102,8 +103,9 @@ def serve(args) -> int:
         overrides["worker__work_dir"] = os.path.abspath(args.work_dir)
     s = settings_from(cfg.with_values(**overrides), socket.gethostname())
     kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), "worker")
-    log = Logger("worker", node=s.name, level=cfg.get("logging.level"))
+    log = Logger("worker", node=s.name, level=cfg.get("logging.level"), log_dir=cfg.path("logging.dir"))
     worker = build(s, kid, secret, log=log)
+    wire_worker(worker)        # systemd: READY, WATCHDOG per step, STATUS, STOPPING (no-op without NOTIFY_SOCKET)
 
     def on_signal(signum, frame):
         if worker.draining or worker.aborted is not None:
