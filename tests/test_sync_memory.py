@@ -74,6 +74,27 @@ class FirstSyncAndChanges(SyncCase):
             names.append(self.current())
         self.assertEqual(self.snapshots(), names[2:])
 
+    def test_odd_file_names(self):
+        names = ["a b.json", "new\nline.json", "caf\u00e9.md", "-dash.json", "back\\#101.json", "t\tab.jsonl"]
+        for n in names:
+            write(os.path.join(self.src, "agent0", "memory", n), "{}" if "json" in n else "text")
+        self.sync()
+        self.assert_current(self.expected())
+        for n in names:
+            write(os.path.join(self.src, "agent0", "memory", n), '{"v": 2}' if "json" in n else "text 2")
+        proc = self.sync()
+        self.assertEqual(self.run_line(proc)["changed"], len(names))
+        self.assert_current(self.expected())
+        write(os.path.join(self.src, "agent0", "memory", "new\nline.json"), "{")
+        proc = self.sync(code=1)
+        self.assertIn("agent0/memory/new\nline.json: is not valid JSON", proc.stderr)
+
+    def test_dest_inside_source_is_refused(self):
+        self.make_agents(1, 1)
+        proc = self.meshkit("sync", "backup", "--source", self.src, "--dest", os.path.join(self.src, "bk"))
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("inside --source", proc.stderr)
+
     def test_include_and_exclude(self):
         self.make_agents(2, 1)
         self.sync("--include", "*.md", "--exclude", "agent1/")

@@ -62,6 +62,11 @@ class SyncJob:
         self.status_dir, self.alert = status_dir, list(alert)
         self.lock_path, self.lock_ttl = lock_path, lock_ttl
         self.extra = dict(extra or {})
+        if not self.loc.remote:
+            src, dest = (os.path.realpath(p) for p in (self.loc.path, spec.dest))
+            if dest == src or dest.startswith(src.rstrip("/") + "/"):
+                raise BadRequest(f"--dest {spec.dest} is inside --source {spec.source}; "
+                                 "it would copy its own snapshots")
         owner = self.store.owner()
         if owner and owner.get("job") != spec.job:
             raise BadRequest(f"{spec.dest} holds the snapshots of job {owner.get('job')!r} "
