@@ -55,10 +55,25 @@ class Listener:
                 return msg
         return None
 
+    def pings(self, count: int, timeout: float) -> list:
+        """Arrival times of the next `count` WATCHDOG=1 messages (fewer at the deadline)."""
+        times, deadline = [], time.monotonic() + timeout
+        while len(times) < count and time.monotonic() < deadline:
+            msg = self.recv(deadline - time.monotonic())
+            if msg and "WATCHDOG" in msg:
+                times.append(time.monotonic())
+        return times
+
     def close(self):
         self.sock.close()
         if self.dir:
             self.dir.cleanup()
+
+
+def stop_expecting_stopping(test, proc, listener):
+    proc.send_signal(signal.SIGTERM)
+    test.assertIsNotNone(listener.wait_for("STOPPING", 10), "no STOPPING=1 on SIGTERM")
+    test.assertEqual(proc.wait(15), 0)
 
 
 class NotifierUnits(unittest.TestCase):
@@ -145,20 +160,13 @@ class SupervisorUnderSystemd(unittest.TestCase):
         ready = listener.wait_for("READY", 10)
         self.assertIsNotNone(ready, "no READY=1")
         self.assertIn("serving http://127.0.0.1:", ready.get("STATUS", ""))
-        pings = []
-        deadline = time.monotonic() + 10
-        while len(pings) < 4 and time.monotonic() < deadline:
-            msg = listener.recv(deadline - time.monotonic())
-            if msg and "WATCHDOG" in msg:
-                pings.append(time.monotonic())
+        pings = listener.pings(4, 10)
         self.assertEqual(len(pings), 4, "WATCHDOG=1 does not repeat (cycle 5 s, watchdog 1 s)")
         gaps = [b - a for a, b in zip(pings, pings[1:])]
         self.assertLess(max(gaps), 1.0, f"pings must come every ~0.5 s: {gaps}")
         statuses = [m["STATUS"] for _, m in listener.messages if "STATUS" in m]
         self.assertTrue(any("primary epoch 1" in s and "nodes alive" in s for s in statuses), statuses)
-        proc.send_signal(signal.SIGTERM)
-        self.assertIsNotNone(listener.wait_for("STOPPING", 10), "no STOPPING=1 on SIGTERM")
-        self.assertEqual(proc.wait(15), 0)
+        stop_expecting_stopping(self, proc, listener)
 
 
 class WorkerUnderSystemd(unittest.TestCase):
@@ -180,15 +188,8 @@ class WorkerUnderSystemd(unittest.TestCase):
         ready = listener.wait_for("READY", 15)
         self.assertIsNotNone(ready, "no READY=1 from the worker")
         self.assertIn("slots busy", ready.get("STATUS", ""))
-        pings = 0
-        deadline = time.monotonic() + 10
-        while pings < 3 and time.monotonic() < deadline:
-            msg = listener.recv(deadline - time.monotonic())
-            pings += bool(msg and "WATCHDOG" in msg)
-        self.assertEqual(pings, 3, "WATCHDOG=1 does not repeat")
-        proc.send_signal(signal.SIGTERM)
-        self.assertIsNotNone(listener.wait_for("STOPPING", 10), "no STOPPING=1 on SIGTERM")
-        self.assertEqual(proc.wait(15), 0)
+        self.assertEqual(len(listener.pings(3, 10)), 3, "WATCHDOG=1 does not repeat")
+        stop_expecting_stopping(self, proc, listener)
 
 
 class StuckLoopStopsPinging(unittest.TestCase):
