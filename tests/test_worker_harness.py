@@ -11,6 +11,7 @@ import time
 from tests.helpers import ROOT, Fleet, env
 
 from meshkit.adapters import runner
+from meshkit.rules.config import SCHEMA_BY_NAME
 
 # One script, several kinds (its first argument); the payload says what to do.
 TASK_SCRIPT = r'''
@@ -47,12 +48,15 @@ MODES = ("ok", "plain", "fail", "slow", "art")
 FAST = dict(worker__heartbeat_interval=0.5, worker__poll_interval=0.5, worker__poll_wait=1.0, worker__grace=0.3,
             worker__retry_base=0.1, worker__retry_cap=0.5, worker__breaker_cooldown=1.0,
             worker__drain_timeout=10, tasks__backoff_base=0.1, tasks__backoff_cap=0.2,
-            supervisor__cycle=0.2, supervisor__stale_after=2)
+            supervisor__cycle=0.2, supervisor__stale_after=2,
+            tasks__quarantine_after=0)   # the tests fail kinds on purpose, many times in a row
 
 
 def worker_fleet(**overrides) -> Fleet:
-    """A Fleet whose config allows the test kinds (and the fast timings above)."""
-    fleet = Fleet(**dict(FAST, **overrides))
+    """A Fleet whose config allows the test kinds (and the fast timings above). Kinds that fail
+    on purpose must not be quarantined (paused) by the supervisor, where it does that."""
+    extra = {"tasks__quarantine_after": 0} if "tasks.quarantine_after" in SCHEMA_BY_NAME else {}
+    fleet = Fleet(**dict(FAST, **extra, **overrides))
     script = os.path.join(fleet.dir, "task.py")
     with open(script, "w") as f:
         f.write(TASK_SCRIPT)

@@ -9,6 +9,7 @@ a delayed ACK; slow or silent clients are cut off after `request_timeout`.
 import http.server
 import json
 import re
+import select
 import socket
 import socketserver
 import threading
@@ -58,6 +59,19 @@ class Request:
     key_id: str = ""
     role: str = ""
     _json: object = None
+
+    def connected(self) -> bool:
+        """False once the client has closed its connection (checked without reading)."""
+        sock = getattr(self, "sock", None)
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            # Readable with nothing to read means the peer closed. (A socket with a timeout
+            # waits in recv() even with MSG_DONTWAIT, hence the select first.)
+            return not readable or sock.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
 
     def json(self):
         if self._json is None:
@@ -176,6 +190,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return data
 
     def _handle(self):
+        with self.server._count_lock:
+            self.server.in_flight += 1
+        try:
+            self._handle_request()
+        finally:
+            with self.server._count_lock:
+                self.server.in_flight -= 1
+
+    def _handle_request(self):
         app = self.server.app
         start = app.clock.monotonic()
         route_name, status, req = "unmatched", 500, None
@@ -190,6 +213,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             route_name = route.name
             req = Request(self.command, self.path, url.path, query, params, self.headers, body,
                           self.client_address[0], route)
+            req.sock = self.connection
             if route.auth != "none":
                 app.authenticate(req)
             if self.server.draining and route.auth != "none" and route.method != "GET":
@@ -231,7 +255,8 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.request_timeout = request_timeout
         self.draining = False
         self._slots = threading.BoundedSemaphore(max_connections)
-        self.active = 0
+        self.active = 0          # open connections
+        self.in_flight = 0       # requests being answered (shutdown waits for these only)
         self._count_lock = threading.Lock()
         super().__init__(address, Handler)
 

@@ -69,6 +69,7 @@ TYPES = {
     "running": ('a list of {"task": id, "fence": n}', _running),
     "expects": ('null or {"path": str, "keys": [str]}', _expects),
     "any": ("any JSON value", lambda v: True),
+    "objlist": ("a list of objects", lambda v: isinstance(v, list) and len(v) <= MAX_LIST and all(isinstance(x, dict) for x in v)),
     "optstr": ("a string or null", lambda v: v is None or _str(v)),
     "optint": ("a whole number or null", lambda v: v is None or _int(v)),
 }
@@ -95,6 +96,9 @@ DISPATCH = {
     "trace_id": ("trace", False),
 }
 CANCEL = {"reason": ("str", False)}
+GRAPH_TASK = dict(DISPATCH, after=("strlist", False))   # "after" may name tasks of the same graph
+GRAPH = {"tasks": ("objlist", True)}
+MODE = {"mode": ("str", True), "reason": ("str", False)}
 
 OUTCOMES = ("succeeded", "failed")
 ENDED_BY = ("exit", "timeout", "cancel", "signal", "error")

@@ -63,11 +63,14 @@ SCHEMA: list[Key] = [
     Key("supervisor.request_timeout", "seconds", 30, "a client that sends nothing for this long is disconnected"),
     Key("supervisor.durability", "durability", "normal", '"normal" survives a killed process; "full" also a power cut (fsync per commit)'),
     Key("supervisor.cycle", "seconds", 2, "how often the supervisor reaps leases and checks its state"),
+    Key("supervisor.start_timeout", "seconds", 120, "a task leased but not started this long is requeued (heal rule)"),
+    Key("supervisor.priorities_file", "path", "", "per-kind priorities, limits and retry rules (TOML or JSON); reloaded on change", commented=True),
     # tasks
     Key("tasks.timeout", "seconds", 1800, "default task timeout"),
     Key("tasks.max_attempts", "posint", 5, "default attempts before a task fails for good"),
     Key("tasks.backoff_base", "seconds", 1, "retry backoff base (full jitter, doubles each attempt)"),
     Key("tasks.backoff_cap", "seconds", 60, "retry backoff cap"),
+    Key("tasks.quarantine_after", "int", 3, "a kind failing this many times in a row (not transiently) is paused; 0 = never"),
     # auth
     Key("auth.keys_file", "path", "keys", "file of signing keys (id role secret), mode 0600"),
     Key("auth.key_id", "str", "", "key a client signs with; empty = the most capable key in keys_file", commented=True),

@@ -7,6 +7,7 @@ import urllib.parse
 from meshkit import __version__
 from meshkit.adapters.httpserver import App, Raw, Route, encode_json
 from meshkit.core import metrics as m
+from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Unauthorized
 from meshkit.roles.supervisor import page
 from meshkit.rules import auth, fsm
@@ -40,6 +41,11 @@ class Api:
             Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer"),
             Route("GET", "/v1/tasks/([^/]+)", "task", self.get_task, auth="viewer"),
             Route("POST", "/v1/tasks/([^/]+)/cancel", "cancel", self.cancel, auth="admin"),
+            Route("GET", "/v1/tasks/([^/]+)/explain", "explain", self.explain, auth="viewer"),
+            Route("POST", "/v1/graph", "graph", self.graph, auth="admin"),
+            Route("GET", "/v1/kinds", "kinds", self.kinds, auth="viewer"),
+            Route("POST", "/v1/kinds/([^/]+)/resume", "resume", self.resume_kind, auth="admin"),
+            Route("POST", "/v1/mode", "mode", self.set_mode, auth="admin"),
             Route("GET", "/v1/status", "status", self.status, auth="viewer"),
             Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
             Route("GET", "/", "page", page.page, auth="none"),                # status page (page.py)
@@ -87,7 +93,7 @@ class Api:
 
     def claim(self, req):
         start = self.sup.clock.monotonic()
-        leased = self.tasks.claim(req.json())
+        leased = self.tasks.claim(req.json(), req.connected)
         if leased:
             self.claim_latency.observe(self.sup.clock.monotonic() - start)
         return {"tasks": leased, "epoch": self.sup.epoch}
@@ -105,6 +111,22 @@ class Api:
     def cancel(self, req):
         body = req.json() if req.body else {}
         return {"task": self.tasks.cancel(req.params[0], body, req.key_id), "epoch": self.sup.epoch}
+
+    def explain(self, req):
+        return dict(self.sup.brain.explain(req.params[0]), epoch=self.sup.epoch)
+
+    def graph(self, req):
+        return encode_json(201, {"tasks": self.tasks.dispatch_graph(req.json(), req.key_id), "epoch": self.sup.epoch})
+
+    def kinds(self, req):
+        return {"kinds": self.sup.brain.kinds(), "epoch": self.sup.epoch}
+
+    def resume_kind(self, req):
+        return dict(self.tasks.resume_kind(urllib.parse.unquote(req.params[0]), req.key_id), epoch=self.sup.epoch)
+
+    def set_mode(self, req):
+        return dict(self.sup.brain.set_operator_mode(wire.validate(req.json(), wire.MODE, "mode"), req.key_id),
+                    epoch=self.sup.epoch)
 
     def get_task(self, req):
         return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}

@@ -9,8 +9,9 @@ from meshkit.adapters.atomic import write_text
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
 from meshkit.core.clock import REAL
-from meshkit.core.errors import ConfigError, MeshkitError
+from meshkit.core.errors import ConfigError
 from meshkit.roles.supervisor.api import Api, url_of
+from meshkit.roles.supervisor.brain import Brain
 from meshkit.roles.supervisor.ops import Ops
 from meshkit.roles.supervisor.tasks import Tasks
 
@@ -37,6 +38,8 @@ class Supervisor:
         self.store = Store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
         self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
+        self.brain = Brain(self.tasks, self.data_dir)
+        self.brain.reload_policy()
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
         self.exit_code = 0            # set by the memory guard (70) to end run()
@@ -66,12 +69,8 @@ class Supervisor:
 
     def step(self) -> float:
         """One maintenance cycle; returns the delay until the next."""
-        try:
-            self.tasks.reap()
-            self.last_cycle_error = None
-        except MeshkitError as e:
-            self.last_cycle_error = e.message
-            self.log.error("cycle_failed", error=e.message)
+        self.brain.cycle()
+        self.last_cycle_error = f"{self.brain.db_errors} cycles in a row failed" if self.brain.db_errors else None
         self.ops.cycle()
         return self.ops.next_delay(float(self.cfg.get("supervisor.cycle")))
 
@@ -88,7 +87,7 @@ class Supervisor:
             self.tasks.draining = True
             self.tasks.wake_all()
             deadline = self.clock.monotonic() + grace
-            while self.server.active > 0 and self.clock.monotonic() < deadline:
+            while self.server.in_flight > 0 and self.clock.monotonic() < deadline:
                 self.clock.sleep(0.05)
             self.server.shutdown()
             self.server.server_close()
@@ -111,6 +110,8 @@ class Supervisor:
                           "disk_free": n.get("disk_free"), "version": n.get("version")})
         oldest = self.store.read("SELECT MIN(updated_at) AS t FROM tasks WHERE state='queued'")[0]["t"]
         return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
-                "mode": "normal", "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
+                "mode": self.brain.mode_state.mode, "mode_reason": self.brain.mode_state.reason,
+                "quarantined": [k for k in self.brain.kinds() if k["quarantined"]],
+                "priorities_error": self.brain.policy_error, "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
                 "oldest_queued_age": round(now - oldest, 1) if oldest else None,
                 "last_cycle_error": self.last_cycle_error}

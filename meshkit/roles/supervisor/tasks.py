@@ -12,7 +12,10 @@ from meshkit.adapters.store import Store, Tx, task_dict, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, InvalidTransition, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm
+from meshkit.rules import deps as deps_rules
+from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
+from meshkit.rules.policy import Policy, is_transient
 
 MAX_WAIT = 60.0
 
@@ -24,6 +27,8 @@ class Tasks:
         self.cond = threading.Condition()
         self.generation = 0
         self.draining = False
+        self.policy = Policy()       # replaced by the brain when the priorities file changes
+        self.mode = "normal"         # set by the brain every cycle
 
     # -- notifications for long-polls -----------------------------------------
 
@@ -37,57 +42,108 @@ class Tasks:
 
     # -- dispatch ---------------------------------------------------------------
 
-    def dispatch(self, body: dict, actor: str) -> tuple:
-        """(task dict, created?). The same idempotency key returns the same task."""
-        wire.validate(body, wire.DISPATCH, "dispatch")
-        now = self.clock.time()
-        cfg = self.cfg
+    def _prepare(self, body: dict, what: str = "dispatch") -> dict:
+        """Validated task fields with defaults (per-kind from the priorities file, then config)."""
+        wire.validate(body, wire.GRAPH_TASK if what != "dispatch" else wire.DISPATCH, what)
+        cfg, kp = self.cfg, self.policy.kind(body["kind"])
         timeout = body.get("timeout", cfg.get("tasks.timeout"))
-        max_attempts = body.get("max_attempts", cfg.get("tasks.max_attempts"))
+        max_attempts = body.get("max_attempts", kp.max_attempts or cfg.get("tasks.max_attempts"))
+        priority = body.get("priority", kp.priority if kp.priority is not None else 0)
         if not 0 < timeout <= 7 * 86400:
-            raise BadRequest("dispatch: field 'timeout' must be between 0 and 604800 seconds", field="timeout")
+            raise BadRequest(f"{what}: field 'timeout' must be between 0 and 604800 seconds", field="timeout")
         if not 1 <= max_attempts <= 100:
-            raise BadRequest("dispatch: field 'max_attempts' must be from 1 to 100", field="max_attempts")
-        if not -1_000_000 <= body.get("priority", 0) <= 1_000_000:
-            raise BadRequest("dispatch: field 'priority' must be from -1000000 to 1000000", field="priority")
+            raise BadRequest(f"{what}: field 'max_attempts' must be from 1 to 100", field="max_attempts")
+        if not -1_000_000 <= priority <= 1_000_000:
+            raise BadRequest(f"{what}: field 'priority' must be from -1000000 to 1000000", field="priority")
         key = body.get("key")
         if key is not None and not 0 < len(key) <= 200:
-            raise BadRequest("dispatch: field 'key' must be 1-200 characters", field="key")
-        after = list(dict.fromkeys(body.get("after", [])))
-        fields = {
-            "kind": body["kind"], "payload": body.get("payload"), "requires": sorted(set(body.get("requires", []))),
-            "priority": body.get("priority", 0), "timeout": float(timeout), "max_attempts": max_attempts,
-            "key": key, "trace_id": body.get("trace_id") or secrets.token_hex(8),
-            "expects": body.get("expects"), "after": after,
-        }
+            raise BadRequest(f"{what}: field 'key' must be 1-200 characters", field="key")
+        return {"kind": body["kind"], "payload": body.get("payload"), "requires": sorted(set(body.get("requires", []))),
+                "priority": priority, "timeout": float(timeout), "max_attempts": max_attempts,
+                "key": key, "trace_id": body.get("trace_id") or secrets.token_hex(8),
+                "expects": body.get("expects"), "after": list(dict.fromkeys(body.get("after", [])))}
+
+    def _insert(self, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float) -> int:
+        """Insert one task after its dependencies (task numbers), waiting or queued."""
+        deps = [tx.one("SELECT n, state FROM tasks WHERE n=?", (d,)) for d in dep_ns]
+        waiting = any(d["state"] != "succeeded" for d in deps)
+        after = fields["after"]
+        n = tx.insert_task(fields, "waiting" if waiting else "queued",
+                           f"dispatched by {actor}" + (f", after {', '.join(after)}" if after else ""), actor, now)
+        for d in deps:
+            tx.execute("INSERT OR IGNORE INTO deps(task, dep) VALUES(?, ?)", (n, d["n"]))
+        failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
+        if failed:
+            tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
+        return n
+
+    def _known_deps(self, tx: Tx, after: list, what: str) -> list:
+        out = []
+        for dep in after:
+            row = tx.one("SELECT n FROM tasks WHERE n=?", (task_n(dep),))
+            if row is None:
+                raise BadRequest(f"{what}: unknown dependency {dep}", field="after")
+            out.append(row["n"])
+        return out
+
+    def dispatch(self, body: dict, actor: str) -> tuple:
+        """(task dict, created?). The same idempotency key returns the same task."""
+        fields = self._prepare(body)
+        now = self.clock.time()
         with self.store.tx() as tx:
-            if key is not None:
-                row = tx.one("SELECT * FROM tasks WHERE key=?", (key,))
+            if fields["key"] is not None:
+                row = tx.one("SELECT * FROM tasks WHERE key=?", (fields["key"],))
                 if row is not None:
                     return task_dict(row), False
-            deps = []
-            for dep in after:
-                row = tx.one("SELECT n, state FROM tasks WHERE n=?", (task_n(dep),))
-                if row is None:
-                    raise BadRequest(f"dispatch: unknown dependency {dep}", field="after")
-                deps.append(row)
-            waiting = any(d["state"] != "succeeded" for d in deps)
-            n = tx.insert_task(fields, "waiting" if waiting else "queued",
-                               f"dispatched by {actor}" + (f", after {', '.join(after)}" if after else ""), actor, now)
-            for d in deps:
-                tx.execute("INSERT INTO deps(task, dep) VALUES(?, ?)", (n, d["n"]))
-            failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
-            if failed:
-                tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
+            n = self._insert(tx, fields, self._known_deps(tx, fields["after"], "dispatch"), actor, now)
             task = task_dict(tx.task_row(n))
         self.log.info("task_dispatched", task=task["id"], kind=task["kind"], trace_id=task["trace_id"],
                       state=task["state"], actor=actor)
         self._wake()
         return task, True
 
+    def dispatch_graph(self, body: dict, actor: str) -> dict:
+        """A whole graph in one transaction: {"tasks": [{"name", ...dispatch fields, "after": [name|id]}]}."""
+        wire.validate(body, wire.GRAPH, "graph")
+        specs = body["tasks"]
+        if not 1 <= len(specs) <= 1000:
+            raise BadRequest("graph: 'tasks' must hold 1 to 1000 tasks", field="tasks")
+        names = {}
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not wire.TYPES["name"][1](spec["name"]):
+                raise BadRequest(f"graph: tasks[{i}] needs a 'name' (letters, digits, _ . : @ -)", field="name")
+            if spec["name"] in names:
+                raise BadRequest(f"graph: name {spec['name']!r} is used twice", field="name")
+            names[spec["name"]] = spec
+        edges = {name: [a for a in spec.get("after", []) if a in names] for name, spec in names.items()}
+        cycle = deps_rules.find_cycle(edges)
+        if cycle:
+            raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
+        prepared = {}
+        for name, spec in names.items():
+            fields = self._prepare({k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
+            prepared[name] = fields
+        now = self.clock.time()
+        created = {}
+        with self.store.tx() as tx:
+            for name in deps_rules.topological(edges):
+                fields = prepared[name]
+                local = [created[a] for a in fields["after"] if a in names]
+                ids = [a for a in fields["after"] if a not in names]
+                if any(not wire.TYPES["id"][1](a) for a in ids):
+                    bad = next(a for a in ids if not wire.TYPES["id"][1](a))
+                    raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
+                                     field="after")
+                fields["after"] = [task_id(m) for m in local] + ids
+                created[name] = self._insert(tx, fields, local + self._known_deps(tx, ids, "graph"), actor, now)
+            out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
+        self.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
+        self._wake()
+        return out
+
     # -- claims -----------------------------------------------------------------
 
-    def claim(self, body: dict) -> list:
+    def claim(self, body: dict, connected=lambda: True) -> list:
         """Lease up to `max` tasks this node can run; hold the request up to `wait` seconds."""
         wire.validate(body, wire.CLAIM, "claim")
         node = body["node"]
@@ -99,6 +155,8 @@ class Tasks:
         while True:
             with self.cond:
                 generation = self.generation
+            if not connected():        # the worker hung up (died, timed out): lease nothing to it
+                return []
             leased = self._claim_once(node, want)
             remaining = deadline - self.clock.monotonic()
             if leased is None:          # no free slot on this node: nothing to wait for
@@ -115,22 +173,33 @@ class Tasks:
         lease_ttl = self.cfg.get("supervisor.lease_ttl")
         with self.store.tx() as tx:
             info = self._node_info(tx, node)
-            caps, kinds = set(info.get("capabilities", [])), info.get("kinds", [])
+            if info.get("_state") != "alive":     # a stale node must heartbeat before it gets work
+                return []
             active = tx.one("SELECT COUNT(*) AS c FROM tasks WHERE node=? AND state IN ('leased','running')",
                             (node,))["c"]
             room = min(want, max(0, int(info.get("slots", 1)) - active))
             if room <= 0:
                 return None
-            if not kinds:
+            kinds = info.get("kinds", [])
+            if not kinds or self.mode == "maintenance":
                 return []
+            fleet = self.fleet_view(tx, now, with_nodes=False)
             marks = ",".join("?" * len(kinds))
-            # Lazy cursor: the best candidates come first and we stop as soon as the node is full.
-            candidates = tx.cursor(f"SELECT n, requires, attempts FROM tasks WHERE state='queued' AND not_before<=?"
-                                    f" AND kind IN ({marks}) ORDER BY priority DESC, n", (now, *kinds))
+            aging = self.policy.aging
+            order = f"priority + (? - created_at) / {aging!r} DESC, n" if aging > 0 else "priority DESC, n"
+            args = (now, *kinds) + ((now,) if aging > 0 else ())
+            # Lazy cursor: best candidates first; stop as soon as the node is full.
+            candidates = tx.cursor(f"SELECT n, kind, requires, priority, attempts, not_before FROM tasks"
+                                   f" WHERE state='queued' AND not_before<=? AND kind IN ({marks}) ORDER BY {order}", args)
             picked = []
+            node_view = {"kinds": kinds, "capabilities": info.get("capabilities", [])}
             for row in candidates:
-                if row["requires"] == "[]" or set(json.loads(row["requires"])) <= caps:
+                task = {"kind": row["kind"], "requires": json.loads(row["requires"]), "priority": row["priority"],
+                        "not_before": row["not_before"]}
+                if dispatch_rules.may_claim(task, node_view, fleet) is None:
                     picked.append((row["n"], row["attempts"] + 1))
+                    fleet.running_by_kind[row["kind"]] = fleet.running_by_kind.get(row["kind"], 0) + 1
+                    fleet.started_last_minute[row["kind"]] = fleet.started_last_minute.get(row["kind"], 0) + 1
                     if len(picked) >= room:
                         break
             candidates.close()
@@ -139,7 +208,7 @@ class Tasks:
                 fence = tx.next_fence()
                 tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
                               node=node, fence=fence, attempts=attempts, lease_deadline=now + lease_ttl,
-                              started_at=None)
+                              started_at=None, hb_missing=0)
                 leased.append(tx.task_row(n))
             if leased:
                 tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
@@ -153,12 +222,36 @@ class Tasks:
                           trace_id=t["trace_id"])
         return out
 
+    def fleet_view(self, tx: Tx, now: float, with_nodes: bool = True) -> dispatch_rules.Fleet:
+        """The plain-data view the dispatch predicates decide on."""
+        fleet = dispatch_rules.Fleet(now=now, mode=self.mode, policy=self.policy)
+        for r in tx.all("SELECT kind, since, reason FROM kinds WHERE quarantined=1"):
+            fleet.quarantined[r["kind"]] = {"since": r["since"], "reason": r["reason"]}
+        limited = [k for k, p in self.policy.kinds.items() if p.max_running or p.max_per_minute]
+        if limited or with_nodes:
+            for r in tx.all("SELECT kind, COUNT(*) AS c FROM tasks WHERE state IN ('leased','running') GROUP BY kind"):
+                fleet.running_by_kind[r["kind"]] = r["c"]
+        for kind in limited:
+            if self.policy.kinds[kind].max_per_minute:
+                fleet.started_last_minute[kind] = tx.one(
+                    "SELECT COUNT(*) AS c FROM history h JOIN tasks t ON t.n=h.task WHERE h.to_state='leased'"
+                    " AND h.at > ? AND t.kind=?", (now - 60, kind))["c"]
+        if with_nodes:
+            running = {r["node"]: r["c"] for r in tx.all(
+                "SELECT node, COUNT(*) AS c FROM tasks WHERE state IN ('leased','running') GROUP BY node")}
+            for r in tx.all("SELECT * FROM nodes ORDER BY name"):
+                info = json.loads(r["info"])
+                fleet.nodes.append({"name": r["name"], "state": r["state"], "last_seen": r["last_seen"],
+                                    "capabilities": info.get("capabilities", []), "kinds": info.get("kinds", []),
+                                    "slots": info.get("slots", 1), "running": running.get(r["name"], 0)})
+        return fleet
+
     @staticmethod
     def _node_info(tx: Tx, node: str) -> dict:
         row = tx.one("SELECT info, state FROM nodes WHERE name=?", (node,))
         if row is None:
             raise UnknownNode(f"unknown node {node!r}: send a heartbeat first")
-        return json.loads(row["info"])
+        return dict(json.loads(row["info"]), _state=row["state"])
 
     # -- start / results ----------------------------------------------------------
 
@@ -202,7 +295,8 @@ class Tasks:
             report = {k: body.get(k) for k in ("outcome", "ended_by", "exit_code", "signal", "result", "error",
                                                 "stdout_tail", "stderr_tail", "started_at", "finished_at")}
             report.update(node=node, attempt=row["attempts"], fence=fence)
-            updates = {"result": report, "error": body.get("error") if body["outcome"] == "failed" else None}
+            updates = {"result": report, "error": body.get("error") if body["outcome"] == "failed" else None,
+                       "lease_deadline": None}
             if to == "queued":
                 delay = backoff.full_jitter(row["attempts"], self.cfg.get("tasks.backoff_base"),
                                             self.cfg.get("tasks.backoff_cap"), self.rand.random())
@@ -211,6 +305,11 @@ class Tasks:
             tx.transition(n, fsm.ACTIVE, to, reason, node, now, **updates)
             if to in fsm.TERMINAL:
                 self._settle_dependents(tx, n, to, now)
+            if to != "cancelled":
+                output = (body.get("stdout_tail") or "")[-4096:] + (body.get("stderr_tail") or "")[-4096:]
+                transient = body["outcome"] == "failed" and is_transient(
+                    ended_by, body.get("exit_code"), output, body.get("error"), self.policy.kind(row["kind"]))
+                self._count_kind(tx, row["kind"], body["outcome"] == "succeeded", transient, body.get("error"), now)
             answer = {"ok": True, "task": tid, "state": to, "duplicate": False}
             tx.execute("INSERT INTO results(task, fence, answer, at) VALUES(?,?,?,?)",
                        (n, fence, json.dumps(answer), now))
@@ -218,6 +317,33 @@ class Tasks:
                       trace_id=row["trace_id"])
         self._wake()
         return answer
+
+    def _count_kind(self, tx: Tx, kind: str, ok: bool, transient: bool, error, now: float) -> None:
+        """Consecutive non-transient failures per kind; 3 in a row quarantine the kind."""
+        if transient:
+            return
+        tx.execute("INSERT OR IGNORE INTO kinds(kind) VALUES(?)", (kind,))
+        if ok:
+            tx.execute("UPDATE kinds SET failures=0 WHERE kind=?", (kind,))
+            return
+        failures = tx.one("UPDATE kinds SET failures=failures+1 WHERE kind=? RETURNING failures, quarantined",
+                          (kind,))
+        limit = self.policy.kind(kind).quarantine_after
+        limit = self.cfg.get("tasks.quarantine_after") if limit is None else limit
+        if limit and failures["failures"] >= limit and not failures["quarantined"]:
+            reason = f"{failures['failures']} failures in a row" + (f", last: {error[:120]}" if error else "")
+            tx.execute("UPDATE kinds SET quarantined=1, since=?, reason=? WHERE kind=?", (now, reason, kind))
+            self.log.warning("kind_quarantined", kind=kind, reason=reason)
+
+    def resume_kind(self, kind: str, actor: str) -> dict:
+        with self.store.tx() as tx:
+            row = tx.one("SELECT quarantined FROM kinds WHERE kind=?", (kind,))
+            if row is None or not row["quarantined"]:
+                raise BadRequest(f"kind {kind!r} is not quarantined")
+            tx.execute("UPDATE kinds SET quarantined=0, failures=0, since=NULL, reason=NULL WHERE kind=?", (kind,))
+        self.log.info("kind_resumed", kind=kind, actor=actor)
+        self._wake()
+        return {"ok": True, "kind": kind, "quarantined": False}
 
     def _settle_dependents(self, tx: Tx, n: int, state: str, now: float) -> None:
         """A task ended: release or fail the tasks waiting for it (recursively for failures)."""
@@ -278,6 +404,11 @@ class Tasks:
                                       item["fence"], node)).rowcount
                 if not renewed:
                     fenced.append(item["task"])
+            # Count heartbeats that don't list a running task (heal rule missing_from_heartbeats).
+            listed = [task_n(item["task"]) for item in running] or [0]
+            marks = ",".join("?" * len(listed))
+            tx.execute(f"UPDATE tasks SET hb_missing=CASE WHEN n IN ({marks}) THEN 0 ELSE hb_missing+1 END"
+                       f" WHERE node=? AND state='running'", (*listed, node))
             cancel = [task_id(r["n"]) for r in tx.all(
                 "SELECT n FROM tasks WHERE node=? AND cancel_requested=1 AND state IN ('leased','running')", (node,))]
         if prev is None or prev["state"] != "alive":
@@ -285,32 +416,15 @@ class Tasks:
             self._wake()
         return {"ok": True, "cancel": cancel, "fenced": fenced, "server_time": now}
 
-    def reap(self) -> int:
-        """Requeue (or fail) the tasks of expired leases and stale nodes. Returns how many."""
-        now = self.clock.time()
-        stale_after = self.cfg.get("supervisor.stale_after")
-        moved = 0
-        with self.store.tx() as tx:
-            for node in tx.all("SELECT name, last_seen FROM nodes WHERE state='alive' AND last_seen < ?",
-                               (now - stale_after,)):
-                tx.execute("UPDATE nodes SET state='stale' WHERE name=?", (node["name"],))
-                self.log.warning("node_stale", node=node["name"], silent_for=round(now - node["last_seen"], 1))
-            rows = tx.all("SELECT t.n, t.node, t.attempts, t.max_attempts, t.cancel_requested, t.lease_deadline,"
-                          " n.state AS node_state, n.last_seen FROM tasks t LEFT JOIN nodes n ON n.name=t.node"
-                          " WHERE t.state IN ('leased','running') AND (t.lease_deadline < ? OR n.state='stale')", (now,))
-            for r in rows:
-                if r["node_state"] == "stale":
-                    why = f"node {r['node']} stale (no heartbeat for {now - r['last_seen']:.0f} s)"
-                else:
-                    why = f"lease on {r['node']} expired"
-                to, reason = fsm.after_lost_lease(why, r["attempts"], r["max_attempts"], bool(r["cancel_requested"]))
-                updates = {"node": None, "lease_deadline": None} if to == "queued" else {}
-                tx.transition(r["n"], fsm.ACTIVE, to, reason, "reaper", now, **updates)
-                if to in fsm.TERMINAL:
-                    self._settle_dependents(tx, r["n"], to, now)
-                self.log.warning("lease_reaped", task=task_id(r["n"]), node=r["node"], state=to, reason=reason)
-                moved += 1
-        if moved:
-            self._wake()
-        return moved
-
+    def lose_lease(self, tx: Tx, row, why: str, actor: str, now: float) -> str:
+        """A lease is gone (expired, node stale, heal rule): requeue, or end the task."""
+        to, reason = fsm.after_lost_lease(why, row["attempts"], row["max_attempts"], bool(row["cancel_requested"]))
+        updates = {"lease_deadline": None, "hb_missing": 0}
+        if to == "queued":
+            updates["node"] = None
+        tx.transition(row["n"], fsm.ACTIVE, to, reason, actor, now, **updates)
+        if to in fsm.TERMINAL:
+            self._settle_dependents(tx, row["n"], to, now)
+        self.log.warning("lease_lost", task=task_id(row["n"]), node=row["node"], state=to, reason=reason,
+                         trace_id=row["trace_id"])
+        return to

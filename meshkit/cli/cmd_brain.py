@@ -1,0 +1,87 @@
+"""`explain`, `kinds`, `mode`: why tasks run or don't, quarantined kinds, degradation modes."""
+
+import argparse
+import time
+import urllib.parse
+
+from meshkit.cli.common import EXIT_USAGE, add_client_args, fail, load_config, make_client, print_json
+
+
+def _parser(sub, name, help, example):
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  " + example)
+    add_client_args(p)
+    return p
+
+
+def register(sub) -> None:
+    p = _parser(sub, "explain", "say why a task is or is not running", "python -m meshkit explain t12")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=explain)
+
+    p = _parser(sub, "kinds", "task kinds with failure counts and quarantine; `kinds resume KIND`",
+                "python -m meshkit kinds resume summarize")
+    p.add_argument("action", nargs="?", choices=["list", "resume"], default="list")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=kinds)
+
+    p = _parser(sub, "mode", "show the degradation mode, or hold the fleet for maintenance",
+                "python -m meshkit mode maintenance --reason 'disk swap'   # ... later: mode normal")
+    p.add_argument("mode", nargs="?", choices=["maintenance", "normal"])
+    p.add_argument("--reason", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=mode)
+
+
+def explain(args) -> int:
+    cfg = load_config(args)
+    d = make_client(args, cfg).call("GET", f"/v1/tasks/{urllib.parse.quote(args.id, safe='')}/explain")
+    if args.json:
+        print_json(d)
+        return 0
+    verdict = "would dispatch now" if d["dispatch"] else "not dispatched"
+    print(f"{d['task']}: {d['state']}, {verdict} (priority {d['priority']}, class {d['class']}, mode {d['mode']})")
+    for reason in d["reasons"]:
+        print(f"  - {reason}")
+    for h in d.get("history", []):
+        stamp = time.strftime("%H:%M:%S", time.localtime(h["at"]))
+        print(f"  {stamp} {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason'][:50]}")
+    return 0
+
+
+def kinds(args) -> int:
+    cfg = load_config(args)
+    client = make_client(args, cfg)
+    if args.action == "resume":
+        if not args.kind:
+            return fail("kinds resume needs a KIND", EXIT_USAGE)
+        client.call("POST", f"/v1/kinds/{urllib.parse.quote(args.kind, safe='')}/resume", {})
+        print(f"kind {args.kind} resumed")
+        return 0
+    rows = client.call("GET", "/v1/kinds")["kinds"]
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{'KIND':<20} {'FAILS':>5}  STATE")
+    for k in rows:
+        state = f"quarantined: {k['reason']}" if k["quarantined"] else "ok"
+        print(f"{k['kind'][:20]:<20} {k['failures_in_a_row']:>5}  {state[:50]}")
+    return 0
+
+
+def mode(args) -> int:
+    cfg = load_config(args)
+    client = make_client(args, cfg)
+    if args.mode:
+        body = {"mode": args.mode, **({"reason": args.reason} if args.reason else {})}
+        d = client.call("POST", "/v1/mode", body)
+    else:
+        st = client.call("GET", "/v1/status")
+        d = {"mode": st["mode"], "reason": st.get("mode_reason")}
+    if args.json:
+        print_json(d)
+    else:
+        print(f"mode {d['mode']}: {d.get('reason')}")
+    return 0

@@ -1,0 +1,212 @@
+"""The supervisor's self-healing cycle: reap lost leases, run heal rules, check
+invariants, pick the degradation mode, reload the priorities file; and explain.
+Decisions come from meshkit.rules; this module only gathers facts and carries them out."""
+
+import json
+import os
+import traceback
+
+from meshkit.adapters import disk
+from meshkit.adapters.store import task_dict, task_id, task_n
+from meshkit.core.errors import BadRequest, MeshkitError
+from meshkit.rules import dispatch as dispatch_rules
+from meshkit.rules import heal, modes
+from meshkit.rules.policy import parse_policy
+
+OPERATOR_MODES = ("maintenance", "normal")
+
+
+class Brain:
+    def __init__(self, tasks, data_dir: str):
+        self.tasks = tasks
+        self.store, self.cfg, self.clock, self.log = tasks.store, tasks.cfg, tasks.clock, tasks.log
+        self.data_dir = data_dir
+        self.violations_path = os.path.join(data_dir, "invariant_violations.jsonl")
+        self.mode_state = modes.ModeState()
+        self.db_errors = 0
+        self.policy_mtime = None
+        self.policy_error = None
+        self.policy_path = self.cfg.path("supervisor.priorities_file")
+        self.checked_until = 0.0     # the first check looks at every task
+        self._load_mode()
+
+    # -- the cycle ------------------------------------------------------------------
+
+    def cycle(self) -> None:
+        self.reload_policy()
+        try:
+            self.reap()
+            self.heal()
+            self.check_invariants()
+            self.db_errors = 0
+        except MeshkitError as e:
+            self.db_errors += 1
+            self.log.error("cycle_failed", error=e.message, in_a_row=self.db_errors)
+        except Exception as e:   # a bug must not stop the maintenance loop: log it, keep cycling
+            self.db_errors += 1
+            self.log.error("cycle_crashed", error=repr(e), traceback=traceback.format_exc(limit=6))
+        finally:
+            self.update_mode()
+
+    def reap(self) -> int:
+        """Nodes silent for stale_after become stale; their tasks and expired leases are requeued."""
+        now = self.clock.time()
+        stale_after = self.cfg.get("supervisor.stale_after")
+        moved = 0
+        with self.store.tx() as tx:
+            for node in tx.all("SELECT name, last_seen FROM nodes WHERE state='alive' AND last_seen < ?",
+                               (now - stale_after,)):
+                tx.execute("UPDATE nodes SET state='stale' WHERE name=?", (node["name"],))
+                self.log.warning("node_stale", node=node["name"], silent_for=round(now - node["last_seen"], 1))
+            rows = tx.all("SELECT t.*, n.state AS node_state, n.last_seen FROM tasks t"
+                          " LEFT JOIN nodes n ON n.name=t.node"
+                          " WHERE t.state IN ('leased','running') AND (t.lease_deadline < ? OR n.state='stale')", (now,))
+            for r in rows:
+                if r["node_state"] == "stale":
+                    why = f"node {r['node']} stale (no heartbeat for {now - r['last_seen']:.0f} s)"
+                else:
+                    why = f"lease on {r['node']} expired"
+                self.tasks.lose_lease(tx, r, why, "reaper", now)
+                moved += 1
+        if moved:
+            self.tasks.wake_all()
+        return moved
+
+    def heal(self) -> int:
+        now = self.clock.time()
+        bounds = {"start_timeout": self.cfg.get("supervisor.start_timeout")}
+        with self.store.tx() as tx:
+            rows = tx.all("SELECT * FROM tasks WHERE state IN ('leased','running')")
+            actions = heal.heal_actions([dict(r) for r in rows], now, bounds)
+            by_n = {r["n"]: r for r in rows}
+            for n, rule, reason in actions:
+                self.tasks.lose_lease(tx, by_n[n], f"heal rule {rule}: {reason}", "heal", now)
+        if actions:
+            self.tasks.wake_all()
+        return len(actions)
+
+    def check_invariants(self) -> list:
+        """Record every violation (log at ERROR + invariant_violations.jsonl); repair where a rule covers it."""
+        now = self.clock.time()
+        since = self.checked_until - 5.0     # overlap: a change committed during the last check
+        with self.store.tx() as tx:
+            rows = [dict(r) for r in tx.all("SELECT * FROM tasks WHERE state IN ('leased','running')"
+                                             " OR lease_deadline IS NOT NULL")]
+            recent = {r["n"]: r["state"] for r in tx.all("SELECT n, state FROM tasks WHERE updated_at >= ?", (since,))}
+            all_states = recent | {r["n"]: r["state"] for r in rows}
+            marks = ",".join("?" * len(all_states)) or "NULL"
+            last = {r["task"]: r["to_state"] for r in tx.all(
+                f"SELECT h.task, h.to_state FROM history h JOIN (SELECT task, MAX(seq) AS s FROM history"
+                f" WHERE task IN ({marks}) GROUP BY task) m ON m.task=h.task AND m.s=h.seq", tuple(all_states))}
+            rows_by_n = {r["n"]: r for r in rows}
+            mismatched = [{"n": n, "state": st} for n, st in recent.items() if n not in rows_by_n]
+            found = heal.invariant_violations(rows + mismatched, last)
+            for v in found:
+                v["at"] = now
+                n = task_n(v["task"])
+                if v["repair"] == "requeue" and n in rows_by_n and all_states[n] in ("leased", "running"):
+                    row = tx.one("SELECT * FROM tasks WHERE n=?", (n,))
+                    self.tasks.lose_lease(tx, row, f"repaired invariant: {v['invariant']}", "invariants", now)
+                    v["repaired"] = True
+                elif v["repair"] == "clear_lease":
+                    tx.execute("UPDATE tasks SET lease_deadline=NULL WHERE n=?", (n,))
+                    tx.note(n, all_states[n], f"repaired invariant: {v['invariant']}", "invariants", now)
+                    v["repaired"] = True
+        self.checked_until = now
+        for v in found:
+            self.log.error("invariant_violation", **{k: v[k] for k in ("invariant", "task", "detail")},
+                           repaired=v.get("repaired", False))
+            with open(self.violations_path, "a") as f:
+                f.write(json.dumps(v, sort_keys=True) + "\n")
+        return found
+
+    # -- modes -----------------------------------------------------------------------
+
+    def _load_mode(self) -> None:
+        self.operator_mode = self.store.meta("operator_mode", None)
+        saved = self.store.meta("mode", "normal")
+        self.mode_state = modes.ModeState(saved, 0, "restored at start")
+        self.tasks.mode = saved
+
+    def update_mode(self) -> str:
+        used = disk.used_share(self.data_dir)
+        before = self.mode_state.mode
+        self.mode_state = modes.next_mode(self.mode_state, modes.wanted_mode(used, self.db_errors), self.operator_mode)
+        self.tasks.mode = self.mode_state.mode
+        if self.mode_state.mode != before:
+            self.log.warning("mode_changed", mode=self.mode_state.mode, previous=before, reason=self.mode_state.reason)
+            try:
+                with self.store.tx() as tx:
+                    tx.set_meta("mode", self.mode_state.mode)
+            except MeshkitError:
+                pass
+            self.tasks.wake_all()
+        return self.mode_state.mode
+
+    def set_operator_mode(self, body: dict, actor: str) -> dict:
+        mode = body.get("mode")
+        if mode not in OPERATOR_MODES:
+            raise BadRequest(f"mode must be one of {', '.join(OPERATOR_MODES)}", field="mode")
+        with self.store.tx() as tx:
+            tx.set_meta("operator_mode", mode)
+        self.operator_mode = mode
+        self.log.warning("operator_mode", mode=mode, actor=actor, reason=body.get("reason"))
+        self.update_mode()
+        return self.mode_view()
+
+    def mode_view(self) -> dict:
+        return {"mode": self.mode_state.mode, "reason": self.mode_state.reason, "operator": self.operator_mode}
+
+    # -- priorities file ---------------------------------------------------------------
+
+    def reload_policy(self) -> None:
+        """Re-read the priorities file when its mtime changes; a bad file keeps the last good one."""
+        path = self.policy_path
+        if not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError as e:
+            mtime = None
+            if self.policy_mtime != "missing":
+                self.policy_error = f"{path}: {e.strerror}; keeping the last good priorities"
+                self.log.error("priorities_unreadable", path=path, error=e.strerror)
+                self.policy_mtime = "missing"
+            return
+        if mtime == self.policy_mtime:
+            return
+        self.policy_mtime = mtime
+        try:
+            with open(path, encoding="utf-8") as f:
+                policy = parse_policy(f.read(), path)
+        except (MeshkitError, OSError, UnicodeDecodeError) as e:
+            self.policy_error = f"{getattr(e, 'message', e)}; keeping the last good priorities"
+            self.log.error("priorities_rejected", path=path, error=self.policy_error)
+            return
+        self.tasks.policy = policy
+        self.policy_error = None
+        self.log.info("priorities_loaded", path=path, kinds=sorted(policy.kinds))
+        self.tasks.wake_all()
+
+    # -- explain ---------------------------------------------------------------------------
+
+    def explain(self, tid: str) -> dict:
+        now = self.clock.time()
+        with self.store.tx() as tx:
+            row = tx.task_row(task_n(tid))
+            task = task_dict(row)
+            deps = [{"id": task_id(d["n"]), "state": d["state"], "node": d["node"]} for d in tx.all(
+                "SELECT t.n, t.state, t.node FROM deps d JOIN tasks t ON t.n=d.dep WHERE d.task=? ORDER BY t.n",
+                (row["n"],))]
+            fleet = self.tasks.fleet_view(tx, now)
+        decision = dispatch_rules.explain(task, deps, fleet, self.cfg.get("supervisor.stale_after"))
+        decision.update(task=tid, mode=self.mode_state.mode)
+        if task["state"] in ("succeeded", "failed", "cancelled"):
+            decision["history"] = self.store.history(row["n"])
+        return decision
+
+    def kinds(self) -> list:
+        rows = self.store.read("SELECT * FROM kinds ORDER BY kind")
+        return [{"kind": r["kind"], "failures_in_a_row": r["failures"], "quarantined": bool(r["quarantined"]),
+                 "since": r["since"], "reason": r["reason"]} for r in rows]
+
