@@ -209,6 +209,27 @@ class Execution(WorkerCase):
         self.assertEqual((self.outbox.pending(), w.jobs), ([], {}))
         self.assertLessEqual(sum(self.clock.slept), 30)
 
+    def test_a_full_disk_is_retried_then_the_slot_is_freed(self):
+        w = self.worker()
+        calls = []
+
+        def put(body):
+            calls.append(body["task"])
+            if len(calls) < 3:
+                raise OSError(28, "No space left on device")
+            return "t1.1.json"
+
+        w.outbox = type("FullDisk", (), {"put": staticmethod(put)})()
+        job = w.jobs["t1"] = Job(self.task("t1", kind="nope"))
+        w.execute(job)
+        self.assertEqual((calls, w.unacked, w.jobs), (["t1"] * 3, {"t1.1.json": ("t1", 1)}, {}))
+        calls.clear()
+        w.outbox = type("DeadDisk", (), {"put": staticmethod(lambda body: (_ for _ in ()).throw(OSError(5, "EIO")))})()
+        job = w.jobs["t2"] = Job(self.task("t2", kind="nope"))
+        w.execute(job)
+        self.assertEqual(w.jobs, {})                 # given up after STORE_RETRY_FOR: the slot is free again
+        self.assertIn("result_lost", self.logs.getvalue())
+
     def test_a_fenced_result_is_dropped(self):
         w = self.worker()
         job = w.jobs["t1"] = Job(self.task("t1"), stop="fenced")

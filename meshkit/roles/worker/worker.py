@@ -21,6 +21,7 @@ from meshkit.roles.worker.results import Sender, build_result, refusal
 from meshkit.roles.worker.settings import Settings, effective_timeout
 
 START_RETRY_FOR = 30.0       # seconds a task's start call is retried before the task is given up
+STORE_RETRY_FOR = 60.0       # seconds a result's outbox write is retried (disk full) before it is lost
 ABORT_WAIT = 5.0             # after an abort, seconds beyond the grace to wait for tasks to end
 MAX_RUNNING_LISTED = 1000    # wire.MAX_LIST
 
@@ -253,15 +254,33 @@ class Worker:
                 return False
             self.clock.sleep(max(delay, 0.05))
 
+    def _store(self, body: dict):
+        """Put a result in the outbox; a failing disk is retried (bounded), never half-written."""
+        until = self.clock.monotonic() + STORE_RETRY_FOR
+        tries = 0
+        while True:
+            try:
+                return self.outbox.put(body)
+            except OSError as e:
+                tries += 1
+                delay = backoff.full_jitter(tries, self.s.retry_base, self.s.retry_cap, self.rand())
+                if self.clock.monotonic() + delay > until:
+                    self.log.error("result_lost", task=body["task"], fence=body["fence"],
+                                   error=f"cannot write the outbox: {e.strerror or e}")
+                    return None
+                self.log.error("outbox_write_failed", task=body["task"], error=e.strerror or str(e),
+                               retry_in=round(delay, 2))
+                self.clock.sleep(max(delay, 0.05))
+
     def _finish(self, job: Job, body) -> None:
         tid = job.task["id"]
+        if job.stop == "fenced":
+            self.log.warning("result_dropped", task=tid, fence=job.task["fence"],
+                             error="the lease is no longer ours (fenced)")
+        name = self._store(body) if body is not None and job.stop != "fenced" else None
         with self.cond:
-            if body is not None and job.stop != "fenced":
-                name = self.outbox.put(body)
+            if name is not None:
                 self.unacked[name] = (body["task"], body["fence"])
-            elif job.stop == "fenced":
-                self.log.warning("result_dropped", task=tid, fence=job.task["fence"],
-                                 error="the lease is no longer ours (fenced)")
             self.jobs.pop(tid, None)
         if body is not None:
             self.log.info("task_finished", task=tid, outcome=body["outcome"], ended_by=body["ended_by"],
@@ -362,7 +381,11 @@ class Worker:
                       capabilities=list(self.s.capabilities), work_dir=self.s.work_dir)
         self.spawn(self.claim_loop)
         while True:
-            delay = self.step()
+            try:
+                delay = self.step()
+            except Exception as e:     # a bug or an OS failure: report it, keep the worker alive
+                self.log.error("step_error", error=f"{e.__class__.__name__}: {e}")
+                delay = None if self.aborted is not None else self.s.poll_interval
             if delay is None:
                 break
             self.clock.wait(self.wake, delay)
