@@ -206,7 +206,8 @@ def _run(args, kind: str, fields) -> int:
         return fail(f"sync {kind} ({args.job}) is already running: {e.message}", EXIT_LOCK_HELD)
     code = EXIT_BY_RESULT[out.result]
     if out.result in FAILURE:
-        sys.stderr.write(f"meshkit: sync {kind} {out.result}: {out.error}\n")
+        what = "" if out.result == "invalid" else f" {out.result}"
+        sys.stderr.write(f"meshkit: sync {kind}{what}: {out.error}\n")
         for p in out.problems[:10]:
             sys.stderr.write(f"  {p['path']}: {p['problem']}\n")
         if len(out.problems) > 10:

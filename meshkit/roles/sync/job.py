@@ -12,6 +12,9 @@
        invalid/NAME with a report and `current` stays where it was
     5. rename to snapshots/NAME, point `current` at it, then rotate old snapshots
     6. status file, one JSON log line, the alert command on failure and recovery
+
+SyncJob.step() is one run and returns its Outcome; the schedule belongs to cron or
+the systemd timer (there is no run loop: a sync is a oneshot).
 """
 
 import json

@@ -47,6 +47,15 @@ def _copy_dir_attrs(st, path: str) -> None:
         pass
 
 
+def _record(path: str) -> dict | None:
+    """A JSON object from a file; None if missing, unreadable or not an object."""
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _rmtree(path: str) -> None:
     """shutil.rmtree that also removes directories copied without write permission."""
     def retry(func, p, exc):
@@ -121,25 +130,13 @@ class SnapshotStore:
         return out
 
     def meta(self, name: str) -> dict | None:
-        try:
-            m = read_json(self.path(name) + ".json")
-        except (OSError, ValueError):
-            return None
-        return m if isinstance(m, dict) else None
+        return _record(self.path(name) + ".json")
 
     def report(self, name: str) -> dict | None:
-        try:
-            r = read_json(self.invalid_path(name) + ".report.json")
-        except (OSError, ValueError):
-            return None
-        return r if isinstance(r, dict) else None
+        return _record(self.invalid_path(name) + ".report.json")
 
     def owner(self) -> dict | None:
-        try:
-            m = read_json(os.path.join(self.dest, MARKER))
-        except (OSError, ValueError):
-            return None
-        return m if isinstance(m, dict) else None
+        return _record(os.path.join(self.dest, MARKER))
 
     @staticmethod
     def walk(root: str) -> list:
