@@ -96,7 +96,7 @@ class RenderUnit(unittest.TestCase):
                 "Group=meshkit\nWorkingDirectory=/opt/meshkit\nEnvironment=MESHKIT_HOME=/var/lib/meshkit\n"
                 "ExecStart=/usr/bin/python3 -m meshkit supervisor --config /etc/meshkit/meshkit.toml\n"
                 "ExecStartPre=-/usr/bin/env python3 -m meshkit locks list\n"
-                "ReadWritePaths=/var/lib/meshkit /srv/extra\n")
+                "Environment=MESHKIT_CONFIG=/etc/meshkit/meshkit.toml\nReadWritePaths=/var/lib/meshkit /srv/extra\n")
 
     def test_fills_in_python_paths_user_and_writable_dirs(self):
         out = cmd_systemd.render_unit(self.TEMPLATE, "/opt/py 3/bin/python3", "/home/me/meshkit", "/home/me/m.toml",
@@ -110,10 +110,15 @@ class RenderUnit(unittest.TestCase):
         self.assertIn('ExecStart="/opt/py 3/bin/python3" -m meshkit supervisor --config /home/me/m.toml', lines)
         self.assertIn('ExecStartPre=-"/opt/py 3/bin/python3" -m meshkit locks list', lines)
         self.assertIn("ReadWritePaths=/home/me/data /tmp/50%% /srv/extra", lines)
+        self.assertIn("Environment=MESHKIT_CONFIG=/home/me/m.toml", lines)
+        with_state = cmd_systemd.render_unit(self.TEMPLATE + "StateDirectory=meshkit\n", "/p", "/r", None, "/h",
+                                             ["/h/data"], "meshkit")
+        self.assertIn("ReadWritePaths=/h/data /var/lib/meshkit /srv/extra\n", with_state)
 
     def test_without_a_config_file_the_flag_goes(self):
         out = cmd_systemd.render_unit(self.TEMPLATE, "/usr/bin/python3.11", "/r", None, "/h", ["/h/data"], "meshkit")
         self.assertIn("ExecStart=/usr/bin/python3.11 -m meshkit supervisor\n", out)
+        self.assertNotIn("MESHKIT_CONFIG", out)
 
 
 @unittest.skipUnless(ANALYZE, "systemd-analyze is not installed (no systemd on this machine)")
@@ -138,7 +143,9 @@ class Verify(unittest.TestCase):
                 p = meshkit("systemd", role, "--config", config)
                 self.assertEqual(p.returncode, 0, p.stderr)
                 self.assertIn(f"ExecStart={sys.executable} -m meshkit {role.replace('-', ' ')}", p.stdout)
-                self.assertIn(f"--config {config}", p.stdout)
+                self.assertTrue(f"--config {config}" in p.stdout or f"MESHKIT_CONFIG={config}" in p.stdout, p.stdout)
+                self.assertNotIn("/etc/meshkit/meshkit.toml", "".join(
+                    line for line in p.stdout.splitlines(True) if not line.startswith("#")))
                 self.assertIn(f"WorkingDirectory={ROOT}", p.stdout)
                 w = meshkit("systemd", role, "--config", config, "--write", out)
                 self.assertEqual(w.returncode, 0, w.stderr)

@@ -79,30 +79,40 @@ def templates(role: str, unit_dir: str = UNIT_DIR) -> list:
 
 def render_unit(text: str, python: str, root: str, config: str | None, home: str,
                 writable: list, user: str) -> str:
-    """The template with the machine's values, comments left as they are. Pure."""
+    """The template with the machine's values, comments left as they are. Pure.
+
+    Exec lines get `python` and `config` (`--config` dropped when there is no config file);
+    Environment=MESHKIT_CONFIG= gets `config` (the line goes without one); ReadWritePaths
+    gets the role's `writable` directories (/var/lib/meshkit stays when StateDirectory=meshkit
+    creates it); User/Group get `user`; /opt/meshkit becomes `root`."""
+    keep_state = "\nStateDirectory=meshkit" in "\n" + text
     out = []
     for line in text.splitlines():
         if line.lstrip().startswith(("#", ";")) or "=" not in line:
             out.append(line)
             continue
         key, _, value = line.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if key.startswith("Exec"):
             line = PYTHON_RE.sub(lambda m: m.group(1) + quote(python), line)
-            if config:
-                line = line.replace(T_CONFIG, quote(config))
-            else:
+            if not config:
                 line = re.sub(r"\s+--config\s+" + re.escape(T_CONFIG), "", line)
-        elif key in ("User", "Group") and value.strip() == T_USER:
+        elif key in ("User", "Group") and value == T_USER:
             line = f"{key}={user}"
         elif key == "ReadWritePaths":
-            words = [quote(p) for p in writable] if T_STATE in value.split() else []
-            words += [w for w in value.split() if w != T_STATE]
-            line = "ReadWritePaths=" + " ".join(dict.fromkeys(words))
-        elif key == "Environment" and value.strip() == f"MESHKIT_HOME={T_STATE}":
+            words = value.split()
+            mine = [quote(p) for p in writable] if T_STATE in words else []
+            rest = [w for w in words if w != T_STATE or keep_state]
+            line = "ReadWritePaths=" + " ".join(dict.fromkeys(mine + rest))
+        elif key == "Environment" and value == f"MESHKIT_HOME={T_STATE}":
             line = "Environment=" + quote(f"MESHKIT_HOME={home}")
-        line = line.replace(T_ROOT, root)
-        out.append(line)
+        elif key == "Environment" and value == f"MESHKIT_CONFIG={T_CONFIG}":
+            if not config:
+                continue
+            line = "Environment=" + quote(f"MESHKIT_CONFIG={config}")
+        if config:
+            line = line.replace(T_CONFIG, quote(config))
+        out.append(line.replace(T_ROOT, root))
     return "\n".join(out) + "\n"
 
 
