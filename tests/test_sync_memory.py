@@ -3,6 +3,7 @@ wrong leaves `current` on a complete, valid copy and deletes nothing valid."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,13 @@ class ValidationFailures(SyncCase):
         self.assertEqual(self.events(), ["sync_failed", "sync_failed", "sync_recovered"])
         self.assertEqual(len(self.invalid()), 2)        # evidence kept
 
+    def test_failing_alert_command_is_logged_not_fatal(self):
+        self.set_config('[sync]\nalert = ["/bin/sh", "-c", "echo mail is down >&2; exit 3"]\n')
+        write(os.path.join(self.src, "agent1", "memory", "note1.json"), "{")
+        proc = self.sync(code=1)
+        self.assertIn('"event":"sync_alert_failed"', proc.stderr)
+        self.assertIn("alert command exited 3: mail is down", proc.stderr)
+
     def test_truncated_files(self):
         log = os.path.join(self.src, "agent0", "memory", "log.jsonl")
         with open(log, "r+b") as f:
@@ -259,6 +267,34 @@ class KilledAndLocked(SyncCase):
         self.assert_current(self.expected())
         self.assertEqual(self.snapshots(".incomplete"), [])
         self.assertEqual(len(self.snapshots()), 2)
+
+    def test_resume_left_over_incomplete(self):
+        """What a killed run leaves (a partial copy, an rsync temp file, links to current)
+        is resumed by the next run; a permission change never reaches current's inode."""
+        self.make_agents(2, 2)
+        self.sync()
+        first = self.current()
+        cur = os.path.join(self.dest, "snapshots", first)
+        left = os.path.join(self.dest, "snapshots", "20000101T000000Z.incomplete")
+        shutil.copytree(cur, left, copy_function=os.link)
+        write(os.path.join(left, "agent0", "memory", ".note0.json.Xy12Ab"), "partial")
+        write(os.path.join(left, "agent0", "memory", "gone.json"), "{}")
+        os.chmod(os.path.join(self.src, "agent1", "MEMORY.md"), 0o600)
+        write(os.path.join(self.src, "agent1", "memory", "note1.json"), '{"new": 1}')
+        self.sync()
+        self.assert_current(self.expected())
+        self.assertEqual(self.snapshots(".incomplete"), [])
+        self.assertEqual(os.stat(os.path.join(cur, "agent1", "MEMORY.md")).st_mode & 0o777, 0o644)
+        self.assertEqual(os.stat(os.path.join(self.dest, "current", "agent1", "MEMORY.md")).st_mode & 0o777, 0o600)
+
+    def test_resume_first_copy(self):
+        self.make_agents(2, 2)
+        left = os.path.join(self.dest, "snapshots", "20000101T000000Z.incomplete")
+        write(os.path.join(left, "agent0", "memory", "note0.json"), '{"agent": 0, "note": 0}')
+        write(os.path.join(left, "agent0", "memory", ".note1.json.Xy12Ab"), "partial")
+        self.sync()
+        self.assert_current(self.expected())
+        self.assertEqual(self.snapshots(".incomplete"), [])
 
     def test_lock_held(self):
         self.make_agents(1, 1)
