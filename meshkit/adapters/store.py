@@ -23,15 +23,15 @@ CREATE TABLE IF NOT EXISTS tasks(
   node TEXT, lease_deadline REAL, started_at REAL, not_before REAL NOT NULL DEFAULT 0,
   created_at REAL NOT NULL, updated_at REAL NOT NULL, key TEXT UNIQUE, trace_id TEXT NOT NULL,
   expects TEXT, after TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
-  cancel_requested INTEGER NOT NULL DEFAULT 0, hb_missing INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, priority DESC, n);
+  cancel_requested INTEGER NOT NULL DEFAULT 0, hb_missing INTEGER NOT NULL DEFAULT 0,
+  rank REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, rank DESC);
 CREATE INDEX IF NOT EXISTS tasks_node ON tasks(node, state);
 CREATE TABLE IF NOT EXISTS history(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
   to_state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
   fence INTEGER, trace_id TEXT);
 CREATE INDEX IF NOT EXISTS history_task ON history(task, seq);
-CREATE INDEX IF NOT EXISTS history_to_at ON history(to_state, at);
 CREATE TABLE IF NOT EXISTS kinds(
   kind TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0,
   since REAL, reason TEXT);
@@ -190,6 +190,7 @@ def task_dict(row) -> dict:
             d[f] = json.loads(d[f])
     d["cancel_requested"] = bool(d["cancel_requested"])
     d.pop("hb_missing", None)
+    d.pop("rank", None)
     return d
 
 

@@ -117,6 +117,15 @@ def effective_priority(priority: int, waited: float, aging: float) -> float:
     return priority + (max(0.0, waited) / aging if aging > 0 else 0.0)
 
 
+def rank(priority: int, created_at: float, aging: float) -> float:
+    """A stored sort key with the same order as effective_priority at any one moment:
+    priority + (now - created)/aging ranks like priority*aging - created (now is common
+    to all candidates). With aging off: priority first, then the oldest."""
+    if aging > 0:
+        return priority * aging - created_at
+    return priority * 1e10 - created_at
+
+
 def is_transient(ended_by: str, exit_code, output: str, error, kind: KindPolicy) -> bool:
     """Transient failures (timeouts, configured exit codes or output patterns) retry
     without counting toward quarantine."""

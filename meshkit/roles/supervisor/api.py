@@ -10,6 +10,7 @@ from meshkit.core import metrics as m
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Unauthorized
 from meshkit.roles.supervisor import page
+from meshkit.roles.supervisor import intake
 from meshkit.rules import auth, fsm
 
 
@@ -105,7 +106,7 @@ class Api:
         return dict(self.tasks.result(req.json()), epoch=self.sup.epoch)
 
     def dispatch(self, req):
-        task, created = self.tasks.dispatch(req.json(), req.key_id)
+        task, created = intake.dispatch(self.tasks, req.json(), req.key_id)
         return encode_json(201 if created else 200, {"task": task, "created": created, "epoch": self.sup.epoch})
 
     def cancel(self, req):
@@ -116,7 +117,7 @@ class Api:
         return dict(self.sup.brain.explain(req.params[0]), epoch=self.sup.epoch)
 
     def graph(self, req):
-        return encode_json(201, {"tasks": self.tasks.dispatch_graph(req.json(), req.key_id), "epoch": self.sup.epoch})
+        return encode_json(201, {"tasks": intake.dispatch_graph(self.tasks, req.json(), req.key_id), "epoch": self.sup.epoch})
 
     def kinds(self, req):
         return {"kinds": self.sup.brain.kinds(), "epoch": self.sup.epoch}

@@ -11,7 +11,7 @@ from meshkit.adapters.store import task_dict, task_id, task_n
 from meshkit.core.errors import BadRequest, MeshkitError
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules import heal, modes
-from meshkit.rules.policy import parse_policy
+from meshkit.rules.policy import parse_policy, rank
 
 OPERATOR_MODES = ("maintenance", "normal")
 
@@ -183,10 +183,18 @@ class Brain:
             self.policy_error = f"{getattr(e, 'message', e)}; keeping the last good priorities"
             self.log.error("priorities_rejected", path=path, error=self.policy_error)
             return
+        if policy.aging != self.tasks.policy.aging:
+            self.rerank(policy.aging)
         self.tasks.policy = policy
         self.policy_error = None
         self.log.info("priorities_loaded", path=path, kinds=sorted(policy.kinds))
         self.tasks.wake_all()
+
+    def rerank(self, aging: float) -> None:
+        """The aging setting changed: recompute the stored sort key of unfinished tasks."""
+        with self.store.tx() as tx:
+            for t in tx.all("SELECT n, priority, created_at FROM tasks WHERE state IN ('waiting','queued')"):
+                tx.execute("UPDATE tasks SET rank=? WHERE n=?", (rank(t["priority"], t["created_at"], aging), t["n"]))
 
     # -- explain ---------------------------------------------------------------------------
 

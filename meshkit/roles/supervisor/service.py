@@ -60,7 +60,7 @@ class Supervisor:
                                            self.cfg.get("supervisor.max_connections"),
                                            self.cfg.get("supervisor.request_timeout"))
         except OSError as e:
-            raise ConfigError(self.cfg.source, "supervisor.listen", f"an address this machine can bind",
+            raise ConfigError(self.cfg.source, "supervisor.listen", "an address this machine can bind",
                               f"{host}:{port} ({e.strerror})") from None
         self.url = url_of(host, self.server.server_address[1])
         write_text(os.path.join(self.data_dir, "supervisor.url"), self.url + "\n")

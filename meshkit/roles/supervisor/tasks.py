@@ -3,21 +3,40 @@ from meshkit.rules. Long-poll claims wait on a condition that every change which
 make work available notifies.
 """
 
+import collections
 import json
 import random
-import secrets
 import threading
 
 from meshkit.adapters.store import Store, Tx, task_dict, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, InvalidTransition, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm
-from meshkit.rules import deps as deps_rules
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
 from meshkit.rules.policy import Policy, is_transient
 
 MAX_WAIT = 60.0
+
+
+class StartWindow:
+    """Lease times per kind over a sliding 60 s window (seeded from history at start)."""
+
+    def __init__(self, span: float = 60.0):
+        self.span = span
+        self.times: dict = {}
+        self.lock = threading.Lock()
+
+    def add(self, kind: str, at: float) -> None:
+        with self.lock:
+            self.times.setdefault(kind, collections.deque()).append(at)
+
+    def count(self, kind: str, now: float) -> int:
+        with self.lock:
+            q = self.times.get(kind)
+            while q and q[0] <= now - self.span:
+                q.popleft()
+            return len(q) if q else 0
 
 
 class Tasks:
@@ -29,6 +48,11 @@ class Tasks:
         self.draining = False
         self.policy = Policy()       # replaced by the brain when the priorities file changes
         self.mode = "normal"         # set by the brain every cycle
+        self.starts = StartWindow()  # leases per kind in the last 60 s (fleet rate limits)
+        for r in store.read("SELECT t.kind, h.at FROM history h JOIN tasks t ON t.n=h.task"
+                            " WHERE h.seq > (SELECT COALESCE(MAX(seq), 0) - 100000 FROM history)"
+                            " AND h.to_state='leased' AND h.at > ?", (clock.time() - 60,)):
+            self.starts.add(r["kind"], r["at"])
 
     # -- notifications for long-polls -----------------------------------------
 
@@ -41,105 +65,6 @@ class Tasks:
         self._wake()
 
     # -- dispatch ---------------------------------------------------------------
-
-    def _prepare(self, body: dict, what: str = "dispatch") -> dict:
-        """Validated task fields with defaults (per-kind from the priorities file, then config)."""
-        wire.validate(body, wire.GRAPH_TASK if what != "dispatch" else wire.DISPATCH, what)
-        cfg, kp = self.cfg, self.policy.kind(body["kind"])
-        timeout = body.get("timeout", cfg.get("tasks.timeout"))
-        max_attempts = body.get("max_attempts", kp.max_attempts or cfg.get("tasks.max_attempts"))
-        priority = body.get("priority", kp.priority if kp.priority is not None else 0)
-        if not 0 < timeout <= 7 * 86400:
-            raise BadRequest(f"{what}: field 'timeout' must be between 0 and 604800 seconds", field="timeout")
-        if not 1 <= max_attempts <= 100:
-            raise BadRequest(f"{what}: field 'max_attempts' must be from 1 to 100", field="max_attempts")
-        if not -1_000_000 <= priority <= 1_000_000:
-            raise BadRequest(f"{what}: field 'priority' must be from -1000000 to 1000000", field="priority")
-        key = body.get("key")
-        if key is not None and not 0 < len(key) <= 200:
-            raise BadRequest(f"{what}: field 'key' must be 1-200 characters", field="key")
-        return {"kind": body["kind"], "payload": body.get("payload"), "requires": sorted(set(body.get("requires", []))),
-                "priority": priority, "timeout": float(timeout), "max_attempts": max_attempts,
-                "key": key, "trace_id": body.get("trace_id") or secrets.token_hex(8),
-                "expects": body.get("expects"), "after": list(dict.fromkeys(body.get("after", [])))}
-
-    def _insert(self, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float) -> int:
-        """Insert one task after its dependencies (task numbers), waiting or queued."""
-        deps = [tx.one("SELECT n, state FROM tasks WHERE n=?", (d,)) for d in dep_ns]
-        waiting = any(d["state"] != "succeeded" for d in deps)
-        after = fields["after"]
-        n = tx.insert_task(fields, "waiting" if waiting else "queued",
-                           f"dispatched by {actor}" + (f", after {', '.join(after)}" if after else ""), actor, now)
-        for d in deps:
-            tx.execute("INSERT OR IGNORE INTO deps(task, dep) VALUES(?, ?)", (n, d["n"]))
-        failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
-        if failed:
-            tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
-        return n
-
-    def _known_deps(self, tx: Tx, after: list, what: str) -> list:
-        out = []
-        for dep in after:
-            row = tx.one("SELECT n FROM tasks WHERE n=?", (task_n(dep),))
-            if row is None:
-                raise BadRequest(f"{what}: unknown dependency {dep}", field="after")
-            out.append(row["n"])
-        return out
-
-    def dispatch(self, body: dict, actor: str) -> tuple:
-        """(task dict, created?). The same idempotency key returns the same task."""
-        fields = self._prepare(body)
-        now = self.clock.time()
-        with self.store.tx() as tx:
-            if fields["key"] is not None:
-                row = tx.one("SELECT * FROM tasks WHERE key=?", (fields["key"],))
-                if row is not None:
-                    return task_dict(row), False
-            n = self._insert(tx, fields, self._known_deps(tx, fields["after"], "dispatch"), actor, now)
-            task = task_dict(tx.task_row(n))
-        self.log.info("task_dispatched", task=task["id"], kind=task["kind"], trace_id=task["trace_id"],
-                      state=task["state"], actor=actor)
-        self._wake()
-        return task, True
-
-    def dispatch_graph(self, body: dict, actor: str) -> dict:
-        """A whole graph in one transaction: {"tasks": [{"name", ...dispatch fields, "after": [name|id]}]}."""
-        wire.validate(body, wire.GRAPH, "graph")
-        specs = body["tasks"]
-        if not 1 <= len(specs) <= 1000:
-            raise BadRequest("graph: 'tasks' must hold 1 to 1000 tasks", field="tasks")
-        names = {}
-        for i, spec in enumerate(specs):
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not wire.TYPES["name"][1](spec["name"]):
-                raise BadRequest(f"graph: tasks[{i}] needs a 'name' (letters, digits, _ . : @ -)", field="name")
-            if spec["name"] in names:
-                raise BadRequest(f"graph: name {spec['name']!r} is used twice", field="name")
-            names[spec["name"]] = spec
-        edges = {name: [a for a in spec.get("after", []) if a in names] for name, spec in names.items()}
-        cycle = deps_rules.find_cycle(edges)
-        if cycle:
-            raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
-        prepared = {}
-        for name, spec in names.items():
-            fields = self._prepare({k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
-            prepared[name] = fields
-        now = self.clock.time()
-        created = {}
-        with self.store.tx() as tx:
-            for name in deps_rules.topological(edges):
-                fields = prepared[name]
-                local = [created[a] for a in fields["after"] if a in names]
-                ids = [a for a in fields["after"] if a not in names]
-                if any(not wire.TYPES["id"][1](a) for a in ids):
-                    bad = next(a for a in ids if not wire.TYPES["id"][1](a))
-                    raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
-                                     field="after")
-                fields["after"] = [task_id(m) for m in local] + ids
-                created[name] = self._insert(tx, fields, local + self._known_deps(tx, ids, "graph"), actor, now)
-            out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
-        self.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
-        self._wake()
-        return out
 
     # -- claims -----------------------------------------------------------------
 
@@ -185,12 +110,11 @@ class Tasks:
                 return []
             fleet = self.fleet_view(tx, now, with_nodes=False)
             marks = ",".join("?" * len(kinds))
-            aging = self.policy.aging
-            order = f"priority + (? - created_at) / {aging!r} DESC, n" if aging > 0 else "priority DESC, n"
-            args = (now, *kinds) + ((now,) if aging > 0 else ())
-            # Lazy cursor: best candidates first; stop as soon as the node is full.
+            # Lazy cursor down the (state, rank) index: best first (aging included, see
+            # policy.rank); stop as soon as the node is full.
             candidates = tx.cursor(f"SELECT n, kind, requires, priority, attempts, not_before FROM tasks"
-                                   f" WHERE state='queued' AND not_before<=? AND kind IN ({marks}) ORDER BY {order}", args)
+                                   f" WHERE state='queued' AND not_before<=? AND kind IN ({marks})"
+                                   f" ORDER BY rank DESC", (now, *kinds))
             picked = []
             node_view = {"kinds": kinds, "capabilities": info.get("capabilities", [])}
             for row in candidates:
@@ -210,6 +134,7 @@ class Tasks:
                               node=node, fence=fence, attempts=attempts, lease_deadline=now + lease_ttl,
                               started_at=None, hb_missing=0)
                 leased.append(tx.task_row(n))
+                self.starts.add(leased[-1]["kind"], now)
             if leased:
                 tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
         out = []
@@ -233,9 +158,7 @@ class Tasks:
                 fleet.running_by_kind[r["kind"]] = r["c"]
         for kind in limited:
             if self.policy.kinds[kind].max_per_minute:
-                fleet.started_last_minute[kind] = tx.one(
-                    "SELECT COUNT(*) AS c FROM history h JOIN tasks t ON t.n=h.task WHERE h.to_state='leased'"
-                    " AND h.at > ? AND t.kind=?", (now - 60, kind))["c"]
+                fleet.started_last_minute[kind] = self.starts.count(kind, now)
         if with_nodes:
             running = {r["node"]: r["c"] for r in tx.all(
                 "SELECT node, COUNT(*) AS c FROM tasks WHERE state IN ('leased','running') GROUP BY node")}
@@ -322,10 +245,10 @@ class Tasks:
         """Consecutive non-transient failures per kind; 3 in a row quarantine the kind."""
         if transient:
             return
-        tx.execute("INSERT OR IGNORE INTO kinds(kind) VALUES(?)", (kind,))
         if ok:
-            tx.execute("UPDATE kinds SET failures=0 WHERE kind=?", (kind,))
+            tx.execute("UPDATE kinds SET failures=0 WHERE kind=? AND failures>0", (kind,))
             return
+        tx.execute("INSERT OR IGNORE INTO kinds(kind) VALUES(?)", (kind,))
         failures = tx.one("UPDATE kinds SET failures=failures+1 WHERE kind=? RETURNING failures, quarantined",
                           (kind,))
         limit = self.policy.kind(kind).quarantine_after

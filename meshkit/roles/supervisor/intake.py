@@ -1,0 +1,111 @@
+"""Dispatch intake: validate a task (or a whole graph), apply defaults, insert it
+waiting or queued after its dependencies, in one transaction."""
+
+import secrets
+
+from meshkit.adapters.store import Tx, task_dict, task_id, task_n
+from meshkit.core import wire
+from meshkit.core.errors import BadRequest
+from meshkit.rules import deps as deps_rules
+from meshkit.rules.policy import rank
+
+
+def prepare(tasks, body: dict, what: str = "dispatch") -> dict:
+    """Validated task fields with defaults (per-kind from the priorities file, then config)."""
+    wire.validate(body, wire.GRAPH_TASK if what != "dispatch" else wire.DISPATCH, what)
+    cfg, kp = tasks.cfg, tasks.policy.kind(body["kind"])
+    timeout = body.get("timeout", cfg.get("tasks.timeout"))
+    max_attempts = body.get("max_attempts", kp.max_attempts or cfg.get("tasks.max_attempts"))
+    priority = body.get("priority", kp.priority if kp.priority is not None else 0)
+    if not 0 < timeout <= 7 * 86400:
+        raise BadRequest(f"{what}: field 'timeout' must be between 0 and 604800 seconds", field="timeout")
+    if not 1 <= max_attempts <= 100:
+        raise BadRequest(f"{what}: field 'max_attempts' must be from 1 to 100", field="max_attempts")
+    if not -1_000_000 <= priority <= 1_000_000:
+        raise BadRequest(f"{what}: field 'priority' must be from -1000000 to 1000000", field="priority")
+    key = body.get("key")
+    if key is not None and not 0 < len(key) <= 200:
+        raise BadRequest(f"{what}: field 'key' must be 1-200 characters", field="key")
+    return {"kind": body["kind"], "payload": body.get("payload"), "requires": sorted(set(body.get("requires", []))),
+            "rank": rank(priority, tasks.clock.time(), tasks.policy.aging),
+            "priority": priority, "timeout": float(timeout), "max_attempts": max_attempts,
+            "key": key, "trace_id": body.get("trace_id") or secrets.token_hex(8),
+            "expects": body.get("expects"), "after": list(dict.fromkeys(body.get("after", [])))}
+
+def insert(tasks, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float) -> int:
+    """Insert one task after its dependencies (task numbers), waiting or queued."""
+    deps = [tx.one("SELECT n, state FROM tasks WHERE n=?", (d,)) for d in dep_ns]
+    waiting = any(d["state"] != "succeeded" for d in deps)
+    after = fields["after"]
+    n = tx.insert_task(fields, "waiting" if waiting else "queued",
+                       f"dispatched by {actor}" + (f", after {', '.join(after)}" if after else ""), actor, now)
+    for d in deps:
+        tx.execute("INSERT OR IGNORE INTO deps(task, dep) VALUES(?, ?)", (n, d["n"]))
+    failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
+    if failed:
+        tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
+    return n
+
+def known_deps(tx: Tx, after: list, what: str) -> list:
+    out = []
+    for dep in after:
+        row = tx.one("SELECT n FROM tasks WHERE n=?", (task_n(dep),))
+        if row is None:
+            raise BadRequest(f"{what}: unknown dependency {dep}", field="after")
+        out.append(row["n"])
+    return out
+
+def dispatch(tasks, body: dict, actor: str) -> tuple:
+    """(task dict, created?). The same idempotency key returns the same task."""
+    fields = prepare(tasks, body)
+    now = tasks.clock.time()
+    with tasks.store.tx() as tx:
+        if fields["key"] is not None:
+            row = tx.one("SELECT * FROM tasks WHERE key=?", (fields["key"],))
+            if row is not None:
+                return task_dict(row), False
+        n = insert(tasks, tx, fields, known_deps(tx, fields["after"], "dispatch"), actor, now)
+        task = task_dict(tx.task_row(n))
+    tasks.log.info("task_dispatched", task=task["id"], kind=task["kind"], trace_id=task["trace_id"],
+                  state=task["state"], actor=actor)
+    tasks.wake_all()
+    return task, True
+
+def dispatch_graph(tasks, body: dict, actor: str) -> dict:
+    """A whole graph in one transaction: {"tasks": [{"name", ...dispatch fields, "after": [name|id]}]}."""
+    wire.validate(body, wire.GRAPH, "graph")
+    specs = body["tasks"]
+    if not 1 <= len(specs) <= 1000:
+        raise BadRequest("graph: 'tasks' must hold 1 to 1000 tasks", field="tasks")
+    names = {}
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not wire.TYPES["name"][1](spec["name"]):
+            raise BadRequest(f"graph: tasks[{i}] needs a 'name' (letters, digits, _ . : @ -)", field="name")
+        if spec["name"] in names:
+            raise BadRequest(f"graph: name {spec['name']!r} is used twice", field="name")
+        names[spec["name"]] = spec
+    edges = {name: [a for a in spec.get("after", []) if a in names] for name, spec in names.items()}
+    cycle = deps_rules.find_cycle(edges)
+    if cycle:
+        raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
+    prepared = {}
+    for name, spec in names.items():
+        fields = prepare(tasks, {k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
+        prepared[name] = fields
+    now = tasks.clock.time()
+    created = {}
+    with tasks.store.tx() as tx:
+        for name in deps_rules.topological(edges):
+            fields = prepared[name]
+            local = [created[a] for a in fields["after"] if a in names]
+            ids = [a for a in fields["after"] if a not in names]
+            if any(not wire.TYPES["id"][1](a) for a in ids):
+                bad = next(a for a in ids if not wire.TYPES["id"][1](a))
+                raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
+                                 field="after")
+            fields["after"] = [task_id(m) for m in local] + ids
+            created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now)
+        out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
+    tasks.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
+    tasks.wake_all()
+    return out
