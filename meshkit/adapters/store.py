@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS tasks(
   expects TEXT, after TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
   cancel_requested INTEGER NOT NULL DEFAULT 0, hb_missing INTEGER NOT NULL DEFAULT 0,
   rank REAL NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, rank DESC);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, kind, rank DESC);
 CREATE INDEX IF NOT EXISTS tasks_node ON tasks(node, state);
 CREATE TABLE IF NOT EXISTS history(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,

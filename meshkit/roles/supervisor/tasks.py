@@ -112,9 +112,14 @@ class Tasks:
             marks = ",".join("?" * len(kinds))
             # Lazy cursor down the (state, rank) index: best first (aging included, see
             # policy.rank); stop as soon as the node is full.
+            caps = info.get("capabilities", [])
+            cap_marks = ",".join("?" * len(caps)) or "NULL"
+            # requires ⊆ capabilities, tested in SQL (json_each) so unfit tasks cost no Python.
             candidates = tx.cursor(f"SELECT n, kind, requires, priority, attempts, not_before FROM tasks"
                                    f" WHERE state='queued' AND not_before<=? AND kind IN ({marks})"
-                                   f" ORDER BY rank DESC", (now, *kinds))
+                                   f" AND (requires='[]' OR NOT EXISTS (SELECT 1 FROM json_each(tasks.requires)"
+                                   f" WHERE value NOT IN ({cap_marks})))"
+                                   f" ORDER BY rank DESC", (now, *kinds, *caps))
             picked = []
             node_view = {"kinds": kinds, "capabilities": info.get("capabilities", [])}
             for row in candidates:
