@@ -45,7 +45,9 @@ class SshSource(SyncCase):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if cls.sshd.poll() is not None:
-                raise unittest.SkipTest(f"sshd did not start: {open(os.path.join(d, 'sshd.log')).read()[-300:]}")
+                why = open(os.path.join(d, "sshd.log")).read()[-300:]
+                shutil.rmtree(d, ignore_errors=True)
+                raise unittest.SkipTest(f"sshd did not start: {why}")
             try:
                 socket.create_connection(("127.0.0.1", cls.port), timeout=0.2).close()
                 return
