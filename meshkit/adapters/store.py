@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS results(
   task INTEGER NOT NULL, fence INTEGER NOT NULL, answer TEXT NOT NULL, at REAL NOT NULL,
   PRIMARY KEY(task, fence));
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases(
+  name TEXT PRIMARY KEY, holder TEXT, token INTEGER NOT NULL, expires REAL NOT NULL,
+  acquired_at REAL NOT NULL, purpose TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS lease_history(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, event TEXT NOT NULL, holder TEXT,
+  token INTEGER, at REAL NOT NULL, reason TEXT NOT NULL);
 """
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")

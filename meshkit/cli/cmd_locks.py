@@ -6,10 +6,11 @@ import sys
 from meshkit.adapters.locks import FileLock, hostname, lock_path
 from meshkit.adapters.log import Logger
 from meshkit.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_arg, fail,
-                                load_config, print_json)
+                                load_config, make_client, print_json)
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest
 from meshkit.roles.locks import reaper, runner
+from meshkit.roles.locks.fleet import FleetLease
 
 LOCKS_HELP = """\
 Local locks on fcntl.flock: the kernel frees a lock when its holder dies, and the
@@ -68,6 +69,8 @@ def register(sub) -> None:
     q = ls.add_parser("list", help="show each lock: free, held, stale-record or hung",
                       epilog=LIST_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(q)
+    q.add_argument("--fleet", action="store_true", help="show the fleet-wide leases held at the supervisor")
+    q.add_argument("--supervisor", metavar="URL", help="with --fleet: the supervisor")
     q.set_defaults(func=cmd_list)
 
     q = ls.add_parser("reap", help="clear stale records, report (or --kill) hung holders",
@@ -80,10 +83,13 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_reap)
 
     q = ls.add_parser("run", help="run a command while holding a lock (like flock(1))",
-                      usage="%(prog)s --name NAME [--wait S] [--ttl S] [--purpose TEXT] [--dir D] -- COMMAND...",
+                      usage="%(prog)s (--name NAME | --fleet NAME) [--wait S] [--ttl S] [--purpose TEXT] [--dir D] -- COMMAND...",
                       epilog=RUN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arg(q)
-    q.add_argument("--name", required=True, help="lock name: letters, digits, . _ - (file NAME.lock)")
+    name = q.add_mutually_exclusive_group(required=True)
+    name.add_argument("--name", help="local lock name: letters, digits, . _ - (file NAME.lock)")
+    name.add_argument("--fleet", metavar="NAME", help="a fleet-wide lease granted by the supervisor instead")
+    q.add_argument("--supervisor", metavar="URL", help="with --fleet: the supervisor (default: as for dispatch)")
     q.add_argument("--dir", metavar="D", help="lock directory (default: config locks.dir)")
     q.add_argument("--wait", type=_seconds, default=0, metavar="S",
                    help="seconds to wait for the lock (default 0: try once; 'inf' waits forever)")
@@ -124,6 +130,16 @@ def _setup(args):
 
 
 def cmd_list(args) -> int:
+    if args.fleet:
+        leases = make_client(args, load_config(args), "worker").call("GET", "/v1/leases")["leases"]
+        if args.json:
+            print_json({"leases": leases})
+        else:
+            for lease in leases:
+                print(f"{lease['name']}: {lease['explain']}")
+            if not leases:
+                print("no fleet leases were ever granted")
+        return EXIT_OK
     _, lock_dir, ttl = _setup(args)
     views = reaper.list_locks(lock_dir, ttl, override_ttl=args.ttl is not None)
     if args.json:
@@ -172,6 +188,13 @@ def cmd_run(args) -> int:
         command = command[1:]
     if not command:
         return fail("locks run: no command given (put it after --)", EXIT_USAGE)
+    if args.fleet:
+        lease = FleetLease(make_client(args, cfg, "worker"), args.fleet, ttl=args.ttl or 60,
+                           purpose=args.purpose or " ".join(command)[:200])
+        try:
+            return runner.run_locked(lease, command, wait=args.wait)
+        except runner.CannotRun as e:
+            return fail(e.message, runner.EXIT_CANNOT_RUN)
     lock_dir = args.dir or cfg.path("locks.dir")
     try:
         path = lock_path(lock_dir, args.name, create_dir=True)

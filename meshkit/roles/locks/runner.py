@@ -73,7 +73,7 @@ def run_locked(lock: FileLock, argv: list, wait=0, env=None) -> int:
         try:
             if state["pending"] is not None:
                 return 128 + state["pending"]
-            child_env = dict(os.environ if env is None else env, MESHKIT_LOCK=lock.path)
+            child_env = dict(os.environ if env is None else env, MESHKIT_LOCK=lock.path, **getattr(lock, "env", {}))
             try:
                 child = subprocess.Popen(argv, close_fds=True, env=child_env,
                                          process_group=None if interactive else 0)

@@ -9,7 +9,7 @@ from meshkit.adapters.httpserver import App, Raw, Route, encode_json
 from meshkit.core import metrics as m
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Unauthorized
-from meshkit.roles.supervisor import page
+from meshkit.roles.supervisor import openapi, page
 from meshkit.roles.supervisor import intake
 from meshkit.rules import auth, fsm
 
@@ -47,10 +47,16 @@ class Api:
             Route("GET", "/v1/kinds", "kinds", self.kinds, auth="viewer"),
             Route("POST", "/v1/kinds/([^/]+)/resume", "resume", self.resume_kind, auth="admin"),
             Route("POST", "/v1/mode", "mode", self.set_mode, auth="admin"),
+            Route("POST", "/v1/leases/([^/]+)/acquire", "lease_acquire", self.lease_acquire),
+            Route("POST", "/v1/leases/([^/]+)/renew", "lease_renew", self.lease_renew),
+            Route("POST", "/v1/leases/([^/]+)/release", "lease_release", self.lease_release),
+            Route("GET", "/v1/leases", "leases", self.list_leases, auth="viewer"),
+            Route("GET", "/v1/leases/([^/]+)", "lease", self.get_lease, auth="viewer"),
             Route("GET", "/v1/status", "status", self.status, auth="viewer"),
             Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
             Route("GET", "/", "page", page.page, auth="none"),                # status page (page.py)
             Route("GET", "/v1/overview", "overview", lambda req: page.overview(self.sup), auth="viewer"),
+            Route("GET", "/v1/openapi.json", "openapi", self.openapi, auth="none"),     # openapi.py
         ]
 
     def app(self) -> App:
@@ -129,6 +135,21 @@ class Api:
         return dict(self.sup.brain.set_operator_mode(wire.validate(req.json(), wire.MODE, "mode"), req.key_id),
                     epoch=self.sup.epoch)
 
+    def lease_acquire(self, req):
+        return dict(self.sup.leases.acquire(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+
+    def lease_renew(self, req):
+        return dict(self.sup.leases.renew(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+
+    def lease_release(self, req):
+        return dict(self.sup.leases.release(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+
+    def list_leases(self, req):
+        return {"leases": self.sup.leases.list(), "epoch": self.sup.epoch}
+
+    def get_lease(self, req):
+        return dict(self.sup.leases.get(urllib.parse.unquote(req.params[0])), epoch=self.sup.epoch)
+
     def get_task(self, req):
         return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}
 
@@ -148,6 +169,9 @@ class Api:
             raise BadRequest("after must be a task id like t12")
         tasks = self.sup.store.tasks(state, int(limit), int(after[1:]))
         return {"tasks": tasks, "epoch": self.sup.epoch}
+
+    def openapi(self, req):
+        return openapi.document(self.routes)
 
     def status(self, req):
         return self.sup.status()

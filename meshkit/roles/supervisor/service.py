@@ -12,6 +12,7 @@ from meshkit.core.clock import REAL
 from meshkit.core.errors import ConfigError
 from meshkit.roles.supervisor.api import Api, url_of
 from meshkit.roles.supervisor.brain import Brain
+from meshkit.roles.supervisor.leases import Leases
 from meshkit.roles.supervisor.ops import Ops
 from meshkit.roles.supervisor.tasks import Tasks
 
@@ -39,6 +40,7 @@ class Supervisor:
         self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.brain = Brain(self.tasks, self.data_dir)
+        self.leases = Leases(self.store, clock, self.log)
         self.brain.reload_policy()
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
@@ -112,6 +114,6 @@ class Supervisor:
         return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
                 "mode": self.brain.mode_state.mode, "mode_reason": self.brain.mode_state.reason,
                 "quarantined": [k for k in self.brain.kinds() if k["quarantined"]],
-                "priorities_error": self.brain.policy_error, "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
+                "priorities_error": self.brain.policy_error, "leases": self.leases.list(), "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
                 "oldest_queued_age": round(now - oldest, 1) if oldest else None,
                 "last_cycle_error": self.last_cycle_error}
