@@ -1,0 +1,205 @@
+"""The OpenAPI 3.0 document of protocol v1, built from the routes (api.py) and the wire schemas.
+
+Nothing here is written by hand twice: every route of Api.routes becomes an operation
+(its method, its path with the regex groups as parameters, who may call it), and every
+request body comes from meshkit.core.wire, with the extra limits the handlers check
+(tasks.py, brain.py) spelled out so that a schema-valid body is one the server accepts
+and a schema-invalid one is refused with a 4xx. Served at GET /v1/openapi.json.
+"""
+
+import re
+
+from meshkit import __version__
+from meshkit.core import wire
+from meshkit.rules import auth, fsm
+
+MAX_INT = wire.MAX_INT
+
+# Which wire schema (a name in meshkit.core.wire) a route's body follows; routes not listed take
+# no body. A name wire does not define (yet) is skipped, with its routes' bodies undocumented
+# (tests/test_openapi.py fails on that).
+BODY_OF = {
+    "heartbeat": "HEARTBEAT", "claim": "CLAIM", "start": "START", "results": "RESULT", "dispatch": "DISPATCH",
+    "cancel": "CANCEL", "graph": "GRAPH", "mode": "MODE", "lease_acquire": "LEASE_ACQUIRE",
+    "lease_renew": "LEASE_RENEW", "lease_release": "LEASE_RELEASE",
+}
+REQUEST_BODIES = {route: (name, getattr(wire, name)) for route, name in BODY_OF.items() if hasattr(wire, name)}
+OPTIONAL_BODY = {"cancel"}          # POST /v1/tasks/ID/cancel may come with no body at all
+
+# Limits the handlers check beyond the wire types: (schema, field) -> JSON-schema keywords.
+EXTRA = {
+    ("DISPATCH", "timeout"): {"exclusiveMinimum": True, "minimum": 0, "maximum": 604800},
+    ("DISPATCH", "max_attempts"): {"minimum": 1, "maximum": 100},
+    ("DISPATCH", "priority"): {"minimum": -1_000_000, "maximum": 1_000_000},
+    ("DISPATCH", "key"): {"minLength": 1, "maxLength": 200},
+    ("CLAIM", "max"): {"minimum": 1},
+    ("RESULT", "outcome"): {"enum": list(wire.OUTCOMES)},
+    ("RESULT", "ended_by"): {"enum": list(wire.ENDED_BY)},
+    ("MODE", "mode"): {"enum": ["maintenance", "normal"]},
+    ("LEASE_ACQUIRE", "ttl"): {"minimum": 1, "maximum": 86400},
+    ("LEASE_RENEW", "ttl"): {"minimum": 1, "maximum": 86400},
+}
+PARAM_NAMES = {"tasks": "id", "kinds": "kind", "leases": "name"}     # the path segment before a regex group names it
+PATH_PARAM = {"id": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "a task id like t12"},
+              "kind": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a task kind"},
+              "name": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a lease name"}}
+LIST_QUERY = [
+    ("state", {"type": "string", "enum": list(fsm.STATES)}),
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+    ("after", {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "page after this task id"}),
+]
+QUERIES = {"tasks": LIST_QUERY}
+
+SIGNED = {"MeshkitKey": [], "MeshkitTimestamp": [], "MeshkitNonce": [], "MeshkitSignature": []}
+SECURITY_SCHEMES = {
+    "MeshkitKey": {"type": "apiKey", "in": "header", "name": auth.H_KEY,
+                   "description": "key id from the keys file (e.g. admin-1)"},
+    "MeshkitTimestamp": {"type": "apiKey", "in": "header", "name": auth.H_TS,
+                         "description": "unix seconds; refused if further off than auth.max_skew (300 s)"},
+    "MeshkitNonce": {"type": "apiKey", "in": "header", "name": auth.H_NONCE,
+                     "description": "16-128 characters of A-Za-z0-9_-, never reused (a replay gets 401)"},
+    "MeshkitSignature": {"type": "apiKey", "in": "header", "name": auth.H_SIG,
+                         "description": "hex HMAC-SHA256 (key: the secret as text) of "
+                                        "METHOD\\nPATH_WITH_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA-256(BODY))"},
+    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer secret (viewer routes only)"},
+}
+
+ERRORS = {
+    400: "bad request: malformed JSON, wrong types, unknown or missing fields, bad headers or request line",
+    401: "missing, bad, stale or replayed signature",
+    403: "the key's role may not call this",
+    404: "no such endpoint or task",
+    405: "method not allowed on this path (see Allow)",
+    408: "the client was too slow to send its request",
+    409: "conflict: stale fence, unknown node, task already ended, not the active supervisor",
+    413: "the body is over supervisor.max_body",
+    414: "the request line is too long",
+    431: "the headers are too large",
+    503: "unavailable: shutting down, too many connections, disk full or database busy (retry; see Retry-After)",
+}
+NO_AUTH_ERRORS = (400, 404, 405, 408, 413, 414, 431, 503)
+CONFLICT_ROUTES = {"claim", "start", "results", "cancel", "dispatch", "graph", "lease_acquire", "lease_renew",
+                   "lease_release"}
+
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"],
+                             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+}
+PLAIN_ANSWERS = {"metrics": "text/plain", "page": "text/html"}
+CREATED = {"dispatch", "graph"}          # 201 on creation (dispatch: 200 for a known key)
+
+
+def type_schema(typ: str) -> dict:
+    """A wire type (wire.TYPES) as an OpenAPI 3.0 schema."""
+    integer = {"type": "integer", "minimum": -MAX_INT, "maximum": MAX_INT}
+    number = {"type": "number", "minimum": -MAX_INT, "maximum": MAX_INT}
+    string = {"type": "string", "maxLength": wire.MAX_STR}
+    name = {"type": "string", "pattern": wire.NAME_RE.pattern}
+    task_id = {"type": "string", "pattern": wire.TASK_ID_RE.pattern}
+
+    def listof(item, n=wire.MAX_LIST):
+        return {"type": "array", "maxItems": n, "items": item}
+
+    return {
+        "str": string, "int": integer, "num": number, "bool": {"type": "boolean"},
+        "trace": {"type": "string", "pattern": wire.TRACE_RE.pattern},
+        "name": name, "id": task_id,
+        "strlist": listof(string), "namelist": listof(name), "idlist": listof(task_id),
+        "num3": listof(number, 3),
+        "running": listof({"type": "object", "required": ["task", "fence"], "additionalProperties": False,
+                           "properties": {"task": task_id, "fence": integer}}),
+        "expects": {"type": "object", "nullable": True, "required": ["path"], "additionalProperties": False,
+                    "properties": {"path": dict(string, minLength=1), "keys": listof(string)}},
+        "any": {"nullable": True},
+        "objlist": listof({"type": "object"}),
+        "optstr": dict(string, nullable=True), "optint": dict(integer, nullable=True),
+    }[typ]
+
+
+def object_schema(name: str, schema: dict) -> dict:
+    props = {}
+    for field, (typ, _) in schema.items():
+        props[field] = dict(type_schema(typ), **EXTRA.get((name, field), {}))
+    out = {"type": "object", "additionalProperties": False, "properties": props}
+    required = [f for f, (_, req) in schema.items() if req]
+    if required:
+        out["required"] = required
+    return out
+
+
+def components() -> dict:
+    schemas = {name: object_schema(name, schema) for name, schema in REQUEST_BODIES.values()}
+    graph_task = object_schema("DISPATCH", wire.GRAPH_TASK)
+    graph_task["properties"]["name"] = {"type": "string", "pattern": wire.NAME_RE.pattern}
+    graph_task["properties"]["after"]["description"] = "names of tasks of this graph, or task ids"
+    graph_task["required"] = ["name", "kind"]
+    schemas["GRAPH_TASK"] = graph_task
+    schemas["GRAPH"]["properties"]["tasks"] = {"type": "array", "minItems": 1, "maxItems": 1000,
+                                               "items": {"$ref": "#/components/schemas/GRAPH_TASK"}}
+    schemas["ERROR"] = ERROR_SCHEMA
+    return {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES}
+
+
+def openapi_path(pattern: str) -> tuple:
+    """("/v1/tasks/{id}/start", ["id"]) from "/v1/tasks/([^/]+)/start"."""
+    names = []
+
+    def group(m):
+        before = pattern[:m.start()].rstrip("/").rsplit("/", 1)[-1]
+        names.append(PARAM_NAMES.get(before, "param"))
+        return "{" + names[-1] + "}"
+
+    return re.sub(r"\([^()]*\)", group, pattern), names
+
+
+def operation(route) -> dict:
+    body = REQUEST_BODIES.get(route.name)
+    _, params = openapi_path(route.pattern)
+    op = {"operationId": route.name, "summary": f"{route.name} ({route.auth if route.auth != 'none' else 'anyone'})",
+          "x-meshkit-auth": route.auth, "parameters": [], "responses": {}}
+    for p in params:
+        op["parameters"].append({"name": p, "in": "path", "required": True, "schema": PATH_PARAM.get(p, {"type": "string"})})
+    for q, schema in QUERIES.get(route.name, []):
+        op["parameters"].append({"name": q, "in": "query", "required": False, "schema": schema})
+    if body:
+        op["requestBody"] = {"required": route.name not in OPTIONAL_BODY,
+                             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body[0]}"}}}}
+    if route.auth == "none":
+        op["security"] = []
+    elif route.auth == "viewer":
+        op["security"] = [dict(SIGNED), {"ViewerBearer": []}]
+    else:
+        op["security"] = [dict(SIGNED)]
+    ok = PLAIN_ANSWERS.get(route.name, "application/json")
+    ok_schema = {"type": "string"} if ok != "application/json" else {"type": "object"}
+    good = {"description": "done", "content": {ok: {"schema": ok_schema}}}
+    if route.name in CREATED:
+        op["responses"]["201"] = dict(good, description="created")
+        if route.name == "dispatch":
+            op["responses"]["200"] = dict(good, description="the task already dispatched with this key")
+    else:
+        op["responses"]["200"] = good
+    codes = NO_AUTH_ERRORS if route.auth == "none" else sorted(set(ERRORS) - ({409} if route.name not in CONFLICT_ROUTES else set()))
+    for code in codes:
+        op["responses"][str(code)] = {"description": ERRORS[code],
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ERROR"}}}}
+    return op
+
+
+def document(routes) -> dict:
+    """The whole OpenAPI document for these routes."""
+    paths = {}
+    for route in routes:
+        path, _ = openapi_path(route.pattern)
+        paths.setdefault(path, {})[route.method.lower()] = operation(route)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "meshkit supervisor, protocol v1", "version": __version__,
+                 "description": "JSON over HTTP/1.1. Every answer carries X-Meshkit-Epoch; errors are "
+                                '{"error": {"code", "message"}} with a 4xx status, 503 for the server\'s own '
+                                "trouble (retry). Requests but /health, / and /v1/openapi.json are signed "
+                                "(four X-Meshkit-* headers); viewer routes also take the viewer secret as a bearer token."},
+        "paths": paths,
+        "components": components(),
+    }
