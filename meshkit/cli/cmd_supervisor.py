@@ -26,6 +26,14 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = load_config(args)
     sup = Supervisor(cfg, listen=args.listen)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    # Before the URL is printed: from then on, SIGTERM or Ctrl-C always means a clean shutdown.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     url = sup.start()
     print(url, flush=True)
     cfg_arg = f" --config {cfg.source}" if cfg.source else ""
@@ -35,13 +43,6 @@ def run(args) -> int:
     print(f"  dispatch a task:   python -m meshkit dispatch echo --payload '{{\"hello\": 1}}' --wait{cfg_arg}")
     print(f"  fleet status:      python -m meshkit status{cfg_arg}", flush=True)
     sup.ops.ready()                # systemd: READY=1 (no-op without NOTIFY_SOCKET)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         sup.run(stop)
     finally:
