@@ -11,7 +11,6 @@ import time
 from tests.helpers import ROOT, Fleet, env
 
 from meshkit.adapters import runner
-from meshkit.rules.config import SCHEMA_BY_NAME
 
 # One script, several kinds (its first argument); the payload says what to do.
 TASK_SCRIPT = r'''
@@ -53,10 +52,8 @@ FAST = dict(worker__heartbeat_interval=0.5, worker__poll_interval=0.5, worker__p
 
 
 def worker_fleet(**overrides) -> Fleet:
-    """A Fleet whose config allows the test kinds (and the fast timings above). Kinds that fail
-    on purpose must not be quarantined (paused) by the supervisor, where it does that."""
-    extra = {"tasks__quarantine_after": 0} if "tasks.quarantine_after" in SCHEMA_BY_NAME else {}
-    fleet = Fleet(**dict(FAST, **extra, **overrides))
+    """A Fleet whose config allows the test kinds (and the fast timings above)."""
+    fleet = Fleet(**dict(FAST, **overrides))
     script = os.path.join(fleet.dir, "task.py")
     with open(script, "w") as f:
         f.write(TASK_SCRIPT)
