@@ -342,6 +342,7 @@ class Sending(WorkerCase):
 class FakeClient:
     def __init__(self, url, answers):
         self.url, self.answers, self.calls = url, answers, 0
+        self.headers = {}
 
     def call(self, method, path, body=None, timeout=None):
         self.calls += 1
