@@ -83,7 +83,17 @@ class Request:
                 raise BadRequest("the body is nested too deeply") from None
             except (ValueError, UnicodeDecodeError) as e:
                 raise BadRequest(f"the body is not valid JSON: {str(e)[:120]}") from None
+            if _SURROGATE_ESCAPE.search(self.body):
+                # An unpaired \uD800-\uDFFF escape decodes to a string no UTF-8 store can hold.
+                try:
+                    json.dumps(self._json, ensure_ascii=False).encode("utf-8")
+                except (UnicodeEncodeError, RecursionError):
+                    self._json = None
+                    raise BadRequest("the body holds an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF)") from None
         return self._json
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _no_constant(name):
@@ -176,7 +186,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise BadRequest("a Content-Length header is required")
             return b""
         value = cl[0].strip()
-        if not value.isdigit() or len(value) > 12:
+        if not (value.isascii() and value.isdigit()) or len(value) > 12:     # isdigit() alone takes "²"
             self.close_connection = True
             raise BadRequest("Content-Length must be a whole number")
         length = int(value)
@@ -207,8 +217,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not self.path.startswith("/"):
                 self.close_connection = True
                 raise BadRequest("the request target must be a path")
+            # Non-ASCII text reaches no handler: not in the target (percent-encode it), not in a
+            # decoded query, not in a header (handlers compare and parse these as ASCII).
+            if not self.path.isascii():
+                self.close_connection = True
+                raise BadRequest("the request target must be ASCII (percent-encode other characters)")
+            if not all(k.isascii() and v.isascii() for k, v in self.headers.items()):
+                self.close_connection = True
+                raise BadRequest("header names and values must be ASCII")
             body = self._body()
-            query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+            try:
+                query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True, encoding="ascii",
+                                                    errors="strict"))
+            except UnicodeDecodeError:
+                raise BadRequest("query parameters must be ASCII once percent-decoded") from None
             route, params = app.match(self.command, url.path)
             route_name = route.name
             req = Request(self.command, self.path, url.path, query, params, self.headers, body,
