@@ -21,7 +21,7 @@ MAX_INT = wire.MAX_INT
 BODY_OF = {
     "heartbeat": "HEARTBEAT", "claim": "CLAIM", "start": "START", "results": "RESULT", "dispatch": "DISPATCH",
     "cancel": "CANCEL", "graph": "GRAPH", "mode": "MODE", "lease_acquire": "LEASE_ACQUIRE",
-    "lease_renew": "LEASE_RENEW", "lease_release": "LEASE_RELEASE",
+    "lease_renew": "LEASE_RENEW", "lease_release": "LEASE_RELEASE", "promote": "PROMOTE", "demote": "DEMOTE",
 }
 REQUEST_BODIES = {route: (name, getattr(wire, name)) for route, name in BODY_OF.items() if hasattr(wire, name)}
 OPTIONAL_BODY = {"cancel"}          # POST /v1/tasks/ID/cancel may come with no body at all
@@ -78,8 +78,6 @@ ERRORS = {
     503: "unavailable: shutting down, too many connections, disk full or database busy (retry; see Retry-After)",
 }
 NO_AUTH_ERRORS = (400, 404, 405, 408, 413, 414, 431, 503)
-CONFLICT_ROUTES = {"claim", "start", "results", "cancel", "dispatch", "graph", "lease_acquire", "lease_renew",
-                   "lease_release"}
 
 ERROR_SCHEMA = {
     "type": "object", "required": ["error"],
@@ -180,7 +178,7 @@ def operation(route) -> dict:
             op["responses"]["200"] = dict(good, description="the task already dispatched with this key")
     else:
         op["responses"]["200"] = good
-    codes = NO_AUTH_ERRORS if route.auth == "none" else sorted(set(ERRORS) - ({409} if route.name not in CONFLICT_ROUTES else set()))
+    codes = NO_AUTH_ERRORS if route.auth == "none" else sorted(ERRORS)     # 409 too: not_active on a standby
     for code in codes:
         op["responses"][str(code)] = {"description": ERRORS[code],
                                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ERROR"}}}}
