@@ -69,12 +69,22 @@ class Fleet:
 
     def write_config(self, **overrides):
         """Overrides use __ for dots: supervisor__stale_after=5."""
+        self.overrides = overrides
         with open(self.config, "w") as f:
             f.write(render_default_toml({k.replace("__", "."): v for k, v in overrides.items()}))
 
-    def start_supervisor(self, *extra, listen="127.0.0.1:0", timeout=15):
+    def other_config(self, name: str, **overrides) -> str:
+        """A second config in the same dir (same keys file) with its own data dir."""
+        path = os.path.join(self.dir, f"{name}.toml")
+        values = {k.replace("__", "."): v for k, v in dict(self.overrides, **overrides).items()}
+        values.setdefault("supervisor.data_dir", f"{name}-data")
+        with open(path, "w") as f:
+            f.write(render_default_toml(values))
+        return path
+
+    def start_supervisor(self, *extra, listen="127.0.0.1:0", timeout=15, config=None):
         log = open(os.path.join(self.dir, f"supervisor-{len(self.procs)}.log"), "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "meshkit", "supervisor", "--config", self.config,
+        proc = subprocess.Popen([sys.executable, "-m", "meshkit", "supervisor", "--config", config or self.config,
                                  "--listen", listen, *extra], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                                 stderr=log)
         self.procs.append(proc)

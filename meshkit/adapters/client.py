@@ -26,6 +26,7 @@ class SignedClient:
         self.key_id, self.secret = key_id, secret
         self.clock = clock
         self.timeout = timeout
+        self.headers = {}          # sent with every request (e.g. X-Meshkit-Epoch: the highest seen)
         self._local = threading.local()
 
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
@@ -50,6 +51,7 @@ class SignedClient:
         headers = signed_headers(self.key_id, self.secret, method, path, data,
                                  self.clock.time(), secrets.token_hex(16))
         headers["Content-Type"] = "application/json"
+        headers.update(self.headers)
         timeout = timeout or self.timeout
         for attempt in (1, 2):
             conn = self._conn(timeout)

@@ -54,6 +54,23 @@ CREATE TABLE IF NOT EXISTS lease_history(
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 
+# Replication: every insert or update of these tables appends (table, rowid) to the
+# changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
+REPLICATED = ("tasks", "history", "deps", "nodes", "results", "kinds", "leases", "lease_history", "meta")
+LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at")   # never copied
+
+
+def _triggers() -> str:
+    out = ["CREATE TABLE IF NOT EXISTS changelog(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
+           " rid INTEGER NOT NULL)"]
+    for t in REPLICATED:
+        cond = f" WHEN NEW.key NOT IN ({','.join(repr(k) for k in LOCAL_META)})" if t == "meta" else ""
+        for op in ("INSERT", "UPDATE"):
+            out.append(f"CREATE TRIGGER IF NOT EXISTS log_{t}_{op.lower()} AFTER {op} ON {t}{cond}"
+                       f" BEGIN INSERT INTO changelog(tbl, rid) VALUES('{t}', NEW.rowid); END")
+    return ";\n".join(out) + ";\n"
+
+
 
 def task_id(n: int) -> str:
     return f"t{n}"
@@ -79,6 +96,7 @@ class Store:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.RLock()
+        self._column_cache = {}
         try:
             self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                       check_same_thread=False)
@@ -88,6 +106,9 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             with self.tx() as cur:
                 for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                for stmt in _triggers().split(";\n"):
                     if stmt.strip():
                         cur.execute(stmt)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '1')")
@@ -137,6 +158,49 @@ class Store:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
+
+    # -- replication -----------------------------------------------------------
+
+    def _columns(self, table: str) -> set:
+        if table not in self._column_cache:
+            self._column_cache[table] = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+        return self._column_cache[table]
+
+    def head_seq(self) -> int:
+        return self.read("SELECT COALESCE(MAX(seq), 0) AS s FROM changelog")[0]["s"]
+
+    def changes_since(self, since: int, limit: int = 2000) -> list:
+        """[{"seq", "table", "row"}] after `since`: each changed row once, as it is now."""
+        with self._lock:
+            try:
+                log = self.db.execute("SELECT seq, tbl, rid FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (since, limit)).fetchall()
+                latest = {}
+                for e in log:
+                    latest[(e["tbl"], e["rid"])] = e["seq"]
+                out = []
+                for (tbl, rid), seq in sorted(latest.items(), key=lambda kv: kv[1]):
+                    row = self.db.execute(f"SELECT * FROM {tbl} WHERE rowid=?", (rid,)).fetchone()
+                    if row is not None:
+                        out.append({"seq": seq, "table": tbl, "row": dict(row)})
+                last = log[-1]["seq"] if log else since
+                return out, last
+            except sqlite3.Error as e:
+                raise _store_error(e) from None
+
+    def apply_changes(self, changes: list, upto: int) -> None:
+        """Store rows pulled from the primary (one transaction) and the position reached."""
+        with self.tx() as tx:
+            for c in changes:
+                table, row = c.get("table"), c.get("row")
+                if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
+                    continue
+                cols = list(row)
+                if not set(cols) <= self._columns(table):
+                    raise StoreError(f"replication: unknown columns for {table}: {sorted(set(cols) - self._columns(table))}")
+                tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
+                           tuple(row[c] for c in cols))
+            tx.set_meta("replicated_seq", upto)
 
     def close(self) -> None:
         with self._lock:

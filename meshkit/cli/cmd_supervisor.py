@@ -17,15 +17,17 @@ def register(sub) -> None:
                                    "(~/.meshkit): data/ and the keys file, created on first start.",
                        epilog="examples:\n  python -m meshkit supervisor\n"
                               "  python -m meshkit supervisor --config /etc/meshkit/meshkit.toml --listen 0.0.0.0:8765\n"
-                              "  python -m meshkit supervisor --listen 127.0.0.1:0   # a free port; URL on line 1")
+                              "  python -m meshkit supervisor --listen 127.0.0.1:0   # a free port; URL on line 1\n"
+                              "  python -m meshkit supervisor --standby-of http://10.0.0.1:8765   # HA standby")
     add_config_arg(p)
     p.add_argument("--listen", metavar="HOST:PORT", help="override supervisor.listen (port 0 = any free port)")
+    p.add_argument("--standby-of", metavar="URL", help="run as the standby of the primary at URL (replicates it)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     cfg = load_config(args)
-    sup = Supervisor(cfg, listen=args.listen)
+    sup = Supervisor(cfg, listen=args.listen, standby_of=args.standby_of)
     stop = threading.Event()
 
     def on_signal(signum, frame):

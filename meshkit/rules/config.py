@@ -49,6 +49,9 @@ CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
              lambda v: (isinstance(v, str) and v.startswith("http")) or
              (isinstance(v, list) and all(isinstance(x, str) and x.startswith("http") for x in v))),
     "durability": ('"normal" or "full"', lambda v: v in ("normal", "full")),
+    "role": ('"primary" or "standby"', lambda v: v in ("primary", "standby")),
+    "replication": ('"async" or "sync"', lambda v: v in ("async", "sync")),
+    "failback": ('"auto" or "manual"', lambda v: v in ("auto", "manual")),
     "loglevel": ('"debug", "info", "warning" or "error"', lambda v: v in ("debug", "info", "warning", "error")),
 }
 
@@ -62,6 +65,11 @@ SCHEMA: list[Key] = [
     Key("supervisor.max_connections", "posint", 256, "connections served at once; more are refused with 503"),
     Key("supervisor.request_timeout", "seconds", 30, "a client that sends nothing for this long is disconnected"),
     Key("supervisor.durability", "durability", "normal", '"normal" survives a killed process; "full" also a power cut (fsync per commit)'),
+    Key("supervisor.role", "role", "primary", '"primary", or "standby" (replicates supervisor.peer, refuses work)'),
+    Key("supervisor.peer", "str", "", "URL of the other supervisor of an HA pair", commented=True),
+    Key("supervisor.replication", "replication", "async", '"async", or "sync": acknowledge dispatches and results once the standby holds them'),
+    Key("supervisor.sync_timeout", "seconds", 2, "sync replication: wait this long for the standby, then fall back to async"),
+    Key("supervisor.primary_lease", "seconds", 0, "with HA: stop accepting work after this long without a watchdog check or standby pull (0 = off)"),
     Key("supervisor.cycle", "seconds", 2, "how often the supervisor reaps leases and checks its state"),
     Key("supervisor.start_timeout", "seconds", 120, "a task leased but not started this long is requeued (heal rule)"),
     Key("supervisor.priorities_file", "path", "", "per-kind priorities, limits and retry rules (TOML or JSON); reloaded on change", commented=True),
@@ -113,6 +121,16 @@ SCHEMA: list[Key] = [
     Key("sync.keep_hourly", "int", 24, "sync backup: newest snapshot of each of the last N hours kept"),
     Key("sync.keep_daily", "int", 7, "sync backup: newest snapshot of each of the last N days kept"),
     Key("sync.keep_invalid", "posint", 5, "snapshots that failed validation kept as evidence (newest)"),
+    # watchdog (third node)
+    Key("watchdog.primary", "str", "", "URL of the primary supervisor", commented=True),
+    Key("watchdog.standby", "str", "", "URL of the standby supervisor", commented=True),
+    Key("watchdog.interval", "seconds", 30, "seconds between checks"),
+    Key("watchdog.failures", "posint", 3, "consecutive failed checks of the active supervisor before failover"),
+    Key("watchdog.recoveries", "posint", 3, "consecutive good checks of the old primary before failback"),
+    Key("watchdog.failback", "failback", "manual", '"auto" hands back to the primary when it is healthy again; "manual": `watchdog failback`'),
+    Key("watchdog.fence", "argv", [], "command run before promoting the standby (e.g. ssh that stops the old primary)", commented=True),
+    Key("watchdog.alert", "argv", [], "command run on failover/failback; gets the event as JSON on stdin", commented=True),
+    Key("watchdog.state_file", "path", "watchdog.json", "the watchdog's view (written atomically)"),
     # logging
     Key("logging.level", "loglevel", "info", "least severe level written"),
     Key("logging.dir", "path", "", "also write the log to daily files DIR/YYYY-MM-DD.jsonl (UTC dates); empty = stderr only", commented=True),

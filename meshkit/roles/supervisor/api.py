@@ -14,6 +14,11 @@ from meshkit.roles.supervisor import intake
 from meshkit.rules import auth, fsm
 
 
+ACTIVE_ONLY = {"heartbeat", "claim", "start", "results", "dispatch", "cancel", "graph", "resume", "mode",
+               "lease_acquire", "lease_renew", "lease_release"}
+ACKNOWLEDGED = {"dispatch", "results", "graph", "cancel"}     # sync replication waits for these
+
+
 class Api:
     def __init__(self, sup):
         self.sup = sup
@@ -51,6 +56,10 @@ class Api:
             Route("POST", "/v1/leases/([^/]+)/renew", "lease_renew", self.lease_renew),
             Route("POST", "/v1/leases/([^/]+)/release", "lease_release", self.lease_release),
             Route("GET", "/v1/leases", "leases", self.list_leases, auth="viewer"),
+            Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin"),
+            Route("POST", "/v1/promote", "promote", self.promote, auth="admin"),
+            Route("POST", "/v1/demote", "demote", self.demote, auth="admin"),
+            Route("GET", "/v1/ha/check", "ha_check", self.ha_check, auth="admin"),
             Route("GET", "/v1/leases/([^/]+)", "lease", self.get_lease, auth="viewer"),
             Route("GET", "/v1/status", "status", self.status, auth="viewer"),
             Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
@@ -58,6 +67,19 @@ class Api:
             Route("GET", "/v1/overview", "overview", lambda req: page.overview(self.sup), auth="viewer"),
             Route("GET", "/v1/openapi.json", "openapi", self.openapi, auth="none"),     # openapi.py
         ]
+
+        for route in self.routes:        # work is accepted by the active primary only
+            if route.name in ACTIVE_ONLY:
+                route.handler = self._active(route.handler)
+
+    def _active(self, handler):
+        def wrapped(req):
+            self.sup.ha.require_active(req)
+            result = handler(req)
+            if req.route.name in ACKNOWLEDGED:
+                self.sup.ha.acknowledge()
+            return result
+        return wrapped
 
     def app(self) -> App:
         return App(self.routes, self.authenticate, self.sup.cfg.get("supervisor.max_body"),
@@ -149,6 +171,28 @@ class Api:
 
     def get_lease(self, req):
         return dict(self.sup.leases.get(urllib.parse.unquote(req.params[0])), epoch=self.sup.epoch)
+
+    def replicate(self, req):
+        q = req.query
+        try:
+            since, wait, limit = int(q.get("since", "0")), float(q.get("wait", "0")), int(q.get("limit", "2000"))
+        except ValueError:
+            raise BadRequest("since and limit are whole numbers, wait a number of seconds") from None
+        return self.sup.ha.feed(max(0, since), wait, min(max(1, limit), 10000))
+
+    def promote(self, req):
+        return self.sup.ha.promote(req.json() if req.body else {}, req.key_id)
+
+    def demote(self, req):
+        return self.sup.ha.demote(req.json() if req.body else {}, req.key_id)
+
+    def ha_check(self, req):
+        """The watchdog's deep check: answers, DB writable, role and epoch."""
+        with self.sup.store.tx() as tx:
+            tx.set_meta("checked_at", self.sup.clock.time())
+        if self.sup.role == "primary":
+            self.sup.ha.contact()
+        return dict(self.sup.ha.view(), ok=True, db_writable=True)
 
     def get_task(self, req):
         return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}

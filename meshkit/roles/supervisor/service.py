@@ -6,6 +6,7 @@ import threading
 from meshkit import __version__
 from meshkit.adapters import httpserver, keyfile
 from meshkit.adapters.atomic import write_text
+from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
 from meshkit.core.clock import REAL
@@ -13,6 +14,7 @@ from meshkit.core.errors import ConfigError
 from meshkit.roles.supervisor.api import Api, url_of
 from meshkit.roles.supervisor.brain import Brain
 from meshkit.roles.supervisor.leases import Leases
+from meshkit.roles.supervisor.ha import Ha
 from meshkit.roles.supervisor.ops import Ops
 from meshkit.roles.supervisor.tasks import Tasks
 
@@ -25,13 +27,17 @@ def parse_listen(value: str, source=None) -> tuple:
 
 
 class Supervisor:
-    def __init__(self, cfg, clock=REAL, logger=None, listen: str | None = None):
+    def __init__(self, cfg, clock=REAL, logger=None, listen: str | None = None, standby_of: str | None = None):
         self.cfg, self.clock = cfg, clock
         self.log = logger or Logger("supervisor", level=cfg.get("logging.level"), clock=clock,
                                     log_dir=cfg.path("logging.dir"))
         self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
         self.data_dir = cfg.path("supervisor.data_dir")
         os.makedirs(self.data_dir, exist_ok=True)
+        # One supervisor per data dir: a second one on the same state refuses to start.
+        self.dir_lock = FileLock(os.path.join(self.data_dir, "supervisor.lock"), ttl=10 * 365 * 86400,
+                                 purpose="supervisor", clock=clock)
+        self.dir_lock.acquire(0)
         keys_path = cfg.path("auth.keys_file")
         self.created_keys = cfg.source is None and keyfile.ensure(keys_path)
         self.keys_path = keys_path
@@ -41,6 +47,8 @@ class Supervisor:
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.brain = Brain(self.tasks, self.data_dir)
         self.leases = Leases(self.store, clock, self.log)
+        self.standby_of = standby_of
+        self.ha = Ha(self, standby_of)
         self.brain.reload_policy()
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
@@ -56,6 +64,7 @@ class Supervisor:
         self.role = self.store.meta("role", "primary")
 
     def start(self) -> str:
+        self.ha.start(self.standby_of)
         host, port = self.listen
         try:
             self.server = httpserver.start(host, port, self.api.app(),
@@ -71,7 +80,9 @@ class Supervisor:
 
     def step(self) -> float:
         """One maintenance cycle; returns the delay until the next."""
-        self.brain.cycle()
+        if self.role == "primary":
+            self.brain.cycle()        # a standby's state is the primary's: it repairs nothing
+        self.ha.cycle()
         self.last_cycle_error = f"{self.brain.db_errors} cycles in a row failed" if self.brain.db_errors else None
         self.ops.cycle()
         return self.ops.next_delay(float(self.cfg.get("supervisor.cycle")))
@@ -93,7 +104,9 @@ class Supervisor:
                 self.clock.sleep(0.05)
             self.server.shutdown()
             self.server.server_close()
+        self.ha.stop()
         self.store.close()
+        self.dir_lock.release()
         self.log.info("supervisor_stopped")
 
     def status(self) -> dict:
@@ -114,6 +127,6 @@ class Supervisor:
         return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
                 "mode": self.brain.mode_state.mode, "mode_reason": self.brain.mode_state.reason,
                 "quarantined": [k for k in self.brain.kinds() if k["quarantined"]],
-                "priorities_error": self.brain.policy_error, "leases": self.leases.list(), "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
+                "replication": self.ha.view(), "priorities_error": self.brain.policy_error, "leases": self.leases.list(), "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
                 "oldest_queued_age": round(now - oldest, 1) if oldest else None,
                 "last_cycle_error": self.last_cycle_error}

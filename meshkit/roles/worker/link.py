@@ -74,8 +74,11 @@ class Link:
                     last = ClientError(f"{self.clients[i].url} answers with epoch {epoch}, "
                                        f"older than {self.epoch} already seen: ignored")
                     continue
-                if isinstance(epoch, int):
+                if isinstance(epoch, int) and epoch > self.epoch:
                     self.epoch = epoch
+                    for c in self.clients:      # tell every supervisor: an older primary fences itself
+                        if hasattr(c, "headers"):
+                            c.headers["X-Meshkit-Epoch"] = str(epoch)
             self._answered(i)
             return answer
         with self._lock:

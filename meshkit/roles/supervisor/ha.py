@@ -1,0 +1,228 @@
+"""High availability: role and epoch, replication (the standby pulls the primary's
+changelog over the signed API), sync/async acknowledgement, and fencing.
+
+Fencing rules, each enforced here:
+- only a primary accepts work; a standby answers 409 not_active naming the active one;
+- a request carrying a higher epoch than ours (X-Meshkit-Epoch, sent by workers that
+  saw a newer primary) demotes us at once;
+- a primary whose peer is primary with a higher epoch becomes its standby;
+- a primary that restarts asks its peer first and follows it if the peer was promoted;
+- with supervisor.primary_lease > 0, a primary that has heard from neither the watchdog
+  nor the standby for that long stops accepting work (the watchdog promotes the standby
+  only after interval x failures, which must exceed the lease).
+"""
+
+import threading
+
+from meshkit.adapters.client import SignedClient
+from meshkit.core.errors import ApiError, BadRequest, ClientError, MeshkitError, NotActive
+from meshkit.rules.auth import pick_key
+
+PULL_WAIT = 5.0
+
+
+class Ha:
+    def __init__(self, sup, peer: str | None):
+        self.sup = sup
+        self.store, self.cfg, self.clock, self.log = sup.store, sup.cfg, sup.clock, sup.log
+        self.peer = (peer or self.store.meta("peer") or self.cfg.get("supervisor.peer") or "").rstrip("/") or None
+        self.mode = self.cfg.get("supervisor.replication")
+        self.lease = float(self.cfg.get("supervisor.primary_lease"))
+        self.last_contact = self.clock.monotonic()
+        self.standby_acked = 0          # primary: changelog position the standby holds
+        self.standby_seen = None        # primary: monotonic time of its last pull
+        self.sync_degraded = False      # primary, sync mode: standby too slow, acknowledging async
+        self.primary_head = 0           # standby: the primary's changelog head at the last pull
+        self.caught_up_at = None        # standby: wall time when it last held everything
+        self.pulled_at = None           # standby: monotonic time of the last successful pull
+        self.pull_error = None
+        self._puller = None
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        kid, _, secret = pick_key(sup.keys, "", "admin")
+        self._key = (kid, secret)
+
+    def client(self, url=None) -> SignedClient:
+        return SignedClient(url or self.peer, *self._key, clock=self.clock, timeout=PULL_WAIT + 5)
+
+    # -- identity ------------------------------------------------------------------
+
+    def set_identity(self, role: str, epoch: int, peer: str | None, why: str) -> None:
+        with self.store.tx() as tx:
+            tx.set_meta("role", role)
+            tx.set_meta("epoch", epoch)
+            tx.set_meta("peer", peer or "")
+        before = (self.sup.role, self.sup.epoch)
+        self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
+        self.log.warning("role_changed", supervisor_role=role, epoch=epoch, previous=list(before), peer=peer,
+                         reason=why)
+        self.sup.tasks.wake_all()
+        if role == "standby":
+            self._start_puller()
+
+    def start(self, standby_of: str | None) -> None:
+        """Decide the role before serving. The persisted role wins over the config (a promoted
+        standby stays primary across restarts), except on the very first start."""
+        if standby_of:
+            self.set_identity("standby", self.sup.epoch, standby_of.rstrip("/"), "started with --standby-of")
+            return
+        first_start = self.store.meta("peer") is None
+        if first_start and self.cfg.get("supervisor.role") == "standby":
+            if not self.peer:
+                raise BadRequest('supervisor.role = "standby" needs supervisor.peer')
+            self.set_identity("standby", self.sup.epoch, self.peer, "configured as standby")
+            return
+        if self.sup.role == "standby":
+            self._start_puller()
+            return
+        if self.peer:        # a primary asks its peer before it serves
+            peer = self._peer_health()
+            if peer and peer.get("role") == "primary" and peer.get("epoch", 0) > self.sup.epoch:
+                self.set_identity("standby", self.sup.epoch, self.peer,
+                                  f"peer {self.peer} is primary with epoch {peer['epoch']}: following it")
+
+    def _peer_health(self):
+        try:
+            status, body = self.client().request("GET", "/health", timeout=3)
+            return body if status == 200 and isinstance(body, dict) else None
+        except ClientError:
+            return None
+
+    # -- serving rules ----------------------------------------------------------------
+
+    def require_active(self, req) -> None:
+        seen = req.headers.get("X-Meshkit-Epoch")
+        if seen and seen.isdigit() and int(seen) > self.sup.epoch and self.sup.role == "primary":
+            self.set_identity("standby", self.sup.epoch, self.peer, f"a client saw epoch {seen} > ours: fenced")
+        if self.sup.role != "primary":
+            raise NotActive(f"this supervisor is a standby (epoch {self.sup.epoch}); the active one is "
+                            f"{self.peer or 'unknown'}", active=self.peer)
+        if self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease:
+            raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
+                            active=None)
+
+    def contact(self) -> None:
+        self.last_contact = self.clock.monotonic()
+
+    def cycle(self) -> None:
+        """Primary with a peer: if the peer was promoted past us, follow it."""
+        if self.sup.role != "primary" or not self.peer:
+            return
+        peer = self._peer_health()
+        if peer and peer.get("role") == "primary" and peer.get("epoch", 0) > self.sup.epoch:
+            self.set_identity("standby", self.sup.epoch, self.peer,
+                              f"peer {self.peer} is primary with higher epoch {peer['epoch']}")
+
+    # -- primary side: the changelog feed --------------------------------------------------
+
+    def feed(self, since: int, wait: float, limit: int) -> dict:
+        if self.sup.role != "primary":
+            raise NotActive(f"this supervisor is a standby; replicate from {self.peer or 'the primary'}",
+                            active=self.peer)
+        self.contact()
+        self.standby_acked = max(self.standby_acked, since)
+        self.standby_seen = self.clock.monotonic()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = self.clock.monotonic() + min(max(wait, 0.0), 30.0)
+        while True:
+            changes, last = self.store.changes_since(since, limit)
+            if changes or last > since or self.clock.monotonic() >= deadline or self.sup.role != "primary":
+                break
+            self.clock.sleep(0.02)
+        return {"changes": changes, "last": last, "head": self.store.head_seq(), "role": self.sup.role,
+                "epoch": self.sup.epoch, "time": self.clock.time()}
+
+    def acknowledge(self) -> None:
+        """Sync mode: return once the standby holds everything committed so far (bounded)."""
+        if self.mode != "sync" or self.sup.role != "primary":
+            return
+        target = self.store.head_seq()
+        deadline = self.clock.monotonic() + float(self.cfg.get("supervisor.sync_timeout"))
+        with self._cond:
+            while self.standby_acked < target:
+                remaining = deadline - self.clock.monotonic()
+                if remaining <= 0 or (self.sync_degraded and self.standby_acked < target):
+                    if not self.sync_degraded:
+                        self.sync_degraded = True
+                        self.log.warning("replication_degraded", mode="async",
+                                         reason="the standby did not confirm in time")
+                    return
+                self._cond.wait(remaining)
+        if self.sync_degraded:
+            self.sync_degraded = False
+            self.log.info("replication_restored", mode="sync")
+
+    # -- standby side: pulling --------------------------------------------------------------
+
+    def _start_puller(self) -> None:
+        if self._puller and self._puller.is_alive():
+            return
+        self._puller = threading.Thread(target=self._pull_loop, name="replicate", daemon=True)
+        self._puller.start()
+
+    def _pull_loop(self) -> None:
+        client = None
+        while not self._stop.is_set() and self.sup.role == "standby":
+            try:
+                client = client if client and client.url == self.peer else self.client()
+                since = int(self.store.meta("replicated_seq", "0"))
+                got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
+                                  timeout=PULL_WAIT + 10)
+                if self.sup.role != "standby":
+                    return
+                self.store.apply_changes(got["changes"], got["last"])
+                self.primary_head = got["head"]
+                self.pulled_at = self.clock.monotonic()
+                if got["last"] >= got["head"]:
+                    self.caught_up_at = self.clock.time()
+                if got["epoch"] > self.sup.epoch and got["role"] == "primary":
+                    with self.store.tx() as tx:
+                        tx.set_meta("peer_epoch", got["epoch"])
+                self.pull_error = None
+            except (MeshkitError, KeyError, TypeError, ValueError) as e:
+                message = getattr(e, "message", repr(e))
+                if message != self.pull_error:
+                    self.log.warning("replication_failed", peer=self.peer, error=message)
+                self.pull_error = message
+                self._stop.wait(1.0)
+
+    def promote(self, body: dict, actor: str) -> dict:
+        """Standby -> primary with an epoch past every one seen."""
+        if self.sup.role == "primary":
+            return self.view()
+        seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
+        self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}")
+        self.contact()
+        return self.view()
+
+    def demote(self, body: dict, actor: str) -> dict:
+        """Primary -> standby of `peer` (orderly handback, or an operator's command)."""
+        peer = (body.get("peer") or self.peer or "").rstrip("/")
+        if not peer.startswith("http://"):
+            raise BadRequest("demote needs the URL of the supervisor to follow ('peer')", field="peer")
+        self.set_identity("standby", max(self.sup.epoch, int(body.get("epoch") or 0)), peer, f"demoted by {actor}")
+        return self.view()
+
+    def view(self) -> dict:
+        now = self.clock.time()
+        out = {"role": self.sup.role, "epoch": self.sup.epoch, "peer": self.peer, "replication": self.mode,
+               "head": self.store.head_seq()}
+        if self.sup.role == "standby":
+            have = int(self.store.meta("replicated_seq", "0"))
+            lag = max(0, self.primary_head - have)
+            fresh = self.pulled_at is not None and self.clock.monotonic() - self.pulled_at < PULL_WAIT + 2
+            seconds = 0.0 if lag == 0 and fresh else (round(now - self.caught_up_at, 1) if self.caught_up_at else None)
+            out.update(replicated=have, lag_changes=lag, lag_seconds=seconds, replication_error=self.pull_error)
+        else:
+            out.update(standby_acked=self.standby_acked,
+                       lag_changes=max(0, out["head"] - self.standby_acked) if self.standby_seen else None,
+                       sync_degraded=self.sync_degraded)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def is_not_active(e: Exception) -> bool:
+    return isinstance(e, ApiError) and e.code == "not_active"

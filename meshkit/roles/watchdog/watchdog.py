@@ -1,0 +1,194 @@
+"""The watchdog (third node): deep-checks the active supervisor every interval, fails
+over to the other after `failures` bad checks (fence, promote, alert), and hands back
+to the configured primary once it has been a healthy, caught-up standby for
+`recoveries` checks (auto), or says it is ready (manual: `meshkit watchdog failback`).
+
+Its view lives in a state file written atomically, re-read every step, so a restart
+does not flap and `watchdog failback` from the CLI is seen at once."""
+
+import json
+import subprocess
+
+from meshkit.adapters.atomic import read_json, write_json
+from meshkit.adapters.client import SignedClient
+from meshkit.core.errors import ApiError, ClientError, MeshkitError
+from meshkit.rules import failover
+
+CATCH_UP_TIMEOUT = 30.0
+
+
+class Watchdog:
+    def __init__(self, cfg, keys: tuple, clock, log):
+        self.cfg, self.clock, self.log = cfg, clock, log
+        self.urls = {"primary": cfg.get("watchdog.primary").rstrip("/"), "standby": cfg.get("watchdog.standby").rstrip("/")}
+        for name, url in self.urls.items():
+            if not url.startswith("http://"):
+                raise MeshkitError(f"{cfg.source or 'config'}: watchdog.{name}: expected a supervisor URL "
+                                   f"(http://HOST:PORT), found {url!r}")
+        self.keys = keys
+        self.state_path = cfg.path("watchdog.state_file")
+        self.interval = float(cfg.get("watchdog.interval"))
+
+    def client(self, node: str) -> SignedClient:
+        return SignedClient(self.urls[node], *self.keys, clock=self.clock, timeout=max(2.0, min(10.0, self.interval)))
+
+    def state(self) -> dict:
+        return dict(failover.DEFAULT_STATE, **(read_json(self.state_path, {}) or {}))
+
+    def save(self, state: dict) -> None:
+        write_json(self.state_path, state, mode=0o644)
+
+    def check(self, node: str):
+        """The node's deep check (answers, DB writable, role, epoch), or None."""
+        try:
+            return self.client(node).call("GET", "/v1/ha/check")
+        except (ApiError, ClientError) as e:
+            self.log.warning("check_failed", node=node, url=self.urls[node], error=e.message)
+            return None
+
+    # -- one step ---------------------------------------------------------------------
+
+    def step(self) -> float:
+        """One check; never raises (a watchdog that dies watches nothing)."""
+        try:
+            self._step()
+        except Exception as e:
+            self.log.error("step_crashed", error=getattr(e, "message", repr(e)))
+        return self.interval
+
+    def _step(self) -> None:
+        state = self.state()
+        active = state["active"]
+        got = self.check(active)
+        active_ok = bool(got and got.get("role") == "primary" and got.get("epoch", 0) >= state["epoch"])
+        home_ok = False
+        if active == "standby":
+            home = self.check("primary")
+            home_ok = bool(home and home.get("role") == "standby" and home.get("lag_changes") == 0
+                           and got and home.get("replicated", -1) >= 0)
+        new, action = failover.after_check(state, active_ok, got.get("epoch") if got else None, home_ok,
+                                           self.cfg.get("watchdog.failures"), self.cfg.get("watchdog.recoveries"),
+                                           self.cfg.get("watchdog.failback"))
+        if action == "failover":
+            self.failover(active, new["active"], new)
+        elif action == "failback":
+            self.handover("standby", "primary", new, why="failback: the primary is healthy again")
+        elif action == "ready_for_failback":
+            self.alert({"event": "ready_for_failback", "primary": self.urls["primary"],
+                        "message": "the primary is healthy again; run `meshkit watchdog failback`"})
+        self.save(new)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _timed(self, step: str, fn):
+        t0 = self.clock.monotonic()
+        try:
+            result = fn()
+            self.log.info("step_done", step=step, ms=round((self.clock.monotonic() - t0) * 1000, 1))
+            return result
+        except Exception as e:
+            self.log.error("step_failed", step=step, ms=round((self.clock.monotonic() - t0) * 1000, 1),
+                           error=getattr(e, "message", repr(e)))
+            raise
+
+    def run_argv(self, argv: list, event: dict) -> None:
+        if not argv:
+            return
+        try:
+            subprocess.run(argv, input=json.dumps(event).encode(), timeout=60, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise MeshkitError(f"{argv[0]} failed: {e}") from None
+
+    def alert(self, event: dict) -> None:
+        event.setdefault("time", self.clock.time())
+        self.log.warning("alert", alert=event)
+        try:
+            self._timed("alert", lambda: self.run_argv(self.cfg.get("watchdog.alert"), event))
+        except MeshkitError:
+            pass
+
+    def failover(self, failed: str, to: str, state: dict) -> dict:
+        """Fence the failed node (if configured), promote the other, alert."""
+        t0 = self.clock.monotonic()
+        event = {"event": "failover", "failed": self.urls[failed], "promoted": self.urls[to]}
+        try:
+            self._timed("fence", lambda: self.run_argv(self.cfg.get("watchdog.fence"), event))
+        except MeshkitError:
+            pass   # a failed fence is reported; the old primary's own lease and the epoch still fence it
+        try:
+            got = self._timed("promote", lambda: self.client(to).call("POST", "/v1/promote", {"epoch": state["epoch"]}))
+            state["epoch"] = max(state["epoch"], got.get("epoch", 0))
+            event["epoch"] = state["epoch"]
+        except (ApiError, ClientError) as e:
+            state["active"] = failed      # nobody was promoted: try again next time
+            event.update(event="failover_failed", error=e.message)
+        event["ms"] = round((self.clock.monotonic() - t0) * 1000, 1)
+        self.alert(event)
+        return state
+
+    def handover(self, frm: str, to: str, state: dict, why: str) -> dict:
+        """Orderly switch: `frm` stops accepting and follows `to`; `to` catches up; `to` is promoted."""
+        t0 = self.clock.monotonic()
+        steps = {}
+
+        def timed(name, fn):
+            s = self.clock.monotonic()
+            result = self._timed(name, fn)
+            steps[name] = round((self.clock.monotonic() - s) * 1000, 1)
+            return result
+
+        src = timed("demote", lambda: self.client(frm).call("POST", "/v1/demote", {"peer": self.urls[to]}))
+        head = src.get("head", 0)
+
+        def caught_up():
+            deadline = self.clock.monotonic() + CATCH_UP_TIMEOUT
+            while self.clock.monotonic() < deadline:
+                got = self.check(to)
+                if got and got.get("replicated", -1) >= head:
+                    return got
+                self.clock.sleep(0.05)
+            raise MeshkitError(f"{self.urls[to]} did not catch up within {CATCH_UP_TIMEOUT:.0f} s")
+
+        try:
+            timed("catch_up", caught_up)
+            got = timed("promote", lambda: self.client(to).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)}))
+        except (MeshkitError, ApiError, ClientError) as e:
+            # Undo: the old active takes over again rather than leave the fleet without one.
+            self.client(frm).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)})
+            state["active"] = frm
+            self.alert({"event": "handover_failed", "from": self.urls[frm], "to": self.urls[to],
+                        "error": getattr(e, "message", repr(e))})
+            raise
+        state.update(active=to, epoch=got["epoch"], failures=0, recoveries=0, ready_for_failback=False)
+        self.alert({"event": "handover", "reason": why, "from": self.urls[frm], "to": self.urls[to],
+                    "epoch": got["epoch"], "steps_ms": steps, "ms": round((self.clock.monotonic() - t0) * 1000, 1)})
+        return dict(state, steps_ms=steps)
+
+    def failback(self) -> dict:
+        """`meshkit watchdog failback`: hand back to the configured primary now."""
+        state = self.state()
+        if state["active"] == "primary":
+            return {"done": False, "reason": "the primary is already active", "state": state}
+        out = self.handover("standby", "primary", state, why="manual failback")
+        self.save({k: v for k, v in out.items() if k != "steps_ms"})
+        return {"done": True, "steps_ms": out["steps_ms"], "state": self.state()}
+
+    def _total_tasks(self, node: str) -> int:
+        return sum(self.client(node).call("GET", "/v1/status")["tasks"].values())
+
+    def drill(self) -> dict:
+        """`meshkit watchdog drill`: a controlled switchover and switchback, timed, counting tasks."""
+        state = self.state()
+        if state["active"] != "primary":
+            raise MeshkitError("the standby is active; fail back first (`meshkit watchdog failback`)")
+        before = self._total_tasks("primary")
+        over = self.handover("primary", "standby", state, why="drill: switchover")
+        self.save({k: v for k, v in over.items() if k != "steps_ms"})
+        middle = self._total_tasks("standby")
+        back = self.handover("standby", "primary", self.state(), why="drill: switchback")
+        self.save({k: v for k, v in back.items() if k != "steps_ms"})
+        after = self._total_tasks("primary")
+        return {"switchover_ms": over["steps_ms"], "switchback_ms": back["steps_ms"], "tasks_before": before,
+                "tasks_on_standby": middle, "tasks_after": after, "lost": max(0, before - min(middle, after)),
+                "epoch": back["epoch"]}
