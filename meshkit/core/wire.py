@@ -99,6 +99,8 @@ CANCEL = {"reason": ("str", False)}
 GRAPH_TASK = dict(DISPATCH, after=("strlist", False))   # "after" may name tasks of the same graph
 GRAPH = {"tasks": ("objlist", True)}
 MODE = {"mode": ("str", True), "reason": ("str", False)}
+PROMOTE = {"epoch": ("int", False)}
+DEMOTE = {"peer": ("str", False), "epoch": ("int", False), "hold": ("bool", False)}
 LEASE_ACQUIRE = {"holder": ("name", True), "ttl": ("num", False), "purpose": ("str", False)}
 LEASE_RENEW = {"holder": ("name", True), "token": ("int", True), "ttl": ("num", False)}
 LEASE_RELEASE = {"holder": ("name", True), "token": ("int", True)}

@@ -181,10 +181,10 @@ class Api:
         return self.sup.ha.feed(max(0, since), wait, min(max(1, limit), 10000))
 
     def promote(self, req):
-        return self.sup.ha.promote(req.json() if req.body else {}, req.key_id)
+        return self.sup.ha.promote(wire.validate(req.json() if req.body else {}, wire.PROMOTE, "promote"), req.key_id)
 
     def demote(self, req):
-        return self.sup.ha.demote(req.json() if req.body else {}, req.key_id)
+        return self.sup.ha.demote(wire.validate(req.json() if req.body else {}, wire.DEMOTE, "demote"), req.key_id)
 
     def ha_check(self, req):
         """The watchdog's deep check: answers, DB writable, role and epoch."""

@@ -37,6 +37,7 @@ class Ha:
         self.pulled_at = None           # standby: monotonic time of the last successful pull
         self.pull_error = None
         self._puller = None
+        self.handing_over = None        # primary: URL it is handing over to (takes no work, still feeds)
         self._stop = threading.Event()
         self._cond = threading.Condition()
         kid, _, secret = pick_key(sup.keys, "", "admin")
@@ -97,6 +98,9 @@ class Ha:
         if self.sup.role != "primary":
             raise NotActive(f"this supervisor is a standby (epoch {self.sup.epoch}); the active one is "
                             f"{self.peer or 'unknown'}", active=self.peer)
+        if self.handing_over:
+            raise NotActive(f"this supervisor is handing over to {self.handing_over}; retry there",
+                            active=self.handing_over)
         if self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease:
             raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
                             active=None)
@@ -121,6 +125,9 @@ class Ha:
                             active=self.peer)
         self.contact()
         self.standby_acked = max(self.standby_acked, since)
+        if self.sync_degraded and since >= self.store.head_seq():
+            self.sync_degraded = False
+            self.log.info("replication_restored", mode="sync", reason="the standby caught up")
         self.standby_seen = self.clock.monotonic()
         with self._cond:
             self._cond.notify_all()
@@ -149,9 +156,6 @@ class Ha:
                                          reason="the standby did not confirm in time")
                     return
                 self._cond.wait(remaining)
-        if self.sync_degraded:
-            self.sync_degraded = False
-            self.log.info("replication_restored", mode="sync")
 
     # -- standby side: pulling --------------------------------------------------------------
 
@@ -190,6 +194,9 @@ class Ha:
     def promote(self, body: dict, actor: str) -> dict:
         """Standby -> primary with an epoch past every one seen."""
         if self.sup.role == "primary":
+            if self.handing_over:
+                self.log.warning("handover_cancelled", to=self.handing_over, actor=actor)
+                self.handing_over = None
             return self.view()
         seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
         self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}")
@@ -201,13 +208,20 @@ class Ha:
         peer = (body.get("peer") or self.peer or "").rstrip("/")
         if not peer.startswith("http://"):
             raise BadRequest("demote needs the URL of the supervisor to follow ('peer')", field="peer")
+        if body.get("hold") and self.sup.role == "primary":
+            # Step 1 of an orderly handover: take no more work, keep feeding the successor.
+            self.handing_over = peer
+            self.log.warning("handover_started", to=peer, actor=actor, head=self.store.head_seq())
+            self.sup.tasks.wake_all()
+            return self.view()
+        self.handing_over = None
         self.set_identity("standby", max(self.sup.epoch, int(body.get("epoch") or 0)), peer, f"demoted by {actor}")
         return self.view()
 
     def view(self) -> dict:
         now = self.clock.time()
         out = {"role": self.sup.role, "epoch": self.sup.epoch, "peer": self.peer, "replication": self.mode,
-               "head": self.store.head_seq()}
+               "head": self.store.head_seq(), "handing_over": self.handing_over}
         if self.sup.role == "standby":
             have = int(self.store.meta("replicated_seq", "0"))
             lag = max(0, self.primary_head - have)

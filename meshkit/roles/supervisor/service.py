@@ -80,7 +80,7 @@ class Supervisor:
 
     def step(self) -> float:
         """One maintenance cycle; returns the delay until the next."""
-        if self.role == "primary":
+        if self.role == "primary" and not self.ha.handing_over:
             self.brain.cycle()        # a standby's state is the primary's: it repairs nothing
         self.ha.cycle()
         self.last_cycle_error = f"{self.brain.db_errors} cycles in a row failed" if self.brain.db_errors else None

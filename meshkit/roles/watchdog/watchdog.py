@@ -138,14 +138,16 @@ class Watchdog:
             steps[name] = round((self.clock.monotonic() - s) * 1000, 1)
             return result
 
-        src = timed("demote", lambda: self.client(frm).call("POST", "/v1/demote", {"peer": self.urls[to]}))
+        # 1. frm takes no more work but keeps feeding its changelog; 2. to catches up to frm's
+        # last change; 3. to is promoted past frm's epoch; 4. frm becomes to's standby.
+        src = timed("hold", lambda: self.client(frm).call("POST", "/v1/demote", {"peer": self.urls[to], "hold": True}))
         head = src.get("head", 0)
 
         def caught_up():
             deadline = self.clock.monotonic() + CATCH_UP_TIMEOUT
             while self.clock.monotonic() < deadline:
                 got = self.check(to)
-                if got and got.get("replicated", -1) >= head:
+                if got and got.get("role") == "standby" and got.get("replicated", -1) >= head:
                     return got
                 self.clock.sleep(0.05)
             raise MeshkitError(f"{self.urls[to]} did not catch up within {CATCH_UP_TIMEOUT:.0f} s")
@@ -154,12 +156,17 @@ class Watchdog:
             timed("catch_up", caught_up)
             got = timed("promote", lambda: self.client(to).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)}))
         except (MeshkitError, ApiError, ClientError) as e:
-            # Undo: the old active takes over again rather than leave the fleet without one.
+            # Undo: the old active takes work again rather than leave the fleet without one.
             self.client(frm).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)})
             state["active"] = frm
             self.alert({"event": "handover_failed", "from": self.urls[frm], "to": self.urls[to],
                         "error": getattr(e, "message", repr(e))})
             raise
+        try:
+            timed("demote", lambda: self.client(frm).call("POST", "/v1/demote", {"peer": self.urls[to],
+                                                                                  "epoch": got["epoch"]}))
+        except (ApiError, ClientError) as e:   # it follows the newer epoch on its own at its next cycle
+            self.log.warning("demote_failed", node=frm, error=e.message)
         state.update(active=to, epoch=got["epoch"], failures=0, recoveries=0, ready_for_failback=False)
         self.alert({"event": "handover", "reason": why, "from": self.urls[frm], "to": self.urls[to],
                     "epoch": got["epoch"], "steps_ms": steps, "ms": round((self.clock.monotonic() - t0) * 1000, 1)})

@@ -1,0 +1,154 @@
+"""HA behaviours on loopback with real supervisor processes: sync replication and its
+bounded fallback, fencing by a higher epoch, the primary's self-lease, drill, auto failback."""
+
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+from tests.helpers import ROOT, Fleet, env, meshkit
+from tests.test_ha import free_port
+from tests.test_worker_harness import wait_for
+
+
+class Pair(unittest.TestCase):
+    """A primary and its standby, each with its own data dir."""
+
+    primary_overrides = {}
+
+    def setUp(self):
+        pp, ps = free_port(), free_port()
+        self.p_url, self.s_url = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{ps}"
+        self.fleet = Fleet(supervisor__cycle=0.2, supervisor__peer=self.s_url, **self.primary_overrides)
+        self.s_config = self.fleet.other_config("standby", supervisor__role="standby", supervisor__peer=self.p_url)
+        self.p = self.start("primary")
+        self.s = self.start("standby")
+        self.admin = self.fleet.client(url=self.p_url)
+
+    def tearDown(self):
+        self.fleet.close()
+
+    def start(self, which):
+        if which == "primary":
+            self.fleet.start_supervisor(listen=self.p_url[7:])
+        else:
+            self.fleet.start_supervisor(config=self.s_config, listen=self.s_url[7:])
+        return self.fleet.supervisor
+
+    def health(self, url):
+        return self.fleet.client(url=url).request("GET", "/health", timeout=3)[1]
+
+    def replication(self, url):
+        return self.fleet.client(url=url).call("GET", "/v1/status")["replication"]
+
+
+class SyncReplication(Pair):
+    primary_overrides = {"supervisor__replication": "sync", "supervisor__sync_timeout": 1.0}
+
+    def test_acknowledged_means_on_the_standby_and_bounded_fallback(self):
+        standby = self.fleet.client(url=self.s_url)
+        wait_for(lambda: self.replication(self.p_url).get("lag_changes") == 0, 10, "the standby to attach")
+        for i in range(5):
+            tid = self.admin.call("POST", "/v1/tasks", {"kind": "x", "payload": i})["task"]["id"]
+            self.assertEqual(standby.call("GET", f"/v1/tasks/{tid}")["task"]["payload"], i)  # already there
+        self.s.kill()
+        self.s.wait(5)
+        t0 = time.monotonic()
+        self.admin.call("POST", "/v1/tasks", {"kind": "x"})           # waits sync_timeout, then async
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertTrue(self.replication(self.p_url)["sync_degraded"])
+        t0 = time.monotonic()
+        self.admin.call("POST", "/v1/tasks", {"kind": "x"})           # no more waiting while degraded
+        self.assertLess(time.monotonic() - t0, 0.5)
+        self.start("standby")
+        wait_for(lambda: self.replication(self.p_url).get("lag_changes") == 0, 15, "the standby to catch up")
+        self.admin.call("POST", "/v1/tasks", {"kind": "x"})
+        self.assertFalse(self.replication(self.p_url)["sync_degraded"])
+
+
+class Fencing(Pair):
+    def test_a_client_with_a_higher_epoch_fences_the_primary(self):
+        status, body = self.admin.request("POST", "/v1/tasks", {"kind": "x"})
+        self.assertEqual(status, 201)
+        self.admin.headers["X-Meshkit-Epoch"] = "7"
+        status, body = self.admin.request("POST", "/v1/tasks", {"kind": "x"})
+        self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+        self.assertEqual(self.health(self.p_url)["role"], "standby")
+        # now neither accepts until someone is promoted: never two
+        self.admin.headers.clear()
+        self.assertEqual(self.admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+        promoted = self.fleet.client(url=self.s_url).call("POST", "/v1/promote", {"epoch": 7})
+        self.assertEqual((promoted["role"], promoted["epoch"]), ("primary", 8))
+
+    def test_returning_primary_follows_a_promoted_peer(self):
+        self.p.kill()
+        self.p.wait(5)
+        self.fleet.client(url=self.s_url).call("POST", "/v1/promote", {})
+        self.start("primary")
+        self.assertEqual(self.health(self.p_url)["role"], "standby")
+        self.assertEqual(self.health(self.s_url)["role"], "primary")
+
+
+class Lease(Pair):
+    primary_overrides = {"supervisor__primary_lease": 1.5}
+
+    def test_primary_without_contact_stops_accepting(self):
+        self.s.kill()                       # no standby pulls, no watchdog checks
+        self.s.wait(5)
+        status, body = (0, None)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status, body = self.admin.request("POST", "/v1/tasks", {"kind": "x"})
+            if status == 409:
+                break
+            time.sleep(0.2)
+        self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+        self.assertIn("fenced", body["error"]["message"])
+        self.admin.call("GET", "/v1/ha/check")          # the watchdog's check renews the lease
+        self.assertEqual(self.admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+
+
+class Watchdog(Pair):
+    def wd_config(self, **kw):
+        return self.fleet.other_config("watchdog", watchdog__primary=self.p_url, watchdog__standby=self.s_url,
+                                       watchdog__interval=0.3, watchdog__failures=2, watchdog__recoveries=2,
+                                       watchdog__state_file="watchdog.json", **kw)
+
+    def test_drill_switches_over_and_back_without_loss(self):
+        for i in range(10):
+            self.admin.call("POST", "/v1/tasks", {"kind": "x", "payload": i})
+        r = meshkit("watchdog", "drill", "--config", self.wd_config(), "--json", timeout=90)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn('"lost": 0', r.stdout)
+        self.assertIn('"catch_up"', r.stdout)
+        self.assertEqual(self.health(self.p_url)["role"], "primary")
+        self.assertEqual(self.health(self.s_url)["role"], "standby")
+        self.assertEqual(self.health(self.p_url)["epoch"], 3)
+        self.assertEqual(sum(self.admin.call("GET", "/v1/status")["tasks"].values()), 10)
+
+    def test_auto_failback_and_no_flap_on_watchdog_restart(self):
+        config = self.wd_config(watchdog__failback="auto")
+        log = open(os.path.join(self.fleet.dir, "wd.log"), "wb")
+        wd = subprocess.Popen([sys.executable, "-m", "meshkit", "watchdog", "--config", config], cwd=ROOT, env=env(),
+                              stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            self.p.kill()
+            self.p.wait(5)
+            wait_for(lambda: self.health(self.s_url)["role"] == "primary", 15, "failover")
+            wd.kill()                         # the watchdog dies during the outage and comes back
+            wd.wait(5)
+            wd = subprocess.Popen([sys.executable, "-m", "meshkit", "watchdog", "--config", config], cwd=ROOT,
+                                  env=env(), stdout=subprocess.DEVNULL, stderr=log)
+            self.start("primary")             # returns as standby, then gets the role back
+            wait_for(lambda: self.health(self.p_url)["role"] == "primary", 20, "automatic failback")
+            self.assertEqual(self.health(self.p_url)["epoch"], 3)
+            self.assertEqual(self.health(self.s_url)["role"], "standby")
+        finally:
+            wd.kill()
+            wd.wait(5)
+            log.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
