@@ -97,6 +97,7 @@ class Store:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.RLock()
         self._column_cache = {}
+        self.commit_hooks = []     # called after every committed write transaction
         try:
             self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                       check_same_thread=False)
@@ -121,7 +122,8 @@ class Store:
 
     @contextlib.contextmanager
     def tx(self):
-        """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it."""
+        """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it.
+        Commit hooks run after the store's lock is released (no lock-order traps)."""
         with self._lock:
             cur = self.db.cursor()
             try:
@@ -137,6 +139,8 @@ class Store:
             except BaseException:
                 self._rollback(cur)
                 raise
+        for hook in self.commit_hooks:
+            hook()
 
     @staticmethod
     def _rollback(cur):

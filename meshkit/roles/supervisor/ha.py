@@ -39,7 +39,9 @@ class Ha:
         self._puller = None
         self.handing_over = None        # primary: URL it is handing over to (takes no work, still feeds)
         self._stop = threading.Event()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()       # the standby's acknowledged position moved
+        self._changes = threading.Condition()    # something was committed
+        self.store.commit_hooks.append(self._committed)
         kid, _, secret = pick_key(sup.keys, "", "admin")
         self._key = (kid, secret)
 
@@ -119,6 +121,10 @@ class Ha:
 
     # -- primary side: the changelog feed --------------------------------------------------
 
+    def _committed(self) -> None:
+        with self._changes:
+            self._changes.notify_all()
+
     def feed(self, since: int, wait: float, limit: int) -> dict:
         if self.sup.role != "primary":
             raise NotActive(f"this supervisor is a standby; replicate from {self.peer or 'the primary'}",
@@ -133,10 +139,12 @@ class Ha:
             self._cond.notify_all()
         deadline = self.clock.monotonic() + min(max(wait, 0.0), 30.0)
         while True:
-            changes, last = self.store.changes_since(since, limit)
-            if changes or last > since or self.clock.monotonic() >= deadline or self.sup.role != "primary":
-                break
-            self.clock.sleep(0.02)
+            with self._changes:     # read under the condition so no commit slips between read and wait
+                changes, last = self.store.changes_since(since, limit)
+                remaining = deadline - self.clock.monotonic()
+                if changes or last > since or remaining <= 0 or self.sup.role != "primary":
+                    break
+                self._changes.wait(min(remaining, 1.0))
         return {"changes": changes, "last": last, "head": self.store.head_seq(), "role": self.sup.role,
                 "epoch": self.sup.epoch, "time": self.clock.time()}
 
