@@ -4,7 +4,7 @@ import argparse
 import signal
 import threading
 
-from meshkit.adapters import keyfile
+from meshkit.adapters import keyfile, sdnotify
 from meshkit.adapters.log import Logger
 from meshkit.cli.common import add_config_arg, load_config, print_json
 from meshkit.core.clock import REAL
@@ -75,6 +75,11 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     wd.log.info("watchdog_started", primary=wd.urls["primary"], standby=wd.urls["standby"], interval=wd.interval)
+    notify = sdnotify.Notifier.from_env()
+    notify.ready(f"watching {wd.urls['primary']} and {wd.urls['standby']}")
     while not stop.is_set():
-        REAL.wait(stop, wd.step())
+        delay = wd.step()
+        notify.watchdog(f"active: {wd.state()['active']}")     # only while the loop turns
+        REAL.wait(stop, notify.max_delay(delay))
+    notify.stopping()
     return 0
