@@ -84,14 +84,14 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
         if spec["name"] in names:
             raise BadRequest(f"graph: name {spec['name']!r} is used twice", field="name")
         names[spec["name"]] = spec
-    edges = {name: [a for a in spec.get("after", []) if a in names] for name, spec in names.items()}
-    cycle = deps_rules.find_cycle(edges)
-    if cycle:
-        raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
-    prepared = {}
+    prepared = {}      # validated first: the edges below read "after" (a dict in it was a 500)
     for name, spec in names.items():
         fields = prepare(tasks, {k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
         prepared[name] = fields
+    edges = {name: [a for a in fields["after"] if a in names] for name, fields in prepared.items()}
+    cycle = deps_rules.find_cycle(edges)
+    if cycle:
+        raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
     now = tasks.clock.time()
     created = {}
     with tasks.store.tx() as tx:
