@@ -70,6 +70,15 @@ class Cli(unittest.TestCase):
         human = self.fleet.cli("status").stdout
         self.assertTrue(all(len(line) <= 80 for line in human.splitlines()), human)
 
+    def test_status_shows_this_machines_sync_jobs(self):
+        os.makedirs(os.path.join(self.fleet.dir, "sync"), exist_ok=True)
+        with open(os.path.join(self.fleet.dir, "sync", "memory.json"), "w") as f:
+            json.dump({"job": "memory", "last_result": "failed", "last_success": None, "consecutive_failures": 4,
+                       "last_failure": 1.0, "last_error": "validation", "last_run": 1.0}, f)
+        st = json.loads(self.fleet.cli("status", "--json").stdout)
+        self.assertEqual(st["sync"][0]["consecutive_failures"], 4)
+        self.assertIn("sync memory: failed, last success never, 4 failures in a row", self.fleet.cli("status").stdout)
+
     def test_payload_from_file_and_idempotency_key(self):
         path = os.path.join(self.fleet.dir, "job.json")
         with open(path, "w") as f:

@@ -8,6 +8,7 @@ import time
 from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, add_client_args, fail, load_config, make_client, print_json
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
+from meshkit.roles.sync.views import read_statuses
 from meshkit.rules import fsm
 
 
@@ -187,6 +188,7 @@ def cancel(args) -> int:
 def status(args) -> int:
     cfg = load_config(args)
     st = make_client(args, cfg, "admin").call("GET", "/v1/status")
+    st["sync"] = read_statuses(cfg.path("sync.status_dir"))     # this machine's sync jobs
     if args.json:
         print_json(st)
         return 0
@@ -202,4 +204,9 @@ def status(args) -> int:
               f"  {','.join(n['kinds'])[:30]}")
     if not st["nodes"]:
         print("(no workers yet: python -m meshkit worker --supervisor " + str(st["url"]) + ")")
+    now = REAL.time()
+    for job in st["sync"]:
+        ok = job.get("last_success")
+        print(f"sync {job.get('job', '?')[:16]}: {job.get('last_result', '?')}, last success "
+              f"{_age(ok, now) + ' ago' if ok else 'never'}, {job.get('consecutive_failures', 0)} failures in a row")
     return 0
