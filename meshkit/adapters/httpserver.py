@@ -23,6 +23,10 @@ from meshkit.core.errors import (BadRequest, MeshkitError, MethodNotAllowed, Not
                                  TooLarge, Unavailable)
 
 
+LINGER_SECONDS = 2.0             # after an unread body is refused (see Handler._linger)
+LINGER_BYTES = 16 << 20
+
+
 @dataclass
 class Route:
     method: str
@@ -141,7 +145,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         self.timeout = self.server.request_timeout
+        self.linger = False
         super().setup()
+
+    def finish(self):
+        super().finish()
+        if self.linger:
+            self._linger()
+
+    def _linger(self) -> None:
+        """After refusing a body it did not read (413, chunked, bad Content-Length): send FIN, then
+        read and drop what the client still sends, briefly. Closing with unread data makes the
+        kernel answer RST, which can destroy the refusal before the client reads it."""
+        deadline = self.server.app.clock.monotonic() + LINGER_SECONDS
+        left = LINGER_BYTES
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while left > 0:
+                wait = deadline - self.server.app.clock.monotonic()
+                if wait <= 0:
+                    break
+                self.connection.settimeout(wait)
+                data = self.connection.recv(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
 
     def log_message(self, format, *args):
         pass
@@ -172,6 +202,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _body(self) -> bytes:
+        self.linger = True          # until the body is read
         te = self.headers.get("Transfer-Encoding")
         if te:
             self.close_connection = True
@@ -184,6 +215,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.command in ("POST", "PUT", "PATCH"):
                 self.close_connection = True
                 raise BadRequest("a Content-Length header is required")
+            self.linger = False
             return b""
         value = cl[0].strip()
         if not (value.isascii() and value.isdigit()) or len(value) > 12:     # isdigit() alone takes "²"
@@ -194,6 +226,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise TooLarge(f"the body is {length} bytes; the limit is {self.server.app.max_body}")
         data = self.rfile.read(length)
+        self.linger = False
         if len(data) != length:
             self.close_connection = True
             raise BadRequest("the body is shorter than its Content-Length")
@@ -212,6 +245,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         app = self.server.app
         start = app.clock.monotonic()
         route_name, status, req = "unmatched", 500, None
+        self.linger = True              # a refusal before the body is read lingers (see _linger)
         try:
             url = urllib.parse.urlsplit(self.path)
             if not self.path.startswith("/"):
