@@ -291,12 +291,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 app.logger.error("internal_error", route=route_name, error=repr(e),
                                  traceback=traceback.format_exc(limit=8))
             raw = encode_json(500, {"error": {"code": "internal", "message": "internal error; see the supervisor's log"}})
-        status = raw.status
+        # Counted before the answer leaves: a client that scrapes /metrics next sees its request.
+        app.on_response(req, route_name, raw.status, app.clock.monotonic() - start)
         try:
             self._write(raw)
         except OSError:
             self.close_connection = True
-        app.on_response(req, route_name, status, app.clock.monotonic() - start)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 

@@ -67,7 +67,8 @@ class RsyncRun:
         lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
         said = [ln for ln in lines if not ln.startswith("rsync error:")][-2:] or lines[-1:]
         meaning = _EXPLAIN.get(self.code, "see `man rsync`, EXIT VALUES")
-        text = f"rsync exited {self.code}: {meaning}"
+        over_ssh = any(isinstance(a, str) and a.startswith("ssh ") for a in self.argv)
+        text = f"rsync{' over ssh' if over_ssh else ''} exited {self.code}: {meaning}"
         return text + (": " + " | ".join(said) if said else "")
 
 
