@@ -5,7 +5,7 @@ import secrets
 
 from meshkit.adapters.store import Tx, task_dict, task_id, task_n
 from meshkit.core import wire
-from meshkit.core.errors import BadRequest
+from meshkit.core.errors import BadRequest, Conflict
 from meshkit.rules import deps as deps_rules
 from meshkit.rules.policy import rank
 
@@ -88,6 +88,9 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
     for name, spec in names.items():
         fields = prepare(tasks, {k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
         prepared[name] = fields
+    keys = [f["key"] for f in prepared.values() if f["key"] is not None]
+    if len(keys) != len(set(keys)):
+        raise BadRequest("graph: two tasks have the same 'key'", field="key")
     edges = {name: [a for a in fields["after"] if a in names] for name, fields in prepared.items()}
     cycle = deps_rules.find_cycle(edges)
     if cycle:
@@ -104,6 +107,11 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
                 raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
                                  field="after")
             fields["after"] = [task_id(m) for m in local] + ids
+            if fields["key"] is not None:      # a used key was a 503 (UNIQUE constraint) from the store
+                row = tx.one("SELECT n FROM tasks WHERE key=?", (fields["key"],))
+                if row is not None:
+                    raise Conflict(f"graph: task {name!r} has key {fields['key'][:80]!r}, already used by "
+                                   f"{task_id(row['n'])}; nothing was dispatched", task=task_id(row["n"]))
             created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now)
         out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
     tasks.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
