@@ -1,9 +1,7 @@
 """`meshkit supervisor`: run the supervisor in the foreground."""
 
 import argparse
-import os
 import signal
-import sys
 import threading
 
 from meshkit.cli.common import add_config_arg, load_config

@@ -52,8 +52,10 @@ def register(sub) -> None:
     p.add_argument("--reason", default=None)
     p.set_defaults(func=cancel)
 
-    p = _parser(sub, "status", "fleet status: nodes and tasks", "python -m meshkit status --json")
+    p = _parser(sub, "status", "fleet status: nodes and tasks", "python -m meshkit status --watch")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="S",
+                   help="redraw in place every S seconds (default 2) until Ctrl-C")
     p.set_defaults(func=status)
 
 
@@ -186,6 +188,13 @@ def cancel(args) -> int:
 
 
 def status(args) -> int:
+    if getattr(args, "watch", None):
+        while True:       # Ctrl-C ends it (main turns KeyboardInterrupt into exit 130)
+            sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
+            print(time.strftime("%H:%M:%S") + f"  (every {args.watch:g} s; Ctrl-C to stop)")
+            status(argparse.Namespace(**dict(vars(args), watch=None)))
+            sys.stdout.flush()
+            REAL.sleep(max(0.2, args.watch))
     cfg = load_config(args)
     st = make_client(args, cfg, "admin").call("GET", "/v1/status")
     st["sync"] = read_statuses(cfg.path("sync.status_dir"))     # this machine's sync jobs

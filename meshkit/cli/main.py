@@ -5,12 +5,12 @@ import signal
 import sys
 
 from meshkit import __version__
-from meshkit.cli import cmd_brain, cmd_init, cmd_locks, cmd_supervisor, cmd_sync, cmd_systemd, cmd_tasks, cmd_watchdog, cmd_worker
+from meshkit.cli import cmd_brain, cmd_init, cmd_locks, cmd_quickstart, cmd_supervisor, cmd_sync, cmd_systemd, cmd_tasks, cmd_watchdog, cmd_worker
 from meshkit.cli.common import EXIT_USAGE, exit_code_for, fail
 from meshkit.core.errors import MeshkitError
 
 # Each module has register(subparsers); each subparser sets func=handler(args) -> exit code.
-COMMAND_MODULES = [cmd_init, cmd_supervisor, cmd_tasks, cmd_brain, cmd_worker, cmd_locks, cmd_sync, cmd_systemd, cmd_watchdog]
+COMMAND_MODULES = [cmd_quickstart, cmd_init, cmd_supervisor, cmd_tasks, cmd_brain, cmd_worker, cmd_locks, cmd_sync, cmd_systemd, cmd_watchdog]
 
 
 class _Parser(argparse.ArgumentParser):
