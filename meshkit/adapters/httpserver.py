@@ -244,7 +244,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _handle_request(self):
         app = self.server.app
         start = app.clock.monotonic()
-        route_name, status, req = "unmatched", 500, None
+        route_name, req = "unmatched", None
         self.linger = True              # a refusal before the body is read lingers (see _linger)
         try:
             url = urllib.parse.urlsplit(self.path)
