@@ -23,7 +23,7 @@ def register(sub) -> None:
 def run(args) -> int:
     d = os.path.abspath(os.path.expanduser(args.dir or meshkit_home()))
     toml, keys = os.path.join(d, "meshkit.toml"), os.path.join(d, "keys")
-    existing = [p for p in (toml, keys) if os.path.exists(p)]
+    existing = [p for p in (toml, keys) if os.path.exists(p)]   # viewer.token follows keys
     if existing and not args.force:
         return fail(f"{', '.join(existing)} already exists; use --force to overwrite (this replaces the keys)",
                     EXIT_USAGE)
@@ -32,7 +32,11 @@ def run(args) -> int:
     if os.path.exists(keys):
         os.unlink(keys)
     keyfile.create(keys)
+    token = os.path.join(d, "viewer.token")
+    viewer = [secret for role, secret in keyfile.load(keys).values() if role == "viewer"][0]
+    write_text(token, viewer + "\n", mode=0o640)
     print(f"wrote {toml}")
     print(f"wrote {keys} (mode 0600; give workers only its worker line)")
+    print(f"wrote {token} (the viewer bearer token, for Prometheus and the status page)")
     print(f"start the supervisor: python -m meshkit supervisor --config {toml}")
     return 0

@@ -197,7 +197,7 @@ def status(args) -> int:
             REAL.sleep(max(0.2, args.watch))
     cfg = load_config(args)
     st = make_client(args, cfg, "admin").call("GET", "/v1/status")
-    st["sync"] = read_statuses(cfg.path("sync.status_dir"))     # this machine's sync jobs
+    st["sync"] = st.get("sync") or read_statuses(cfg.path("sync.status_dir"))   # else this machine's jobs
     if args.json:
         print_json(st)
         return 0

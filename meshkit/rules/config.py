@@ -82,6 +82,7 @@ SCHEMA: list[Key] = [
     # auth
     Key("auth.keys_file", "path", "keys", "file of signing keys (id role secret), mode 0600"),
     Key("auth.key_id", "str", "", "key a client signs with; empty = the most capable key in keys_file", commented=True),
+    Key("auth.viewer_token_file", "path", "viewer.token", "a file holding a viewer bearer token (for Prometheus and the status page)"),
     Key("auth.max_skew", "seconds", 300, "requests whose timestamp is further off than this are refused"),
     # worker
     Key("worker.name", "str", "", "node name; empty = this machine's hostname", commented=True),

@@ -37,6 +37,13 @@ class Api:
         self.node_gauge = reg.add(m.Gauge("meshkit_nodes", "nodes by state", ("state",)))
         self.oldest = reg.add(m.Gauge("meshkit_oldest_queued_seconds", "age of the oldest queued task"))
         self.epoch_gauge = reg.add(m.Gauge("meshkit_epoch", "the supervisor's epoch"))
+        self.repl_lag = reg.add(m.Gauge("meshkit_replication_lag_changes",
+                                        "changes the standby does not hold yet (on either side)"))
+        self.leases_held = reg.add(m.Gauge("meshkit_fleet_leases_held", "fleet-wide leases currently held"))
+        self.sync_failures = reg.add(m.Gauge("meshkit_sync_consecutive_failures",
+                                             "failed runs in a row of this machine's sync jobs", ("job",)))
+        self.sync_success = reg.add(m.Gauge("meshkit_sync_last_success_timestamp_seconds",
+                                            "unix time of the last successful sync run", ("job",)))
         self.routes = [
             Route("GET", "/health", "health", self.health, auth="none"),
             Route("POST", "/v1/heartbeat", "heartbeat", self.heartbeat),
@@ -92,11 +99,10 @@ class Api:
         keys = self.sup.keys
         bearer = req.headers.get("Authorization", "")
         if req.route.auth == "viewer" and bearer.startswith("Bearer "):
-            token = bearer[7:].strip()
-            for kid, (role, secret) in keys.items():
-                if role == "viewer" and hmac.compare_digest(token.encode(), secret.encode()):
-                    req.key_id, req.role = kid, role
-                    return
+            token = bearer[7:].strip().encode()
+            if any(hmac.compare_digest(token, t.encode()) for t in self.sup.viewer_tokens):
+                req.key_id, req.role = "viewer-token", "viewer"
+                return
             raise Unauthorized("bad bearer token")
         with self._nonce_lock:
             req.key_id, req.role = auth.verify(req.headers, req.method, req.raw_path, req.body, keys,
@@ -229,6 +235,10 @@ class Api:
         self.node_gauge.replace(nodes or {("alive",): 0})
         self.oldest.set(st["oldest_queued_age"] or 0)
         self.epoch_gauge.set(st["epoch"])
+        self.repl_lag.set(st["replication"].get("lag_changes") or 0)
+        self.leases_held.set(sum(1 for lease in st["leases"] if lease["state"] == "held"))
+        self.sync_failures.replace({(j["job"],): j.get("consecutive_failures") or 0 for j in st["sync"] if j.get("job")})
+        self.sync_success.replace({(j["job"],): j.get("last_success") or 0 for j in st["sync"] if j.get("job")})
         return Raw(200, self.registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 

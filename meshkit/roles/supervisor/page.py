@@ -134,6 +134,10 @@ function render(d) {
   if (st.mode_reason) notes.push("mode: " + st.mode_reason);
   if (st.quarantined && st.quarantined.length) notes.push("quarantined kinds: " + st.quarantined.map((q) => q.kind || q.name || q).join(", "));
   if (st.last_cycle_error) notes.push("cycle error: " + st.last_cycle_error);
+  (st.leases || []).forEach((l) => notes.push("lease " + l.name + ": " + l.explain));
+  (st.sync || []).forEach((j) => notes.push("sync " + j.job + ": " + (j.last_result || "?") + ", last success " +
+      (j.last_success ? age(now - j.last_success) + " ago" : "never") + ", " + (j.consecutive_failures || 0) + " failures in a row"));
+  if (st.replication && st.replication.lag_changes) notes.push("replication lag: " + st.replication.lag_changes + " changes");
   $("notes").textContent = notes.join(" \\u00b7 ");
   fill("nodes", (st.nodes || []).map((n) => { const r = row([n.name, health(n.state), age(n.last_seen_age) + " ago",
       (n.running || 0) + " / " + (n.slots || 1), n.load && n.load.length ? n.load[0].toFixed(2) : "-",

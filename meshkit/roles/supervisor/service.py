@@ -5,7 +5,7 @@ import threading
 
 from meshkit import __version__
 from meshkit.adapters import httpserver, keyfile
-from meshkit.adapters.atomic import write_text
+from meshkit.adapters.atomic import read_json, write_text
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
@@ -42,6 +42,7 @@ class Supervisor:
         self.created_keys = cfg.source is None and keyfile.ensure(keys_path)
         self.keys_path = keys_path
         self.keys = keyfile.load(keys_path)
+        self.viewer_tokens = viewer_tokens(self.keys, cfg.path("auth.viewer_token_file"))
         self.store = Store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
         self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
@@ -127,6 +128,37 @@ class Supervisor:
         return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
                 "mode": self.brain.mode_state.mode, "mode_reason": self.brain.mode_state.reason,
                 "quarantined": [k for k in self.brain.kinds() if k["quarantined"]],
-                "replication": self.ha.view(), "priorities_error": self.brain.policy_error, "leases": self.leases.list(), "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
+                "replication": self.ha.view(), "sync": sync_jobs(self.cfg.path("sync.status_dir")), "priorities_error": self.brain.policy_error, "leases": self.leases.list(), "uptime": round(now - self.started, 1), "nodes": nodes, "tasks": counts,
                 "oldest_queued_age": round(now - oldest, 1) if oldest else None,
                 "last_cycle_error": self.last_cycle_error}
+
+
+def viewer_tokens(keys: dict, token_file: str) -> list:
+    """Bearer tokens that grant the viewer role: viewer keys' secrets and auth.viewer_token_file."""
+    tokens = [secret for role, secret in keys.values() if role == "viewer"]
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        if len(token) >= 16:
+            tokens.append(token)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return tokens
+
+
+def sync_jobs(status_dir: str) -> list:
+    """This machine's sync status files (written by `meshkit sync`)."""
+    try:
+        names = sorted(n for n in os.listdir(status_dir) if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return []
+    jobs = []
+    for name in names:
+        try:
+            rec = read_json(os.path.join(status_dir, name))
+        except (OSError, ValueError):
+            rec = None
+        if isinstance(rec, dict):
+            jobs.append({k: rec.get(k) for k in ("job", "last_result", "last_success", "last_failure",
+                                                 "consecutive_failures", "last_error", "last_run")})
+    return jobs
