@@ -103,10 +103,12 @@ class Modes(unittest.TestCase):
         steps = [((0.5, 0, None), "normal"), ((0.9, 0, None), "degraded"), ((0.5, 0, None), "degraded"),
                  ((0.5, 0, None), "normal"), ((0.97, 0, None), "emergency"), ((0.9, 0, None), "emergency"),
                  ((0.9, 0, None), "degraded"), ((0.5, 3, None), "degraded"), ((0.5, 0, "maintenance"), "maintenance"),
-                 ((0.99, 0, "maintenance"), "maintenance"), ((0.5, 0, "normal"), "normal"), ((None, 0, None), "normal")]
+                 ((0.99, 0, "maintenance"), "maintenance"), ((0.5, 0, "normal"), "normal"), ((None, 0, None), "normal"),
+                 ((0.5, 0, None, True), "degraded"), ((0.5, 0, None), "degraded"), ((0.5, 0, None), "normal")]
         state = modes.ModeState()
-        for i, ((disk, errors, op), want) in enumerate(steps):
-            state = modes.next_mode(state, modes.wanted_mode(disk, errors), op)
+        for i, (cond, want) in enumerate(steps):
+            disk, errors, op, *shed = cond
+            state = modes.next_mode(state, modes.wanted_mode(disk, errors, bool(shed and shed[0])), op)
             self.assertEqual(state.mode, want, f"step {i}: {state}")
 
 

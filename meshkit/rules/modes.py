@@ -1,7 +1,8 @@
 """Degradation modes, entered on conditions and left only after 2 consecutive good checks.
 
     normal       everything is dispatched
-    degraded     data-dir disk over 85 %, or 3 cycles in a row with database errors: holds back P3
+    degraded     data-dir disk over 85 %, 3 cycles in a row with database errors, or memory over
+                 limits.rss_soft_mb: holds back P3
     emergency    data-dir disk over 95 %: dispatches only P0
     maintenance  an operator's `meshkit mode maintenance`: dispatches nothing new
 Running work is never killed by a mode change.
@@ -20,7 +21,7 @@ class ModeState:
     reason: str = "all checks good"
 
 
-def wanted_mode(disk_used_share: float | None, db_errors_in_a_row: int) -> tuple:
+def wanted_mode(disk_used_share: float | None, db_errors_in_a_row: int, memory_shed: bool = False) -> tuple:
     """(mode, reason) that the conditions alone call for."""
     if disk_used_share is not None and disk_used_share > 0.95:
         return "emergency", f"data-dir disk {disk_used_share:.0%} full (> 95%)"
@@ -28,6 +29,8 @@ def wanted_mode(disk_used_share: float | None, db_errors_in_a_row: int) -> tuple
         return "degraded", f"data-dir disk {disk_used_share:.0%} full (> 85%)"
     if db_errors_in_a_row >= 3:
         return "degraded", f"{db_errors_in_a_row} cycles in a row with database errors"
+    if memory_shed:
+        return "degraded", "memory above limits.rss_soft_mb: holding back low-priority work"
     return "normal", "all checks good"
 
 

@@ -28,6 +28,7 @@ class Brain:
         self.policy_error = None
         self.policy_path = self.cfg.path("supervisor.priorities_file")
         self.checked_until = 0.0     # the first check looks at every task
+        self.memory_state = lambda: "ok"     # the memory guard's decision, set by the supervisor
         self._load_mode()
 
     # -- the cycle ------------------------------------------------------------------
@@ -131,7 +132,9 @@ class Brain:
     def update_mode(self) -> str:
         used = disk.used_share(self.data_dir)
         before = self.mode_state.mode
-        self.mode_state = modes.next_mode(self.mode_state, modes.wanted_mode(used, self.db_errors), self.operator_mode)
+        shed = self.memory_state() == "shed"
+        self.mode_state = modes.next_mode(self.mode_state, modes.wanted_mode(used, self.db_errors, shed),
+                                          self.operator_mode)
         self.tasks.mode = self.mode_state.mode
         if self.mode_state.mode != before:
             self.log.warning("mode_changed", mode=self.mode_state.mode, previous=before, reason=self.mode_state.reason)

@@ -53,6 +53,7 @@ class Supervisor:
         self.brain.reload_policy()
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
+        self.brain.memory_state = lambda: self.ops.memory     # memory shed -> degraded mode
         self.exit_code = 0            # set by the memory guard (70) to end run()
         self.server = None
         self.url = None
