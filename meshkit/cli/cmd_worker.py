@@ -15,6 +15,8 @@ import meshkit
 from meshkit.adapters import keyfile
 from meshkit.adapters.log import Logger
 from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
+from meshkit.cli.memwire import WorkerGuard
+from meshkit.core.clock import REAL
 from meshkit.cli.sdwire import wire_worker
 from meshkit.core.errors import MeshkitError
 from meshkit.roles.worker import build, settings_from
@@ -106,6 +108,7 @@ def serve(args) -> int:
     log = Logger("worker", node=s.name, level=cfg.get("logging.level"), log_dir=cfg.path("logging.dir"))
     worker = build(s, kid, secret, log=log)
     wire_worker(worker)        # systemd: READY, WATCHDOG per step, STATUS, STOPPING (no-op without NOTIFY_SOCKET)
+    guard = WorkerGuard(worker, cfg.get("limits.rss_soft_mb"), cfg.get("limits.rss_hard_mb"), REAL, log).install()
 
     def on_signal(signum, frame):
         if worker.draining or worker.aborted is not None:
@@ -115,7 +118,7 @@ def serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return worker.run()
+    return guard.exit_code(worker.run())
 
 
 def main(argv=None) -> int:
