@@ -7,6 +7,7 @@ a delayed ACK; slow or silent clients are cut off after `request_timeout`.
 """
 
 import http.server
+import io
 import json
 import re
 import select
@@ -146,7 +147,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.request_timeout
         self.linger = False
+        self.read_deadline = None
         super().setup()
+        # One deadline for a whole request (line, headers, body): a client dribbling a byte at a
+        # time cannot hold a connection past request_timeout (a per-recv timeout alone would let it).
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self):
+        self.read_deadline = self.server.app.clock.monotonic() + self.server.request_timeout
+        super().handle_one_request()
 
     def finish(self):
         super().finish()
@@ -301,6 +310,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each given only the time left until the handler's read_deadline."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.sock = handler.connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        h = self.handler
+        if h.read_deadline is not None:
+            left = h.read_deadline - h.server.app.clock.monotonic()
+            if left <= 0:
+                raise socket.timeout("request_timeout: the request took too long to arrive")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buf)
+
+
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -337,6 +366,14 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             with self._count_lock:
                 self.active -= 1
             self._slots.release()
+
+    def handle_error(self, request, client_address):
+        """A connection that failed outside a handler (timeout or reset while reading headers):
+        nothing to answer; a bug is logged, never printed to stderr as a bare traceback."""
+        err = traceback.format_exc(limit=8)
+        if self.app.logger and "TimeoutError" not in err and "ConnectionError" not in err \
+                and "ConnectionResetError" not in err and "BrokenPipeError" not in err:
+            self.app.logger.error("connection_error", client=str(client_address[0]), traceback=err)
 
     def url(self) -> str:
         host, port = self.server_address[:2]
