@@ -189,7 +189,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Errors found by http.server itself (bad request line, headers too long): JSON too."""
         codes = {400: "bad_request", 408: "timeout", 414: "uri_too_long", 431: "headers_too_large",
                  501: "method_not_allowed", 505: "http_version"}
-        body = {"error": {"code": codes.get(code, "bad_request"), "message": message or "bad request"}}
+        body = {"error": {"code": codes.get(code, "bad_request"), "message": (message or "bad request")[:300]}}
         self.close_connection = True
         try:
             # Never a 5xx for a client's mistake: unknown methods are 405, the rest 400.
