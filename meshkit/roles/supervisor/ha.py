@@ -107,6 +107,12 @@ class Ha:
             raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
                             active=None)
 
+    def accepting(self) -> bool:
+        """May work be handed out now? A claim long-poll asks before every try, so a supervisor
+        demoted, handing over or past its lease while the claim waits leases nothing."""
+        return (self.sup.role == "primary" and not self.handing_over
+                and not (self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease))
+
     def contact(self) -> None:
         self.last_contact = self.clock.monotonic()
 
