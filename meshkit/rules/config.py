@@ -68,7 +68,7 @@ SCHEMA: list[Key] = [
     Key("supervisor.role", "role", "primary", '"primary", or "standby" (replicates supervisor.peer, refuses work)'),
     Key("supervisor.peer", "str", "", "URL of the other supervisor of an HA pair", commented=True),
     Key("supervisor.replication", "replication", "async", '"async", or "sync": acknowledge dispatches and results once the standby holds them'),
-    Key("supervisor.sync_timeout", "seconds", 2, "sync replication: wait this long for the standby, then fall back to async"),
+    Key("supervisor.sync_timeout", "seconds", 2, "sync replication: wait this long for the standby, then fall back to async (keep it above primary_lease)"),
     Key("supervisor.primary_lease", "seconds", 0, "with HA: stop accepting work after this long without a watchdog check or standby pull (0 = off)"),
     Key("supervisor.cycle", "seconds", 2, "how often the supervisor reaps leases and checks its state"),
     Key("supervisor.start_timeout", "seconds", 120, "a task leased but not started this long is requeued (heal rule)"),

@@ -44,6 +44,7 @@ class Ha:
         self.store.commit_hooks.append(self._committed)
         kid, _, secret = pick_key(sup.keys, "", "admin")
         self._key = (kid, secret)
+        sup.tasks.accepting = self.accepting
 
     def client(self, url=None) -> SignedClient:
         return SignedClient(url or self.peer, *self._key, clock=self.clock, timeout=PULL_WAIT + 5)
@@ -51,12 +52,14 @@ class Ha:
     # -- identity ------------------------------------------------------------------
 
     def set_identity(self, role: str, epoch: int, peer: str | None, why: str) -> None:
+        before = (self.sup.role, self.sup.epoch)
         with self.store.tx() as tx:
             tx.set_meta("role", role)
             tx.set_meta("epoch", epoch)
             tx.set_meta("peer", peer or "")
-        before = (self.sup.role, self.sup.epoch)
-        self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
+            # Changed while holding the store lock: a claim transaction sees the old role
+            # and commits before this, or sees the new one.
+            self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
         self.log.warning("role_changed", supervisor_role=role, epoch=epoch, previous=list(before), peer=peer,
                          reason=why)
         self.sup.tasks.wake_all()
@@ -164,6 +167,12 @@ class Ha:
             while self.standby_acked < target:
                 remaining = deadline - self.clock.monotonic()
                 if remaining <= 0 or (self.sync_degraded and self.standby_acked < target):
+                    if not self.accepting():
+                        # Cut off from the standby AND past our lease: we may no longer be the
+                        # primary, so this write is not acknowledged (the client retries there).
+                        raise NotActive("the standby did not confirm this change and this supervisor is "
+                                        "fenced (primary_lease expired); retry on the active supervisor",
+                                        active=self.peer)
                     if not self.sync_degraded:
                         self.sync_degraded = True
                         self.log.warning("replication_degraded", mode="async",
@@ -224,7 +233,8 @@ class Ha:
             raise BadRequest("demote needs the URL of the supervisor to follow ('peer')", field="peer")
         if body.get("hold") and self.sup.role == "primary":
             # Step 1 of an orderly handover: take no more work, keep feeding the successor.
-            self.handing_over = peer
+            with self.store.tx():
+                self.handing_over = peer
             self.log.warning("handover_started", to=peer, actor=actor, head=self.store.head_seq())
             self.sup.tasks.wake_all()
             return self.view()

@@ -49,6 +49,7 @@ class Tasks:
         self.policy = Policy()       # replaced by the brain when the priorities file changes
         self.mode = "normal"         # set by the brain every cycle
         self.starts = StartWindow()  # leases per kind in the last 60 s (fleet rate limits)
+        self.accepting = lambda: True  # HA sets this: primary, not handing over, lease held
         for r in store.read("SELECT t.kind, h.at FROM history h JOIN tasks t ON t.n=h.task"
                             " WHERE h.seq > (SELECT COALESCE(MAX(seq), 0) - 100000 FROM history)"
                             " AND h.to_state='leased' AND h.at > ?", (clock.time() - 60,)):
@@ -80,7 +81,7 @@ class Tasks:
         while True:
             with self.cond:
                 generation = self.generation
-            if not connected():        # the worker hung up (died, timed out): lease nothing to it
+            if not connected() or not self.accepting():   # hung-up worker, or we were fenced meanwhile
                 return []
             leased = self._claim_once(node, want)
             remaining = deadline - self.clock.monotonic()
@@ -97,6 +98,8 @@ class Tasks:
         now = self.clock.time()
         lease_ttl = self.cfg.get("supervisor.lease_ttl")
         with self.store.tx() as tx:
+            if not self.accepting():       # checked under the store lock that role changes also take
+                return []
             info = self._node_info(tx, node)
             if info.get("_state") != "alive":     # a stale node must heartbeat before it gets work
                 return []

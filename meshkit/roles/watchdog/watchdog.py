@@ -29,8 +29,12 @@ class Watchdog:
         self.state_path = cfg.path("watchdog.state_file")
         self.interval = float(cfg.get("watchdog.interval"))
 
-    def client(self, node: str) -> SignedClient:
-        return SignedClient(self.urls[node], *self.keys, clock=self.clock, timeout=max(2.0, min(10.0, self.interval)))
+    def client(self, node: str, timeout: float | None = None) -> SignedClient:
+        # A check slower than the interval is a failed check: the active supervisor's lease
+        # is renewed by these checks, so they must come every interval even when the other
+        # node hangs (a stopped process accepts connections and never answers).
+        return SignedClient(self.urls[node], *self.keys, clock=self.clock,
+                            timeout=timeout or max(0.2, min(5.0, self.interval)))
 
     def state(self) -> dict:
         return dict(failover.DEFAULT_STATE, **(read_json(self.state_path, {}) or {}))
@@ -38,10 +42,10 @@ class Watchdog:
     def save(self, state: dict) -> None:
         write_json(self.state_path, state, mode=0o644)
 
-    def check(self, node: str):
+    def check(self, node: str, timeout: float | None = None):
         """The node's deep check (answers, DB writable, role, epoch), or None."""
         try:
-            return self.client(node).call("GET", "/v1/ha/check")
+            return self.client(node, timeout).call("GET", "/v1/ha/check")
         except (ApiError, ClientError) as e:
             self.log.warning("check_failed", node=node, url=self.urls[node], error=e.message)
             return None
@@ -49,12 +53,14 @@ class Watchdog:
     # -- one step ---------------------------------------------------------------------
 
     def step(self) -> float:
-        """One check; never raises (a watchdog that dies watches nothing)."""
+        """One check; never raises (a watchdog that dies watches nothing). The delay to the
+        next one is the interval less the time this one took."""
+        t0 = self.clock.monotonic()
         try:
             self._step()
         except Exception as e:
             self.log.error("step_crashed", error=getattr(e, "message", repr(e)))
-        return self.interval
+        return max(0.05, self.interval - (self.clock.monotonic() - t0))
 
     def _step(self) -> None:
         state = self.state()
@@ -63,7 +69,7 @@ class Watchdog:
         active_ok = bool(got and got.get("role") == "primary" and got.get("epoch", 0) >= state["epoch"])
         home_ok = False
         if active == "standby":
-            home = self.check("primary")
+            home = self.check("primary", timeout=max(0.2, min(2.0, self.interval / 2)))
             home_ok = bool(home and home.get("role") == "standby" and home.get("lag_changes") == 0
                            and got and home.get("replicated", -1) >= 0)
         new, action = failover.after_check(state, active_ok, got.get("epoch") if got else None, home_ok,
