@@ -2,8 +2,9 @@
 
 Calls go to the supervisor that last answered; on a network failure, a 5xx, a 409
 "not_active" (a standby) or an epoch lower than one already seen, the next URL in the
-list is tried. A call that no URL answers counts as one breaker failure; while the
-breaker is open calls fail at once with BreakerOpen (nothing is sent: no hammering).
+list is tried. A call that no URL answers counts as one breaker failure (one that a
+standby answered does not: a failover is under way); while the breaker is open calls
+fail at once with BreakerOpen (nothing is sent: no hammering).
 """
 
 import threading
@@ -58,7 +59,7 @@ class Link:
                 raise BreakerOpen(br.retry_in(self.breaker, self.clock.monotonic()))
             first = self.current
         order = [first] + [i for i in range(len(self.clients)) if i != first]
-        last = None
+        last = standby = None
         for i in order:
             try:
                 answer = self.clients[i].call(method, path, body, timeout)
@@ -67,6 +68,8 @@ class Link:
                     self._answered(i)
                     raise
                 last = e
+                if isinstance(e, ApiError) and e.code == "not_active":
+                    standby = e
                 continue
             epoch = answer.get("epoch") if isinstance(answer, dict) else None
             with self._lock:
@@ -81,6 +84,13 @@ class Link:
                             c.headers["X-Meshkit-Epoch"] = str(epoch)
             self._answered(i)
             return answer
+        if standby is not None:
+            # A supervisor answered "not active": it is up and a failover is under way, not an
+            # outage. The caller's backoff spaces the retries; counting this against the breaker
+            # would hold the worker back for a whole cooldown (300 s) after the promotion.
+            with self._lock:
+                self.breaker = br.succeeded(self.breaker, self.clock.monotonic())
+            raise standby
         with self._lock:
             before = self.breaker.state
             self.breaker = br.failed(self.breaker, self.clock.monotonic())
