@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import select
 import shutil
 import signal
 import sqlite3
@@ -42,6 +41,7 @@ from meshkit.core.errors import ApiError, ClientError  # noqa: E402
 from meshkit.rules import heal  # noqa: E402
 from meshkit.rules.auth import pick_key  # noqa: E402
 from meshkit.rules.config import render_default_toml  # noqa: E402
+from tests.helpers import read_line  # noqa: E402
 
 TASK_SCRIPT = r'''
 import json, os, sys, time
@@ -71,21 +71,6 @@ CONFIG = {
 }
 WORKERS = ("w1", "w2", "w3")
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def read_line(proc, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    fd = proc.stdout.fileno()
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        ch = os.read(fd, 1)
-        if not ch or ch == b"\n":
-            break
-        buf += ch
-    return buf.decode(errors="replace")
 
 
 def child_env() -> dict:

@@ -11,6 +11,7 @@ import time
 import unittest
 
 from tests.helpers import Fleet, register
+from tests.test_fuzz import send
 from tests.test_worker_harness import WorkerProc, close_fleet, dispatch, wait_state, worker_fleet
 
 from meshkit.rules import auth
@@ -24,32 +25,12 @@ def note(attack, status):
 
 def raw(port, data: bytes, shut=True, timeout=10.0) -> tuple:
     """(status, parsed JSON or None, raw bytes) of one request sent byte for byte."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    buf = b""
+    answer = send(port, data, shut, timeout)
     try:
-        try:
-            s.sendall(data)
-            if shut:
-                s.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    head, _, body = buf.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else 0
-    try:
-        parsed = json.loads(body.split(b"\r\n\r\n")[0].split(b"HTTP/1.1")[0]) if body else None
+        parsed = json.loads(answer.body) if answer.body else None
     except ValueError:
         parsed = None
-    return status, parsed, buf
+    return answer.status, parsed, answer.raw
 
 
 def request_bytes(method, path, body=b"", headers=(), content_length=None) -> bytes:

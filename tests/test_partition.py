@@ -57,7 +57,6 @@ class Partition(unittest.TestCase):
         self.dev_sup, self.dev_w = f"vs{tag}", f"vw{tag}"
         net = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"
         self.addr_sup, self.addr_w = f"{net}.1", f"{net}.2"
-        self.procs = []
         self.addCleanup(self.cleanup_net)
         ip("netns", "add", self.ns_sup)
         ip("netns", "add", self.ns_w)
@@ -74,13 +73,7 @@ class Partition(unittest.TestCase):
         self.db = os.path.join(self.fleet.dir, "data", "meshkit.db")
         self.start_supervisor()
 
-    def cleanup_net(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
-            if p.stdout:
-                p.stdout.close()
+    def cleanup_net(self):      # after close_fleet (cleanups run last-in first-out) has killed the processes
         for ns in (self.ns_sup, self.ns_w):
             ip("netns", "del", ns, check=False)
         ip("link", "del", self.dev_sup, check=False)      # gone with its namespace; in case it never moved
@@ -91,7 +84,7 @@ class Partition(unittest.TestCase):
         with open(os.path.join(self.fleet.dir, log), "ab") as f:
             p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "meshkit", *args], cwd=ROOT,
                                  env=env(), stdout=stdout, stderr=f, stdin=subprocess.DEVNULL)
-        self.procs.append(p)
+        self.fleet.procs.append(p)
         return p
 
     def start_supervisor(self):

@@ -24,7 +24,7 @@ BODY_OF = {
     "lease_renew": "LEASE_RENEW", "lease_release": "LEASE_RELEASE", "promote": "PROMOTE", "demote": "DEMOTE",
 }
 REQUEST_BODIES = {route: (name, getattr(wire, name)) for route, name in BODY_OF.items() if hasattr(wire, name)}
-OPTIONAL_BODY = {"cancel"}          # POST /v1/tasks/ID/cancel may come with no body at all
+OPTIONAL_BODY = {"cancel", "promote", "demote"}     # handlers that take no body at all as {}
 
 # Limits the handlers check beyond the wire types: (schema, field) -> JSON-schema keywords.
 EXTRA = {
@@ -44,7 +44,7 @@ PATH_PARAM = {"id": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "descriptio
               "kind": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a task kind"},
               "name": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a lease name"}}
 LIST_QUERY = [
-    ("state", {"type": "string", "enum": list(fsm.STATES)}),
+    ("state", {"type": "string", "enum": list(fsm.STATES) + [""], "description": "empty = any state"}),
     ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
     ("after", {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "page after this task id"}),
 ]
