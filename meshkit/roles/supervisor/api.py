@@ -128,8 +128,7 @@ class Api:
 
     def claim(self, req):
         start = self.sup.clock.monotonic()
-        # Re-asked before every try: a long-poll outliving our primacy must lease nothing.
-        leased = self.tasks.claim(req.json(), lambda: req.connected() and self.sup.ha.accepting())
+        leased = self.tasks.claim(req.json(), req.connected)
         if leased:
             self.claim_latency.observe(self.sup.clock.monotonic() - start)
         return {"tasks": leased, "epoch": self.sup.epoch}
