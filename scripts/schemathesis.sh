@@ -123,10 +123,10 @@ read -r -t 10 PROXY <&4 || { echo "schemathesis: the signing proxy did not start
 # The proxy is the signing client: schemathesis leaves the security headers alone.
 printf '[generation]\nwith-security-parameters = false\n' >"$WORK/schemathesis.toml"
 echo "schemathesis: $("$VENV/bin/schemathesis" --version) against $SUP (through the signing proxy $PROXY), up to ${MAX_TIME} s"
-"$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" --no-color run "$PROXY/v1/openapi.json" --url "$PROXY" \
+(cd "$WORK" && "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" --no-color run "$PROXY/v1/openapi.json" --url "$PROXY" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
   --phases examples,coverage,fuzzing --max-examples 40 --max-time "$MAX_TIME" --request-timeout 20 \
-  --workers 2 --seed "${MESHKIT_ST_SEED:-1}" --suppress-health-check all >"$WORK/st.log" 2>&1
+  --workers 2 --seed "${MESHKIT_ST_SEED:-1}" --suppress-health-check all) >"$WORK/st.log" 2>&1    # in $WORK: its .schemathesis/ cache goes with it
 st_rc=$?
 tail -n 40 "$WORK/st.log"; [ -n "${MESHKIT_ST_KEEP:-}" ] && echo "schemathesis: kept $WORK"
 rc=0
