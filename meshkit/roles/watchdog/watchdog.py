@@ -72,6 +72,8 @@ class Watchdog:
             home = self.check("primary", timeout=max(0.2, min(2.0, self.interval / 2)))
             home_ok = bool(home and home.get("role") == "standby" and home.get("lag_changes") == 0
                            and got and home.get("replicated", -1) >= 0)
+            if active_ok and home and home.get("role") == "primary" and home.get("epoch", 0) < got["epoch"]:
+                self.demote_stale("primary", "standby", got["epoch"])
         new, action = failover.after_check(state, active_ok, got.get("epoch") if got else None, home_ok,
                                            self.cfg.get("watchdog.failures"), self.cfg.get("watchdog.recoveries"),
                                            self.cfg.get("watchdog.failback"))
@@ -113,6 +115,17 @@ class Watchdog:
             self._timed("alert", lambda: self.run_argv(self.cfg.get("watchdog.alert"), event))
         except MeshkitError:
             pass
+
+    def demote_stale(self, node: str, active: str, epoch: int) -> None:
+        """`node` answers as a primary with an older epoch than the active one: it restarted
+        without reaching its peer. Make it follow the active one (else it takes work)."""
+        event = {"event": "stale_primary_demoted", "node": self.urls[node], "active": self.urls[active], "epoch": epoch}
+        try:
+            self._timed("demote_stale", lambda: self.client(node).call(
+                "POST", "/v1/demote", {"peer": self.urls[active], "epoch": epoch}))
+        except (ApiError, ClientError) as e:      # tried again at the next check
+            event.update(event="stale_primary", error=e.message)
+        self.alert(event)
 
     def failover(self, failed: str, to: str, state: dict) -> dict:
         """Fence the failed node (if configured), promote the other, alert."""
