@@ -1,33 +1,25 @@
 """`explain`, `kinds`, `mode`: why tasks run or don't, quarantined kinds, degradation modes."""
 
-import argparse
 import time
 import urllib.parse
 
-from meshkit.cli.common import EXIT_USAGE, add_client_args, fail, load_config, make_client, print_json
-
-
-def _parser(sub, name, help, example):
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  " + example)
-    add_client_args(p)
-    return p
+from meshkit.cli.common import EXIT_USAGE, client_parser, fail, load_config, make_client, print_json
 
 
 def register(sub) -> None:
-    p = _parser(sub, "explain", "say why a task is or is not running", "python -m meshkit explain t12")
+    p = client_parser(sub, "explain", "say why a task is or is not running", "python -m meshkit explain t12")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=explain)
 
-    p = _parser(sub, "kinds", "task kinds with failure counts and quarantine; `kinds resume KIND`",
+    p = client_parser(sub, "kinds", "task kinds with failure counts and quarantine; `kinds resume KIND`",
                 "python -m meshkit kinds resume summarize")
     p.add_argument("action", nargs="?", choices=["list", "resume"], default="list")
     p.add_argument("kind", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=kinds)
 
-    p = _parser(sub, "mode", "show the degradation mode, or hold the fleet for maintenance",
+    p = client_parser(sub, "mode", "show the degradation mode, or hold the fleet for maintenance",
                 "python -m meshkit mode maintenance --reason 'disk swap'   # ... later: mode normal")
     p.add_argument("mode", nargs="?", choices=["maintenance", "normal"])
     p.add_argument("--reason", default=None)

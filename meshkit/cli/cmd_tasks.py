@@ -5,22 +5,16 @@ import json
 import sys
 import time
 
-from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, add_client_args, fail, load_config, make_client, print_json
+from meshkit.cli.common import (EXIT_FAILED, EXIT_USAGE, client_parser, fail, load_config, make_client,
+                                print_json)
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
 from meshkit.roles.sync.views import read_statuses
 from meshkit.rules import fsm
 
 
-def _parser(sub, name, help, example):
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  " + example)
-    add_client_args(p)
-    return p
-
-
 def register(sub) -> None:
-    p = _parser(sub, "dispatch", "queue a task; prints its id",
+    p = client_parser(sub, "dispatch", "queue a task; prints its id",
                 "python -m meshkit dispatch summarize --payload @job.json --requires gpu --priority 5 --wait")
     p.add_argument("kind")
     p.add_argument("--payload", default=None, help="JSON text, or @FILE to read it from a file")
@@ -36,23 +30,23 @@ def register(sub) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the end; exit 0 only if it succeeded")
     p.set_defaults(func=dispatch)
 
-    p = _parser(sub, "task", "show one task with its full history", "python -m meshkit task t12 --json")
+    p = client_parser(sub, "task", "show one task with its full history", "python -m meshkit task t12 --json")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=show_task)
 
-    p = _parser(sub, "tasks", "list tasks", "python -m meshkit tasks --state queued")
+    p = client_parser(sub, "tasks", "list tasks", "python -m meshkit tasks --state queued")
     p.add_argument("--state", choices=fsm.STATES)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=list_tasks)
 
-    p = _parser(sub, "cancel", "cancel a task (a running one is stopped by its worker)", "python -m meshkit cancel t12")
+    p = client_parser(sub, "cancel", "cancel a task (a running one is stopped by its worker)", "python -m meshkit cancel t12")
     p.add_argument("id")
     p.add_argument("--reason", default=None)
     p.set_defaults(func=cancel)
 
-    p = _parser(sub, "status", "fleet status: nodes and tasks", "python -m meshkit status --watch")
+    p = client_parser(sub, "status", "fleet status: nodes and tasks", "python -m meshkit status --watch")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="S",
                    help="redraw in place every S seconds (default 2) until Ctrl-C")

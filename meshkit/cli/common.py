@@ -1,5 +1,6 @@
 """What every command shares: finding the config, printing errors, exit codes."""
 
+import argparse
 import json
 import os
 import sys
@@ -104,3 +105,11 @@ def add_client_args(parser) -> None:
     add_config_arg(parser)
     parser.add_argument("--supervisor", metavar="URL",
                         help="supervisor URL (default: $MESHKIT_SUPERVISOR, else from the config)")
+
+
+def client_parser(sub, name: str, help: str, example: str):
+    """A subcommand that talks to the supervisor, with its one-line example in --help."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  " + example)
+    add_client_args(p)
+    return p
