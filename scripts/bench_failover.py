@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 
 from meshkit.core.errors import ApiError, ClientError  # noqa: E402
 from tests.helpers import Fleet, env  # noqa: E402
+from tests.test_ha_netns import read_events  # noqa: E402
 from tests.test_worker_harness import FAST, TASK_SCRIPT, WorkerProc, close_fleet  # noqa: E402
 
 GOAL = 5.0
@@ -44,22 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def events(path: str, name: str) -> list:
-    out = []
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get("event") == name:
-                    out.append(rec)
-    except FileNotFoundError:
-        pass
-    return out
 
 
 def one_run(a) -> dict:
@@ -125,7 +110,8 @@ def one_run(a) -> dict:
                 t_done = next(h["at"] for h in task["history"] if h["to"] == "succeeded")
             else:
                 time.sleep(0.02)
-        promoted = [e["time"] for e in events(s_log, "role_changed") if e.get("supervisor_role") == "primary"]
+        promoted = [e["time"] for e in read_events(s_log)
+                    if e["event"] == "role_changed" and e.get("supervisor_role") == "primary"]
         claimed = [e["time"] for e in w.events("task_claimed") if e.get("task") == tid]
         rel = lambda t: round(t - t_kill, 2) if t else None  # noqa: E731
         return {"promoted": rel(promoted[0] if promoted else None), "accepted": rel(t_accepted),

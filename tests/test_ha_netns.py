@@ -215,12 +215,17 @@ def remove_leftovers() -> None:
         name = line.split()[0] if line.split() else ""
         m = re.match(rf"{PREFIX}(\d+)-[0-9a-f]+-\w+$", name)
         if m and not pid_alive(int(m.group(1))):
-            for pid in ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", name, check=False)
+            remove_ns(name)
+
+
+def remove_ns(name: str) -> None:
+    """Kill what still runs in a namespace of ours, then delete it (with its links)."""
+    for pid in ip("netns", "pids", name, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    ip("netns", "del", name, check=False)
 
 
 class Net:
@@ -265,19 +270,14 @@ class Net:
 
     def down(self) -> None:
         for ns in reversed(list(self.ns.values())):
-            for pid in ip("netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", ns, check=False)
+            remove_ns(ns)
         self.ns = {}
 
 
 def read_jsonl(path: str) -> list:
     out = []
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             for line in f:
                 try:
                     out.append(json.loads(line))
@@ -289,19 +289,8 @@ def read_jsonl(path: str) -> list:
 
 
 def read_events(path: str) -> list:
-    out = []
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and "event" in rec:
-                    out.append(rec)
-    except FileNotFoundError:
-        pass
-    return out
+    """The JSON log lines of a meshkit process (those with an "event")."""
+    return [r for r in read_jsonl(path) if isinstance(r, dict) and "event" in r]
 
 
 def query(db: str, sql: str, args=()) -> list:
