@@ -536,7 +536,9 @@ class NetnsHa(unittest.TestCase):
                 if not match:
                     problems.append(f"{node} database: t{task} leased to {actor} (fence {fence}) at {at:.3f} by no "
                                     f"logged primary")
-                elif not any(t0 - 0.2 <= at <= t1 for m in match for t0, t1, _ in periods[m["node"]]):
+                # Log times are rounded to the millisecond (the database keeps full precision),
+                # and a period's end is its last log line: allow that rounding at both ends.
+                elif not any(t0 - 0.2 <= at <= t1 + 0.002 for m in match for t0, t1, _ in periods[m["node"]]):
                     problems.append(f"{node} database: t{task} leased at {at:.3f} by {match[0]['node']} outside its "
                                     f"primary periods {periods[match[0]['node']]}")
         # 2. Acknowledged dispatches: present in the active database and succeeded.
