@@ -2,6 +2,8 @@
 
 Prints a last line `N passed, N failed, N skipped` so a run that executed
 nothing is visible. Exits 0 only if nothing failed and at least one test ran.
+A failed test is run once more; one that passes then is listed as `flaky:` (set
+MESHKIT_NO_RETRY=1 to turn retries off).
 """
 
 import os
@@ -32,10 +34,26 @@ def main(argv) -> int:
     suite = unittest.TestSuite(tests)
     start = time.monotonic()
     result = unittest.TextTestRunner(verbosity=2 if verbose else 1, stream=sys.stderr).run(suite)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    bad = [t for t, _ in result.failures + result.errors] + list(result.unexpectedSuccesses)
+    # Integration tests run real processes on 2 cores: one retry of a failed test, named
+    # below, so a timing flake is visible without failing the run; twice failed is failed.
+    retried, still_failed = [], []
+    if bad and os.environ.get("MESHKIT_NO_RETRY") != "1":
+        by_id = {t.id(): t for t in tests}
+        for test in bad:
+            again = unittest.TextTestRunner(verbosity=1, stream=sys.stderr).run(
+                unittest.TestSuite([loader.loadTestsFromName(test.id())]) if test.id() in by_id else unittest.TestSuite())
+            (retried if again.wasSuccessful() and again.testsRun else still_failed).append(test.id())
+    else:
+        still_failed = [t.id() for t in bad]
     skipped = len(result.skipped)
+    failed = len(still_failed)
     passed = result.testsRun - failed - skipped
     sys.stderr.flush()
+    for tid in retried:
+        print(f"flaky: {tid} failed once and passed on its retry")
+    for tid in still_failed:
+        print(f"failed: {tid}")
     print(f"ran in {time.monotonic() - start:.1f} s")
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 0 if failed == 0 and result.testsRun > 0 else 1
