@@ -41,6 +41,18 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def run_clients(procs: list, out, seconds: float) -> tuple:
+    """Start the client processes; (their results, wall time)."""
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=seconds + 60) for _ in procs]
+    wall = time.monotonic() - t0
+    for p in procs:
+        p.join()
+    return results, wall
+
+
 # -- the meshkit run ------------------------------------------------------------------
 
 def worker_proc(url, kid, secret, name, seconds, kinds, caps, out):
@@ -94,13 +106,7 @@ def run_meshkit(workers, seconds, tasks, backlog=0):
             out = mp.Queue()
             procs = [mp.Process(target=worker_proc, args=(url, wk[0], wk[1], f"w{i}", seconds, ["bench"], [], out))
                      for i in range(workers)]
-            t0 = time.monotonic()
-            for p in procs:
-                p.start()
-            results = [out.get(timeout=seconds + 60) for _ in procs]
-            wall = time.monotonic() - t0
-            for p in procs:
-                p.join()
+            results, wall = run_clients(procs, out, seconds)
         finally:
             proc.terminate()
             proc.wait(20)
@@ -165,13 +171,7 @@ def run_bare(workers, seconds, tuned):
     port = q.get(timeout=10)
     out = mp.Queue()
     procs = [mp.Process(target=bare_client, args=(port, seconds, out)) for _ in range(workers)]
-    t0 = time.monotonic()
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=seconds + 60) for _ in procs]
-    wall = time.monotonic() - t0
-    for p in procs:
-        p.join()
+    results, wall = run_clients(procs, out, seconds)
     server.terminate()
     lat = [x for r in results for x in r[1]]
     return sum(r[0] for r in results) / wall, pct(lat, 50), pct(lat, 99)

@@ -4,8 +4,8 @@ import os
 import threading
 
 from meshkit import __version__
-from meshkit.adapters import httpserver, keyfile
-from meshkit.adapters.atomic import read_json, write_text
+from meshkit.adapters import httpserver, keyfile, syncstatus
+from meshkit.adapters.atomic import write_text
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
@@ -148,18 +148,6 @@ def viewer_tokens(keys: dict, token_file: str) -> list:
 
 
 def sync_jobs(status_dir: str) -> list:
-    """This machine's sync status files (written by `meshkit sync`)."""
-    try:
-        names = sorted(n for n in os.listdir(status_dir) if n.endswith(".json") and not n.startswith("."))
-    except OSError:
-        return []
-    jobs = []
-    for name in names:
-        try:
-            rec = read_json(os.path.join(status_dir, name))
-        except (OSError, ValueError):
-            rec = None
-        if isinstance(rec, dict):
-            jobs.append({k: rec.get(k) for k in ("job", "last_result", "last_success", "last_failure",
-                                                 "consecutive_failures", "last_error", "last_run")})
-    return jobs
+    """This machine's sync jobs (written by `meshkit sync`), as status shows them."""
+    keys = ("job", "last_result", "last_success", "last_failure", "consecutive_failures", "last_error", "last_run")
+    return [{k: rec.get(k) for k in keys} for rec in syncstatus.read_all(status_dir)]

@@ -3,7 +3,7 @@
 import os
 from dataclasses import dataclass
 
-from meshkit.adapters.atomic import read_json
+from meshkit.adapters import syncstatus
 from meshkit.core.errors import BadRequest, NotFound, SyncError
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import parse_location
@@ -91,24 +91,7 @@ def restore(rsync, dest: str, snapshot: str, target: str, delete: bool = False,
 
 def read_statuses(status_dir: str, job: str | None = None) -> list[dict]:
     """The status records of every job (or one), sorted by job name."""
-    try:
-        names = sorted(os.listdir(status_dir))
-    except FileNotFoundError:
-        names = []
-    out = []
-    for fn in names:
-        if not fn.endswith(".json") or fn.startswith("."):
-            continue
-        if job and fn != f"{job}.json":
-            continue
-        try:
-            rec = read_json(os.path.join(status_dir, fn))
-        except (OSError, ValueError):
-            rec = None
-        if isinstance(rec, dict):
-            out.append(rec)
-        else:
-            out.append({"job": fn[:-5], "last_result": "unreadable", "last_error": f"{fn} is not a status record"})
+    out = syncstatus.read_all(status_dir, job)
     if job and not out:
         raise NotFound(f"no status for job {job!r} in {status_dir} (has it run yet?)")
     return out
