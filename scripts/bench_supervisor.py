@@ -55,6 +55,11 @@ def run_clients(procs: list, out, seconds: float) -> tuple:
 
 # -- the meshkit run ------------------------------------------------------------------
 
+# Like a real worker, each runs more than one kind: the claim must find the best task
+# across kinds without sorting the whole queue (one index walk per kind, merged).
+WORKER_KINDS = ["bench", "misc"]
+
+
 def worker_proc(url, kid, secret, name, seconds, kinds, caps, out):
     c = SignedClient(url, kid, secret, timeout=30)
     c.call("POST", "/v1/heartbeat", {"node": name, "kinds": kinds, "slots": 1, "capabilities": caps})
@@ -104,7 +109,7 @@ def run_meshkit(workers, seconds, tasks, backlog=0):
             dispatch_many(admin, tasks, mixed=False)
             wk = [(k, s) for k, (r, s) in keys.items() if r == "worker"][0]
             out = mp.Queue()
-            procs = [mp.Process(target=worker_proc, args=(url, wk[0], wk[1], f"w{i}", seconds, ["bench"], [], out))
+            procs = [mp.Process(target=worker_proc, args=(url, wk[0], wk[1], f"w{i}", seconds, WORKER_KINDS, [], out))
                      for i in range(workers)]
             results, wall = run_clients(procs, out, seconds)
         finally:

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS tasks(
   cancel_requested INTEGER NOT NULL DEFAULT 0, hb_missing INTEGER NOT NULL DEFAULT 0,
   rank REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, kind, rank DESC);
+CREATE INDEX IF NOT EXISTS tasks_fit ON tasks(state, kind, requires, rank DESC);
 CREATE INDEX IF NOT EXISTS tasks_node ON tasks(node, state);
 CREATE TABLE IF NOT EXISTS history(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
@@ -57,7 +58,8 @@ TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 # Replication: every insert or update of these tables appends (table, rowid) to the
 # changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
 REPLICATED = ("tasks", "history", "deps", "nodes", "results", "kinds", "leases", "lease_history", "meta")
-LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at")   # never copied
+LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at",   # never copied
+              "rejoin", "promoted_from", "promoted_head")
 
 
 def _triggers() -> str:
@@ -98,6 +100,7 @@ class Store:
         self._lock = threading.RLock()
         self._column_cache = {}
         self.commit_hooks = []     # called after every committed write transaction
+        self.write_guard = None    # HA: called under the lock before a write commits; raises to refuse it
         try:
             self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                       check_same_thread=False)
@@ -121,17 +124,22 @@ class Store:
     # -- transactions -------------------------------------------------------
 
     @contextlib.contextmanager
-    def tx(self):
+    def tx(self, replication: bool = False):
         """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it.
-        Commit hooks run after the store's lock is released (no lock-order traps)."""
+        Commit hooks run after the store's lock is released (no lock-order traps).
+        A transaction that changed rows asks write_guard before it commits (a supervisor that
+        stopped accepting work meanwhile refuses it), unless it is replication's own."""
         with self._lock:
             cur = self.db.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
+                changes = self.db.total_changes
             except sqlite3.Error as e:
                 raise _store_error(e) from None
             try:
                 yield Tx(cur)
+                if self.write_guard is not None and not replication and self.db.total_changes != changes:
+                    self.write_guard()
                 cur.execute("COMMIT")
             except sqlite3.Error as e:
                 self._rollback(cur)
@@ -194,7 +202,7 @@ class Store:
 
     def apply_changes(self, changes: list, upto: int) -> None:
         """Store rows pulled from the primary (one transaction) and the position reached."""
-        with self.tx() as tx:
+        with self.tx(replication=True) as tx:
             for c in changes:
                 table, row = c.get("table"), c.get("row")
                 if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
@@ -205,6 +213,30 @@ class Store:
                 tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
                            tuple(row[c] for c in cols))
             tx.set_meta("replicated_seq", upto)
+
+    def rejoin(self, discard_after, since: int) -> dict:
+        """A former primary about to follow another: delete every row changed here after
+        position `discard_after` of our own changelog (None: keep everything), then follow
+        from `since` (one transaction). Those rows are what the new primary never received;
+        a pull from 0 brings back its version of any it has. Meta rows are kept: the
+        primary's overwrite them. Returns {"rows": {table: n}, "tasks": [task n, ...]}."""
+        rows, tasks = {}, set()
+        with self.tx(replication=True) as tx:
+            if discard_after is not None:
+                for e in tx.all("SELECT DISTINCT tbl, rid FROM changelog WHERE seq > ? AND tbl != 'meta'",
+                                (discard_after,)):
+                    if e["tbl"] not in REPLICATED:
+                        continue
+                    row = tx.one(f"SELECT * FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
+                    if row is None:
+                        continue
+                    if e["tbl"] in ("tasks", "history", "deps", "results"):
+                        tasks.add(row["n"] if e["tbl"] == "tasks" else row["task"])
+                    tx.execute(f"DELETE FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
+                    rows[e["tbl"]] = rows.get(e["tbl"], 0) + 1
+            tx.set_meta("replicated_seq", since)
+            tx.execute("DELETE FROM meta WHERE key='rejoin'")
+        return {"rows": rows, "tasks": sorted(tasks)}
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
 from meshkit.rules.policy import Policy, is_transient
+from meshkit.roles.supervisor import queue
 
 MAX_WAIT = 60.0
 
@@ -112,17 +113,8 @@ class Tasks:
             if not kinds or self.mode == "maintenance":
                 return []
             fleet = self.fleet_view(tx, now, with_nodes=False)
-            marks = ",".join("?" * len(kinds))
-            # Lazy cursor down the (state, rank) index: best first (aging included, see
-            # policy.rank); stop as soon as the node is full.
             caps = info.get("capabilities", [])
-            cap_marks = ",".join("?" * len(caps)) or "NULL"
-            # requires ⊆ capabilities, tested in SQL (json_each) so unfit tasks cost no Python.
-            candidates = tx.cursor(f"SELECT n, kind, requires, priority, attempts, not_before FROM tasks"
-                                   f" WHERE state='queued' AND not_before<=? AND kind IN ({marks})"
-                                   f" AND (requires='[]' OR NOT EXISTS (SELECT 1 FROM json_each(tasks.requires)"
-                                   f" WHERE value NOT IN ({cap_marks})))"
-                                   f" ORDER BY rank DESC", (now, *kinds, *caps))
+            candidates = queue.candidates(tx, kinds, caps, now)
             picked = []
             node_view = {"kinds": kinds, "capabilities": info.get("capabilities", [])}
             for row in candidates:
