@@ -1,11 +1,16 @@
 """The client CLI as a user runs it: real processes, exit codes, one-line errors."""
 
+import argparse
+import glob
 import json
 import os
+import subprocess
+import sys
 import threading
 import unittest
 
-from tests.helpers import Fleet, meshkit, register
+from meshkit.cli.main import COMMAND_MODULES, COMMANDS as TABLE, command_module
+from tests.helpers import ROOT, Fleet, env, meshkit, register
 
 COMMANDS = ["init", "supervisor", "dispatch", "task", "tasks", "cancel", "status"]
 
@@ -121,6 +126,53 @@ class Cli(unittest.TestCase):
                 r = meshkit(cmd, "--help")
                 self.assertEqual(r.returncode, 0)
                 self.assertIn("example", r.stdout)
+
+
+class CommandTable(unittest.TestCase):
+    """main.py imports only the chosen command's module; its table must say what
+    each module registers, so `meshkit --help` needs none of them."""
+
+    def test_table_is_what_the_modules_register(self):
+        files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "meshkit", "cli", "cmd_*.py"))}
+        self.assertEqual(set(COMMAND_MODULES), files)
+        for module in COMMAND_MODULES:
+            with self.subTest(module):
+                sub = argparse.ArgumentParser().add_subparsers()
+                command_module(module).register(sub)
+                helps = {a.dest: a.help for a in sub._choices_actions}
+                self.assertEqual(helps, {name: summary for name, (mod, summary) in TABLE.items() if mod == module})
+
+    def test_a_command_loads_only_its_own_module(self):
+        code = ("import sys; from meshkit.cli.main import build_parser; build_parser(sys.argv[1]); "
+                "print(' '.join(sorted(m for m in sys.modules if m.startswith('meshkit.') or m in "
+                "('http.client', 'sqlite3', 'ssl'))))")
+        for command, expect in ((None, set()), ("sync", {"cmd_sync"}), ("locks", {"cmd_locks"})):
+            with self.subTest(command):
+                out = subprocess.run([sys.executable, "-c", code, str(command)], cwd=ROOT, env=env(),
+                                     capture_output=True, text=True, check=True).stdout.split()
+                self.assertEqual({m.rsplit(".", 1)[1] for m in out if m.startswith("meshkit.cli.cmd_")}, expect)
+                heavy = [m for m in out if m.startswith(("meshkit.roles.supervisor", "meshkit.roles.worker"))
+                         or m in ("http.client", "sqlite3", "ssl")]
+                self.assertEqual(heavy, [])
+
+    def test_help_lists_every_command_and_each_command_has_help(self):
+        r = meshkit("--help")
+        self.assertEqual(r.returncode, 0)
+        text = " ".join(r.stdout.split())
+        for name, (_, summary) in TABLE.items():
+            self.assertIn(f"{name} {summary}", text)
+        for name in TABLE:
+            with self.subTest(name):
+                r = meshkit(name, "--help")
+                self.assertEqual((r.returncode, r.stderr), (0, ""))
+                self.assertIn(f"meshkit {name}", r.stdout)
+        r = meshkit("no-such-command")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("invalid choice", r.stderr)
+        r = subprocess.run([sys.executable, "-m", "meshkit.cli.cmd_worker", "--help"], cwd=ROOT, env=env(),
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("meshkit worker", r.stdout)
 
 
 if __name__ == "__main__":
