@@ -123,6 +123,17 @@ class Brain(unittest.TestCase):
         r = self.fleet.cli("kinds", "resume", "broken")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.claim("q-node", wait=2)[0]["id"], held)
+        # Resuming a kind that is not quarantined (any more, or never was) conflicts with the state: 409.
+        for kind in ("broken", "never-seen"):
+            status, answer = self.admin.request("POST", f"/v1/kinds/{kind}/resume")
+            self.assertEqual(status, 409, answer)
+            self.assertEqual(answer["error"]["code"], "conflict")
+            self.assertIn(f"kind '{kind}' is not quarantined", answer["error"]["message"])
+        status, answer = self.admin.request("POST", "/v1/kinds/bad%20kind/resume")     # not a kind name: 400
+        self.assertEqual((status, answer["error"]["field"]), (400, "kind"), answer)
+        r = self.fleet.cli("kinds", "resume", "broken")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("not quarantined", r.stderr)
 
     def test_stale_node_requeued_elsewhere_and_fenced(self):
         register(self.worker, "lost", kinds=["stale-kind"])

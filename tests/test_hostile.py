@@ -173,8 +173,9 @@ class Attacks(unittest.TestCase):
 
 
 class ArtifactEscape(unittest.TestCase):
-    """expects.path escaping the task directory: the worker refuses it (the task fails) and reads
-    nothing outside; a symlink pointing out is refused the same way."""
+    """expects.path escaping the task directory: refused at dispatch (400, nothing stored) when the
+    path says so itself (`..`, absolute); a symlink the task makes pointing out, which only the
+    worker can see, fails the task there and nothing outside is read."""
 
     SCRIPT = r'''
 import json, os, sys
@@ -203,20 +204,30 @@ for name, target in p.get("links", {}).items():
         with open(outside, "w") as f:
             json.dump({"secret": 1}, f)
         good = {"a": 1}
-        cases = [
+        refused = [
             ({"write": {"../escaped.json": good}}, {"path": "../escaped.json", "keys": ["a"]}),
             ({}, {"path": outside, "keys": ["secret"]}),
-            ({"links": {"out.json": outside}}, {"path": "out.json", "keys": ["secret"]}),
             ({"write": {"sub/x.json": good}}, {"path": "sub/../../" + os.path.basename(fleet.dir) + "/outside.json"}),
             ({}, {"path": "../../../../../../etc/hostname"}),
+            ({}, {"path": "./"}),
         ]
-        ids = [dispatch(admin, "escape", payload, expects=expects, max_attempts=1) for payload, expects in cases]
+        before = admin.call("GET", "/v1/tasks?limit=1000")["tasks"]
+        for payload, expects in refused:
+            for path, body in (("/v1/tasks", {"kind": "escape", "payload": payload, "expects": expects}),
+                               ("/v1/graph", {"tasks": [{"name": "a", "kind": "escape", "expects": expects}]})):
+                status, answer = admin.request("POST", path, body)
+                self.assertEqual(status, 400, (path, expects, answer))
+                self.assertEqual(answer["error"]["field"], "expects", answer)
+                self.assertIn("inside the task directory", answer["error"]["message"])
+            note(f"expects.path {expects['path'][-30:]!r} at dispatch", status)
+        self.assertEqual(admin.call("GET", "/v1/tasks?limit=1000")["tasks"], before, "a refused dispatch stored a task")
+        link = dispatch(admin, "escape", {"links": {"out.json": outside}}, expects={"path": "out.json", "keys": ["secret"]},
+                        max_attempts=1)
         ok = dispatch(admin, "escape", {"write": {"sub/in.json": good}}, expects={"path": "sub/in.json", "keys": ["a"]})
-        for tid, (_, expects) in zip(ids, cases):
-            t = wait_state(admin, tid, ("succeeded", "failed"), timeout=20)
-            self.assertEqual(t["state"], "failed", (expects, t.get("error")))
-            self.assertIn("not a path inside the task directory", t["error"])
-            note(f"expects.path {expects['path'][-30:]!r}", "task failed")
+        t = wait_state(admin, link, ("succeeded", "failed"), timeout=20)
+        self.assertEqual(t["state"], "failed", t.get("error"))
+        self.assertIn("not a path inside the task directory", t["error"])
+        note("expects.path symlink 'out.json' -> outside", "task failed")
         self.assertEqual(wait_state(admin, ok, ("succeeded", "failed"), timeout=20)["state"], "succeeded")
 
 

@@ -48,6 +48,12 @@ def resolve(doc, schema):
     return schema
 
 
+def ecma_search(pattern: str, v: str) -> bool:
+    """A pattern as JSON Schema reads it (ECMA-262): `$` is the end of the text. Python's `$` also
+    matches before a final newline, which once let "node-1\\n" through the server (issue #10)."""
+    return re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), v) is not None
+
+
 def conforms(doc, schema, v) -> bool:
     """A validator for the subset of JSON Schema the document uses."""
     s = resolve(doc, schema)
@@ -56,7 +62,7 @@ def conforms(doc, schema, v) -> bool:
     t = s.get("type")
     if t == "string":
         ok = isinstance(v, str) and len(v) <= s.get("maxLength", 1 << 60) and len(v) >= s.get("minLength", 0)
-        ok = ok and ("pattern" not in s or re.search(s["pattern"], v) is not None)
+        ok = ok and ("pattern" not in s or ecma_search(s["pattern"], v))
     elif t in ("integer", "number"):
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (t == "number" or isinstance(v, int))
         ok = ok and v == v and abs(v) != float("inf")
@@ -85,7 +91,12 @@ SAMPLES = [None, True, False, 0, 1, -1, 2 ** 53, 2 ** 53 + 1, -(2 ** 53) - 1, 1.
            "t12", "x" * 129, "node-1", "a b", "é", "../x", "x" * 65537, [], [1], ["a"], ["t1", "t2"], [1.0, 2, 3],
            [1, 2, 3, 4], [{"task": "t1", "fence": 2}], [{"task": "t1"}], [{"task": "t1", "fence": 2, "x": 1}],
            {}, {"path": "out.json"}, {"path": "out.json", "keys": ["a"]}, {"path": ""}, {"keys": []},
-           {"path": "a", "x": 1}, [{}], ["a" * 70000], ["bad name"]]
+           {"path": "a", "x": 1}, [{}], ["a" * 70000], ["bad name"],
+           # a trailing newline: Python's `$` matched before it, JSON Schema's does not
+           "node-1\n", "t1\n", "\nnode-1", "tr.1:x\n", ["t1\n"], ["gpu\n"], [{"task": "t1\n", "fence": 1}],
+           # expects.path that leaves the task directory, or is it
+           {"path": "../x"}, {"path": "/etc/passwd"}, {"path": "a/../../b"}, {"path": "sub/../x"}, {"path": "."},
+           {"path": "./"}, {"path": "a\x00"}, {"path": "..."}, {"path": "x/..\n"}, {"path": "sub/x.json\n"}]
 
 
 class OpenApiDocument(unittest.TestCase):

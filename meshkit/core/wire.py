@@ -3,6 +3,11 @@
 A schema maps field -> (type, required). Types: "str", "id" (task id tNNN), "name"
 (node/kind name), "int", "num", "bool", "strlist", "namelist", "idlist", "any", "obj",
 "running", "expects", "num3".
+
+The patterns below are also the OpenAPI document's (openapi.py), where they are read as
+ECMA-262 regexes: there `$` is the end of the text, while Python's `$` also matches before a
+final newline ("node-1\n"). So they are only ever applied with fullmatch (is_name, is_task_id,
+is_trace), never with match or search.
 """
 
 import math
@@ -13,6 +18,9 @@ from meshkit.core.errors import BadRequest
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 TASK_ID_RE = re.compile(r"^t[1-9][0-9]{0,17}$")
 TRACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# expects.path: relative, no ".." component, no NUL, not the task directory itself ("", ".", "./.").
+# The worker still resolves it (symlinks) before reading: see adapters/runner.resolve_inside.
+EXPECTS_PATH_RE = re.compile(r"^(?!/)(?![\s\S]*(?:^|/)\.\.(?:/|$))(?!\.?(?:/\.?)*$)[^\x00]+$")
 MAX_LIST = 1000
 MAX_STR = 65536
 MAX_INT = 2 ** 53
@@ -34,12 +42,27 @@ def _list_of(check):
     return lambda v: isinstance(v, list) and len(v) <= MAX_LIST and all(check(x) for x in v)
 
 
-def _name(v):
-    return isinstance(v, str) and bool(NAME_RE.match(v))
+def is_name(v) -> bool:
+    return isinstance(v, str) and NAME_RE.fullmatch(v) is not None
 
 
-def _id(v):
-    return isinstance(v, str) and bool(TASK_ID_RE.match(v))
+def is_task_id(v) -> bool:
+    return isinstance(v, str) and TASK_ID_RE.fullmatch(v) is not None
+
+
+def is_trace(v) -> bool:
+    return isinstance(v, str) and TRACE_RE.fullmatch(v) is not None
+
+
+def is_inside_path(v) -> bool:
+    """A relative path that cannot leave the directory it is read from but by a symlink."""
+    if not isinstance(v, str) or not v or v.startswith("/") or "\0" in v:
+        return False
+    parts = v.split("/")
+    return ".." not in parts and any(p not in ("", ".") for p in parts)
+
+
+_name, _id = is_name, is_task_id
 
 
 def _running(v):
@@ -51,12 +74,12 @@ def _expects(v):
     if v is None:
         return True
     return (isinstance(v, dict) and set(v) <= {"path", "keys"} and _str(v.get("path")) and
-            bool(v.get("path")) and _list_of(_str)(v.get("keys", [])))
+            is_inside_path(v.get("path")) and _list_of(_str)(v.get("keys", [])))
 
 
 TYPES = {
     "str": ("a string", _str),
-    "trace": ("1-128 characters of A-Z a-z 0-9 _ . : -", lambda v: isinstance(v, str) and bool(TRACE_RE.match(v))),
+    "trace": ("1-128 characters of A-Z a-z 0-9 _ . : -", is_trace),
     "name": ("a name (letters, digits, _ . : @ -; at most 128)", _name),
     "id": ("a task id like t12", _id),
     "int": ("a whole number", _int),
@@ -67,7 +90,8 @@ TYPES = {
     "idlist": ("a list of task ids", _list_of(_id)),
     "num3": ("a list of numbers", lambda v: isinstance(v, list) and len(v) <= 3 and all(_num(x) for x in v)),
     "running": ('a list of {"task": id, "fence": n}', _running),
-    "expects": ('null or {"path": str, "keys": [str]}', _expects),
+    "expects": ('null or {"path": a relative path inside the task directory (no "..", not absolute), "keys": [str]}',
+                _expects),
     "any": ("any JSON value", lambda v: True),
     "objlist": ("a list of objects", lambda v: isinstance(v, list) and len(v) <= MAX_LIST and all(isinstance(x, dict) for x in v)),
     "optstr": ("a string or null", lambda v: v is None or _str(v)),

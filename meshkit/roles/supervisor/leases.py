@@ -14,7 +14,7 @@ class Leases:
 
     @staticmethod
     def _name(name: str) -> str:
-        if not wire.NAME_RE.match(name or ""):
+        if not wire.is_name(name):
             raise BadRequest("a lease name is letters, digits, _ . : @ - (at most 128)")
         return name
 

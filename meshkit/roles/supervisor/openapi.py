@@ -71,7 +71,8 @@ ERRORS = {
     404: "no such endpoint or task",
     405: "method not allowed on this path (see Allow)",
     408: "the client was too slow to send its request",
-    409: "conflict: stale fence, unknown node, task already ended, not the active supervisor",
+    409: "conflict with the current state: stale fence, unknown node, task already ended, kind not quarantined, "
+         "not the active supervisor",
     413: "the body is over supervisor.max_body",
     414: "the request line is too long",
     431: "the headers are too large",
@@ -108,7 +109,10 @@ def type_schema(typ: str) -> dict:
         "running": listof({"type": "object", "required": ["task", "fence"], "additionalProperties": False,
                            "properties": {"task": task_id, "fence": integer}}),
         "expects": {"type": "object", "nullable": True, "required": ["path"], "additionalProperties": False,
-                    "properties": {"path": dict(string, minLength=1), "keys": listof(string)}},
+                    "properties": {"path": dict(string, minLength=1, pattern=wire.EXPECTS_PATH_RE.pattern,
+                                                description="relative, inside the task directory: no '..', "
+                                                            "not absolute"),
+                                   "keys": listof(string)}},
         "any": {"nullable": True},
         "objlist": listof({"type": "object"}),
         "optstr": dict(string, nullable=True), "optint": dict(integer, nullable=True),

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from meshkit.core.errors import ConfigError
-from meshkit.core.wire import NAME_RE
+from meshkit.core.wire import is_name
 from meshkit.rules.config import Config, Kind
 
 
@@ -30,7 +30,7 @@ class Settings:
 
 
 def _check_name(source, key: str, value: str) -> None:
-    if not NAME_RE.match(value):
+    if not is_name(value):
         raise ConfigError(source, key, "a name of letters, digits, _ . : @ - (at most 128)", repr(value))
 
 
