@@ -77,9 +77,9 @@ def one_run(a) -> dict:
         admin_p, admin_s = fleet.client(url=p_url), fleet.client(url=s_url)
         admin_p.timeout = admin_s.timeout = 5
         deadline = time.monotonic() + 30
-        while True:                                  # the standby attached, and a task ran through the primary
+        while True:         # the standby attached (the primary, up first, serves once it saw it), a task ran
             rep = admin_p.call("GET", "/v1/status")["replication"]
-            if rep.get("lag_changes") == 0:
+            if rep.get("lag_changes") == 0 and rep.get("fenced") is None:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("the standby did not attach")

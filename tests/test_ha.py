@@ -33,6 +33,8 @@ class Failover(unittest.TestCase):
         self.wd = subprocess.Popen([sys.executable, "-m", "meshkit", "watchdog", "--config", self.wd_config],
                                    cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                                    stderr=open(os.path.join(self.fleet.dir, "watchdog.log"), "wb"))
+        wait_for(lambda: self.fleet.client(url=self.p_url).call("GET", "/v1/status")["replication"]["fenced"] is None,
+                 10, "the primary to see its standby and serve")       # started before it: fenced until then
         self.worker = WorkerProc(self.fleet, "w1", "--supervisor", self.s_url, url=self.p_url, slots=2).start()
 
     def tearDown(self):

@@ -22,9 +22,11 @@ class Pair(unittest.TestCase):
         self.p_url, self.s_url = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{ps}"
         self.fleet = Fleet(supervisor__cycle=0.2, supervisor__peer=self.s_url, **self.primary_overrides)
         self.s_config = self.fleet.other_config("standby", supervisor__role="standby", supervisor__peer=self.p_url)
-        self.p = self.start("primary")
+        self.p = self.start("primary")       # its standby is not up yet: it starts fenced...
         self.s = self.start("standby")
         self.admin = self.fleet.client(url=self.p_url)
+        wait_for(lambda: self.replication(self.p_url).get("fenced") is None, 10,
+                 "the primary to see its standby and serve")     # ...until it sees its standby
 
     def tearDown(self):
         self.fleet.close()
@@ -105,7 +107,11 @@ class Lease(Pair):
             time.sleep(0.2)
         self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
         self.assertIn("fenced", body["error"]["message"])
-        self.admin.call("GET", "/v1/ha/check")          # the watchdog's check renews the lease
+        self.admin.call("GET", "/v1/ha/check")          # a check that does not name it active: no renewal
+        self.assertEqual(self.admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+        self.admin.call("GET", "/v1/ha/check?active=2")  # names it active, but at a later epoch: no renewal
+        self.assertEqual(self.admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+        self.admin.call("GET", "/v1/ha/check?active=1")  # the watchdog's check of the active one renews it
         self.assertEqual(self.admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
 
 

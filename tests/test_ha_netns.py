@@ -16,8 +16,10 @@ Cases (watchdog interval 0.4 s, failures 2; tasks dispatched at 8/s throughout):
 - the primary's ctl link cut (async, then sync) with primary_lease 0.7 s: it stops accepting
   within its lease, before the standby is promoted; healed, it follows the new primary;
 - the primary restarts with its peer unreachable (blackhole route) while the watchdog reaches
-  both: the watchdog demotes it. Still open: until that check (at most one watchdog interval)
-  it answers as primary at its old epoch;
+  both: it starts fenced (refuses work from its first answer) and the watchdog demotes it;
+- after a failover, both supervisors restart while they cannot reach each other and the
+  watchdog is down: neither takes work; the watchdog, back, names the active one (the
+  promoted standby) and demotes the stale one;
 - the watchdog killed with -9 between promoting the standby and saving its state: restarted,
   it goes on from its state file (one more failed check, promote is a no-op, no flap).
 
@@ -681,9 +683,9 @@ class NetnsHa(unittest.TestCase):
         figures = self.check("standby", lost_window=window, divergent_ok=True, fenced=("primary", t_down + LEASE + 0.25))
         sys.stderr.write(f"\n  partition ({mode}): promoted {t_promoted - t_cut:.1f} s after the cut; {figures} ")
 
-    def test_restarted_primary_cut_off_from_the_active_standby(self):
-        """sync: after a failover the old primary restarts but cannot reach its peer (a blackhole
-        route to the standby's ctl address); the watchdog reaches both. It must not accept work."""
+    def failed_over_under_load(self) -> None:
+        """sync, primary_lease, manual failback: the primary killed -9 under load, the standby
+        promoted (epoch 2) and running tasks."""
         self.start_cluster(mode="sync", lease=LEASE, failback="manual")
         t0 = time.time()
         self.load_start()
@@ -692,12 +694,19 @@ class NetnsHa(unittest.TestCase):
         self.kill("primary")
         self.wait_role("standby", "primary", 10, epoch=2)
         self.wait_progress("standby", t_kill, 8)
+
+    def test_restarted_primary_cut_off_from_the_active_standby(self):
+        """sync: after a failover the old primary restarts but cannot reach its peer (a blackhole
+        route to the standby's ctl address); the watchdog reaches both. It must not accept work."""
+        self.failed_over_under_load()
         ip("-n", self.net.ns["primary"], "route", "add", "blackhole", f"{self.net.addr('standby', 'ctl')}/32")
         self.start_supervisor("primary")
         t_back = time.time()
         first = self.health("primary")
-        # Not yet closed: it serves as primary at its old epoch until the watchdog's next check
-        # demotes it (at most one watchdog interval). Bounded here; see the module docstring.
+        # It could not ask its peer: it started fenced, so it refuses work from its first answer
+        # (as a fenced primary, or already as the standby the watchdog made it).
+        status, body = self.call("primary", "POST", "/v1/tasks", {"kind": "mk", "payload": {"probe": 0}})
+        self.assertEqual((status, (body or {}).get("error", {}).get("code")), (409, "not_active"), body)
         self.wait_role("primary", "standby", WD["watchdog__interval"] * 2 + 1.0, epoch=2)
         window = time.time() - t_back
         status, body = self.call("primary", "POST", "/v1/tasks", {"kind": "mk", "payload": {"probe": 1}})
@@ -708,6 +717,36 @@ class NetnsHa(unittest.TestCase):
         figures = self.check("standby")
         sys.stderr.write(f"\n  restart cut off: came up {first.get('role')} epoch {first.get('epoch')}, standby "
                          f"after {window:.1f} s; {figures} ")
+
+    def test_both_restart_cut_off_from_each_other(self):
+        """sync: after a failover the watchdog is down and both supervisors restart with blackhole
+        routes between them: neither may take work until the watchdog decides; then only the
+        promoted standby does, and the old primary follows it."""
+        self.failed_over_under_load()
+        self.kill("watchdog")
+        for node, other in (("primary", "standby"), ("standby", "primary")):
+            ip("-n", self.net.ns[node], "route", "add", "blackhole", f"{self.net.addr(other, 'ctl')}/32")
+        self.kill("standby")
+        self.start_supervisor("primary")
+        self.start_supervisor("standby")
+        t_both = time.time()
+        for _ in range(3):                               # nobody decides: nobody takes work
+            for node in ("primary", "standby"):
+                status, body = self.call(node, "POST", "/v1/tasks", {"kind": "mk", "payload": {"probe": node}})
+                self.assertEqual((status, (body or {}).get("error", {}).get("code")), (409, "not_active"), body)
+                # fenced at start; the old primary may already be a standby (a worker told it epoch 2)
+                self.assertRegex(body["error"]["message"], "started fenced|is a standby")
+            time.sleep(0.5)
+        t_wd = time.time()
+        self.start_watchdog()
+        wait_for(lambda: ((self.status("standby") or {}).get("replication") or {"fenced": 1}).get("fenced") is None,
+                 10, "the watchdog to name the standby active", every=0.1)
+        self.wait_role("primary", "standby", 10)        # told by the watchdog, or already by a worker
+        self.wait_progress("standby", t_wd, 8)
+        self.load_stop()
+        self.drain("standby")
+        figures = self.check("standby", fenced=("primary", t_both - 0.5))
+        sys.stderr.write(f"\n  both restart cut off: {figures} ")
 
     def test_watchdog_killed_during_failover_does_not_flap(self):
         """sync: the watchdog is killed with -9 after it promoted the standby but before it saved its

@@ -41,3 +41,40 @@ def after_check(state: dict, active_ok: bool, active_epoch, home_ok: bool, failu
     else:
         s.update(recoveries=0, ready_for_failback=False)
     return s, None
+
+
+def peer_verdict(own_epoch: int, peer) -> str:
+    """A primary with a configured peer, from the peer's /health answer (None: it could not be
+    asked): "follow" (the peer is primary with a higher epoch: it was promoted past us),
+    "serve" (the peer is a standby at an epoch no higher than ours: we are the active one),
+    "unsure" (unreachable, also primary at an epoch no higher than ours, or a standby at a
+    higher one): a supervisor starting up takes no work then until its peer or the watchdog
+    settles it."""
+    if not isinstance(peer, dict) or not isinstance(peer.get("epoch"), int):
+        return "unsure"
+    if peer.get("role") == "primary" and peer["epoch"] > own_epoch:
+        return "follow"
+    if peer.get("role") == "standby" and peer["epoch"] <= own_epoch:
+        return "serve"
+    return "unsure"
+
+
+def rejoin_plan(own_head: int, promoted_from, promoted_head) -> dict:
+    """How a former primary starts following the peer promoted past it.
+
+    own_head: our changelog head. promoted_from: how far into our changelog the peer had
+    replicated when it was promoted; promoted_head: its own changelog head then (None: the
+    peer was never promoted, or does not say). Returns {"discard_after": position or None,
+    "since": where to start pulling the peer's changelog}:
+    - it held all we wrote (own_head == promoted_from): keep everything, pull what it wrote
+      since its promotion;
+    - we wrote more (the async window, or work in flight when we died): discard what we
+      changed after promoted_from and pull everything again (the peer's version of a row
+      we changed is somewhere in its whole changelog);
+    - unknown: discard every row we ever changed and copy everything.
+    """
+    if isinstance(promoted_from, int) and isinstance(promoted_head, int) and 0 <= promoted_from <= own_head:
+        if promoted_from == own_head:
+            return {"discard_after": None, "since": promoted_head}
+        return {"discard_after": promoted_from, "since": 0}
+    return {"discard_after": 0, "since": 0}

@@ -199,12 +199,8 @@ class Api:
         return self.sup.ha.demote(wire.validate(req.json() if req.body else {}, wire.DEMOTE, "demote"), req.key_id)
 
     def ha_check(self, req):
-        """The watchdog's deep check: answers, DB writable, role and epoch."""
-        with self.sup.store.tx() as tx:
-            tx.set_meta("checked_at", self.sup.clock.time())
-        if self.sup.role == "primary":
-            self.sup.ha.contact()
-        return dict(self.sup.ha.view(), ok=True, db_writable=True)
+        """The watchdog's deep check: answers, DB writable, role and epoch (ha.py: `?active=EPOCH`)."""
+        return self.sup.ha.check(req.query)
 
     def get_task(self, req):
         return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}

@@ -6,7 +6,14 @@ Fencing rules, each enforced here:
 - a request carrying a higher epoch than ours (X-Meshkit-Epoch, sent by workers that
   saw a newer primary) demotes us at once;
 - a primary whose peer is primary with a higher epoch becomes its standby;
-- a primary that restarts asks its peer first and follows it if the peer was promoted;
+- a primary that restarts asks its peer first and follows it if the peer was promoted; if
+  the peer can't be asked (or the answer does not settle it) it starts fenced and takes
+  work only once the peer answers as a standby at an epoch no higher than ours, or the
+  watchdog's check of the active node (or its promotion) names it;
+- a write that commits after the supervisor stopped accepting work (demoted, handing
+  over) is refused: the store asks write_guard under the lock that role changes take;
+- a former primary that follows discards what it wrote that its new primary never
+  received (the async window) before it pulls (rejoin);
 - with supervisor.primary_lease > 0, a primary that has heard from neither the watchdog
   nor the standby for that long stops accepting work (the watchdog promotes the standby
   only after interval x failures, which must exceed the lease).
@@ -16,6 +23,7 @@ import threading
 
 from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ApiError, BadRequest, ClientError, MeshkitError, NotActive
+from meshkit.rules import failover
 from meshkit.rules.auth import pick_key
 
 PULL_WAIT = 5.0
@@ -38,10 +46,14 @@ class Ha:
         self.pull_error = None
         self._puller = None
         self.handing_over = None        # primary: URL it is handing over to (takes no work, still feeds)
+        self.fenced = None              # primary: why it started fenced (takes no work until settled)
+        self.discarded = []             # standby: task numbers dropped at rejoin (logged once caught up)
+        self.promoted_base = (self._meta_int("promoted_from"), self._meta_int("promoted_head"))
         self._stop = threading.Event()
         self._cond = threading.Condition()       # the standby's acknowledged position moved
         self._changes = threading.Condition()    # something was committed
         self.store.commit_hooks.append(self._committed)
+        self.store.write_guard = self._write_guard
         kid, _, secret = pick_key(sup.keys, "", "admin")
         self._key = (kid, secret)
         sup.tasks.accepting = self.accepting
@@ -49,26 +61,53 @@ class Ha:
     def client(self, url=None) -> SignedClient:
         return SignedClient(url or self.peer, *self._key, clock=self.clock, timeout=PULL_WAIT + 5)
 
+    def _meta_int(self, key: str):
+        value = self.store.meta(key)
+        return int(value) if value is not None and value.isdigit() else None
+
     # -- identity ------------------------------------------------------------------
 
     def set_identity(self, role: str, epoch: int, peer: str | None, why: str) -> None:
         before = (self.sup.role, self.sup.epoch)
-        with self.store.tx() as tx:
+        with self.store.tx(replication=True) as tx:
             tx.set_meta("role", role)
             tx.set_meta("epoch", epoch)
             tx.set_meta("peer", peer or "")
+            if role == "standby" and before[0] == "primary":
+                # What we wrote may not all be on the one we now follow: before the first
+                # pull, rejoin() asks it how far it had replicated us (same transaction, so
+                # a crash in between still rejoins).
+                tx.set_meta("rejoin", 1)
+                tx.set_meta("replicated_seq", 0)
+            if role == "primary" and (before[0] == "standby" or self.fenced):
+                # How far we had replicated our peer, and our own head: the peer rejoins from
+                # here. Promoted out of a start-up fence we hold nothing of the peer's: 0.
+                have = tx.one("SELECT value FROM meta WHERE key='replicated_seq'")
+                self.promoted_base = (int(have["value"]) if have and not self.fenced else 0, self._head(tx))
+                tx.set_meta("promoted_from", self.promoted_base[0])
+                tx.set_meta("promoted_head", self.promoted_base[1])
+                tx.execute("DELETE FROM meta WHERE key='rejoin'")
             # Changed while holding the store lock: a claim transaction sees the old role
-            # and commits before this, or sees the new one.
+            # and commits before this, or sees the new one; any other write is refused by
+            # _write_guard from here on if we stopped being primary.
             self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
+            self.fenced = None
+            if role == "standby":
+                self.handing_over = None
         self.log.warning("role_changed", supervisor_role=role, epoch=epoch, previous=list(before), peer=peer,
                          reason=why)
         self.sup.tasks.wake_all()
         if role == "standby":
             self._start_puller()
 
+    @staticmethod
+    def _head(tx) -> int:
+        return tx.one("SELECT COALESCE(MAX(seq), 0) AS s FROM changelog")["s"]
+
     def start(self, standby_of: str | None) -> None:
         """Decide the role before serving. The persisted role wins over the config (a promoted
-        standby stays primary across restarts), except on the very first start."""
+        standby stays primary across restarts), except on the very first start. A primary
+        with a peer asks it first; if that does not settle who is active, it starts fenced."""
         if standby_of:
             self.set_identity("standby", self.sup.epoch, standby_of.rstrip("/"), "started with --standby-of")
             return
@@ -83,9 +122,22 @@ class Ha:
             return
         if self.peer:        # a primary asks its peer before it serves
             peer = self._peer_health()
-            if peer and peer.get("role") == "primary" and peer.get("epoch", 0) > self.sup.epoch:
+            verdict = failover.peer_verdict(self.sup.epoch, peer)
+            if verdict == "follow":
                 self.set_identity("standby", self.sup.epoch, self.peer,
                                   f"peer {self.peer} is primary with epoch {peer['epoch']}: following it")
+            elif verdict == "unsure":
+                seen = f"answers {peer.get('role')} at epoch {peer.get('epoch')}" if peer else "could not be asked"
+                self.fenced = (f"started fenced: peer {self.peer} {seen}; waiting for it to answer as a "
+                               f"standby or for the watchdog")
+                self.log.warning("fenced_at_start", peer=self.peer, epoch=self.sup.epoch, reason=self.fenced)
+
+    def _unfence(self, why: str) -> None:
+        with self.store.tx():           # under the lock a claim or write takes
+            was, self.fenced = self.fenced, None
+        if was:
+            self.log.warning("fence_lifted", epoch=self.sup.epoch, reason=why)
+            self.sup.tasks.wake_all()
 
     def _peer_health(self):
         try:
@@ -106,6 +158,8 @@ class Ha:
         if self.handing_over:
             raise NotActive(f"this supervisor is handing over to {self.handing_over}; retry there",
                             active=self.handing_over)
+        if self.fenced:
+            raise NotActive(self.fenced, active=None)
         if self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease:
             raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
                             active=None)
@@ -113,20 +167,47 @@ class Ha:
     def accepting(self) -> bool:
         """May work be handed out now? A claim long-poll asks before every try, so a supervisor
         demoted, handing over or past its lease while the claim waits leases nothing."""
-        return (self.sup.role == "primary" and not self.handing_over
+        return (self.sup.role == "primary" and not self.handing_over and not self.fenced
                 and not (self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease))
+
+    def _write_guard(self) -> None:
+        """Store.write_guard: under the store lock, just before a write commits. The active
+        check of a request runs before its transaction; this closes the gap, so a write that
+        passed it just before a hold or a demotion is refused, not stored past the head the
+        successor catches up to."""
+        if self.sup.role != "primary" or self.handing_over:
+            raise NotActive(f"this supervisor stopped accepting work before this change was stored "
+                            f"({'handing over to ' + self.handing_over if self.handing_over else 'standby'}); "
+                            f"nothing was stored, retry on the active one", active=self.handing_over or self.peer)
 
     def contact(self) -> None:
         self.last_contact = self.clock.monotonic()
 
+    def check(self, query: dict) -> dict:
+        """GET /v1/ha/check (the watchdog's deep check). `active=EPOCH`: the watchdog considers
+        this node the active one at that epoch; only then does the check renew the primary's
+        lease, or lift a start-up fence (a stale former primary can't keep itself alive)."""
+        with self.store.tx(replication=True) as tx:
+            tx.set_meta("checked_at", self.clock.time())
+        active = str(query.get("active", ""))
+        if self.sup.role == "primary" and active.isdigit() and self.sup.epoch >= int(active):
+            if self.fenced:
+                self._unfence(f"the watchdog's check names this supervisor active (epoch >= {active})")
+            self.contact()
+        return dict(self.view(), ok=True, db_writable=True)
+
     def cycle(self) -> None:
-        """Primary with a peer: if the peer was promoted past us, follow it."""
+        """Primary with a peer: if the peer was promoted past us, follow it; if we started
+        fenced and the peer now answers as our standby, serve."""
         if self.sup.role != "primary" or not self.peer:
             return
         peer = self._peer_health()
-        if peer and peer.get("role") == "primary" and peer.get("epoch", 0) > self.sup.epoch:
+        verdict = failover.peer_verdict(self.sup.epoch, peer)
+        if verdict == "follow":
             self.set_identity("standby", self.sup.epoch, self.peer,
                               f"peer {self.peer} is primary with higher epoch {peer['epoch']}")
+        elif verdict == "serve" and self.fenced:
+            self._unfence(f"peer {self.peer} answers as a standby at epoch {peer['epoch']}")
 
     # -- primary side: the changelog feed --------------------------------------------------
 
@@ -155,7 +236,8 @@ class Ha:
                     break
                 self._changes.wait(min(remaining, 1.0))
         return {"changes": changes, "last": last, "head": self.store.head_seq(), "role": self.sup.role,
-                "epoch": self.sup.epoch, "time": self.clock.time()}
+                "epoch": self.sup.epoch, "time": self.clock.time(), "promoted_from": self.promoted_base[0],
+                "promoted_head": self.promoted_base[1]}
 
     def acknowledge(self) -> None:
         """Sync mode: return once the standby holds everything committed so far (bounded)."""
@@ -193,6 +275,9 @@ class Ha:
         while not self._stop.is_set() and self.sup.role == "standby":
             try:
                 client = client if client and client.url == self.peer else self.client()
+                if self.store.meta("rejoin") is not None:
+                    self._rejoin(client)
+                    continue
                 since = int(self.store.meta("replicated_seq", "0"))
                 got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
                                   timeout=PULL_WAIT + 10)
@@ -203,8 +288,10 @@ class Ha:
                 self.pulled_at = self.clock.monotonic()
                 if got["last"] >= got["head"]:
                     self.caught_up_at = self.clock.time()
+                    if self.discarded:
+                        self._report_discarded()
                 if got["epoch"] > self.sup.epoch and got["role"] == "primary":
-                    with self.store.tx() as tx:
+                    with self.store.tx(replication=True) as tx:
                         tx.set_meta("peer_epoch", got["epoch"])
                 self.pull_error = None
             except (MeshkitError, KeyError, TypeError, ValueError) as e:
@@ -214,13 +301,48 @@ class Ha:
                 self.pull_error = message
                 self._stop.wait(1.0)
 
+    def _rejoin(self, client) -> None:
+        """First contact after we stopped being primary: drop what we wrote that the new
+        primary never received (it says how far it had replicated us), then follow it."""
+        got = client.call("GET", "/v1/replicate?since=0&wait=0&limit=1", timeout=PULL_WAIT + 10)
+        if self.sup.role != "standby":
+            return
+        head = self.store.head_seq()
+        plan = failover.rejoin_plan(head, got.get("promoted_from"), got.get("promoted_head"))
+        done = self.store.rejoin(plan["discard_after"], plan["since"])
+        self.discarded = done["tasks"]
+        fields = dict(peer=self.peer, own_head=head, promoted_from=got.get("promoted_from"),
+                      discard_after=plan["discard_after"], since=plan["since"], rows=done["rows"],
+                      tasks=len(done["tasks"]), task_ids=[f"t{n}" for n in done["tasks"][:200]])
+        if done["tasks"]:
+            self.log.warning("rejoin_discarded", reason="changes made here that the new primary never received "
+                             "(async window, or everything when it can't say) were dropped; its copy replaces them",
+                             **fields)
+        else:
+            self.log.info("rejoined", **fields)
+
+    def _report_discarded(self) -> None:
+        """Caught up after a rejoin: which dropped tasks the primary does not have (lost in the
+        async window) and how many it has in its own version."""
+        ns, self.discarded = self.discarded, []
+        have = set()
+        for i in range(0, len(ns), 500):
+            chunk = ns[i:i + 500]
+            have |= {r["n"] for r in self.store.read(f"SELECT n FROM tasks WHERE n IN ({','.join('?' * len(chunk))})",
+                                                     chunk)}
+        lost = [f"t{n}" for n in ns if n not in have]
+        log = self.log.warning if lost else self.log.info
+        log("rejoin_lost_tasks", lost=len(lost), task_ids=lost[:200], replaced=len(have),
+            reason="tasks this node had acknowledged or changed that the active supervisor never received")
+
     def promote(self, body: dict, actor: str) -> dict:
         """Standby -> primary with an epoch past every one seen."""
-        if self.sup.role == "primary":
+        if self.sup.role == "primary" and not self.fenced:
             if self.handing_over:
                 self.log.warning("handover_cancelled", to=self.handing_over, actor=actor)
                 self.handing_over = None
             return self.view()
+        # A standby, or a primary that started fenced: take the role past every epoch seen.
         seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
         self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}")
         self.contact()
@@ -238,19 +360,20 @@ class Ha:
             self.log.warning("handover_started", to=peer, actor=actor, head=self.store.head_seq())
             self.sup.tasks.wake_all()
             return self.view()
-        self.handing_over = None
         self.set_identity("standby", max(self.sup.epoch, int(body.get("epoch") or 0)), peer, f"demoted by {actor}")
         return self.view()
 
     def view(self) -> dict:
         now = self.clock.time()
         out = {"role": self.sup.role, "epoch": self.sup.epoch, "peer": self.peer, "replication": self.mode,
-               "head": self.store.head_seq(), "handing_over": self.handing_over}
+               "head": self.store.head_seq(), "handing_over": self.handing_over, "fenced": self.fenced}
         if self.sup.role == "standby":
             have = int(self.store.meta("replicated_seq", "0"))
             lag = max(0, self.primary_head - have)
             fresh = self.pulled_at is not None and self.clock.monotonic() - self.pulled_at < PULL_WAIT + 2
             seconds = 0.0 if lag == 0 and fresh else (round(now - self.caught_up_at, 1) if self.caught_up_at else None)
+            if self.store.meta("rejoin") is not None:        # not yet settled with the primary: not caught up
+                lag = seconds = None
             out.update(replicated=have, lag_changes=lag, lag_seconds=seconds, replication_error=self.pull_error)
         else:
             out.update(standby_acked=self.standby_acked,

@@ -42,10 +42,13 @@ class Watchdog:
     def save(self, state: dict) -> None:
         write_json(self.state_path, state, mode=0o644)
 
-    def check(self, node: str, timeout: float | None = None):
-        """The node's deep check (answers, DB writable, role, epoch), or None."""
+    def check(self, node: str, timeout: float | None = None, active_epoch: int | None = None):
+        """The node's deep check (answers, DB writable, role, epoch), or None. With active_epoch
+        the node is told it is the active one: only that check renews its primary_lease or lifts
+        the fence it started with (ha.py)."""
+        path = "/v1/ha/check" if active_epoch is None else f"/v1/ha/check?active={int(active_epoch)}"
         try:
-            return self.client(node, timeout).call("GET", "/v1/ha/check")
+            return self.client(node, timeout).call("GET", path)
         except (ApiError, ClientError) as e:
             self.log.warning("check_failed", node=node, url=self.urls[node], error=e.message)
             return None
@@ -65,7 +68,7 @@ class Watchdog:
     def _step(self) -> None:
         state = self.state()
         active = state["active"]
-        got = self.check(active)
+        got = self.check(active, active_epoch=state["epoch"])
         active_ok = bool(got and got.get("role") == "primary" and got.get("epoch", 0) >= state["epoch"])
         home_ok = False
         if active == "standby":

@@ -1,0 +1,221 @@
+"""HA start-up and handback edges: a primary that can't ask its peer starts fenced; a
+former primary discards what it wrote in the async window before it follows; a write that
+passed the active check just before a hold or a demotion is refused, not stored past the
+head the successor catches up to."""
+
+import io
+import json
+import os
+import signal
+import unittest
+
+from tests.helpers import Fleet, meshkit
+from tests.test_ha import free_port
+from tests.test_worker_harness import wait_for
+from meshkit.adapters.log import Logger
+from meshkit.cli.common import load_config
+from meshkit.core.errors import NotActive
+from meshkit.roles.supervisor import intake
+from meshkit.roles.supervisor.service import Supervisor
+from meshkit.rules import failover
+
+
+def events(path: str, name: str) -> list:
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict) and e.get("event") == name:
+                out.append(e)
+    return out
+
+
+class Loopback(unittest.TestCase):
+    def setUp(self):
+        pp, ps = free_port(), free_port()
+        self.p_url, self.s_url = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{ps}"
+        self.fleet = Fleet(supervisor__cycle=0.2, supervisor__peer=self.s_url)
+        self.addCleanup(self.fleet.close)
+        self.s_config = self.fleet.other_config("standby", supervisor__role="standby", supervisor__peer=self.p_url)
+
+    def start(self, which):
+        config = None if which == "primary" else self.s_config
+        self.fleet.start_supervisor(config=config, listen=(self.p_url if which == "primary" else self.s_url)[7:])
+        return self.fleet.supervisor, os.path.join(self.fleet.dir, f"supervisor-{len(self.fleet.procs) - 1}.log")
+
+    def client(self, url):
+        return self.fleet.client(url=url)
+
+    def replication(self, url):
+        return self.client(url).call("GET", "/v1/status")["replication"]
+
+    def dispatch(self, url, tag):
+        return self.client(url).call("POST", "/v1/tasks", {"kind": "x", "payload": {"tag": tag}})["task"]["id"]
+
+    def tags(self, url) -> dict:
+        tasks = self.client(url).call("GET", "/v1/tasks?limit=1000")["tasks"]
+        return {t["id"]: (t["payload"]["tag"], t["state"]) for t in tasks}
+
+
+class FencedStart(Loopback):
+    def test_a_primary_that_cannot_ask_its_peer_takes_no_work_until_named_active(self):
+        self.start("primary")                     # the standby is not running: its peer can't be asked
+        admin = self.client(self.p_url)
+        status, body = admin.request("POST", "/v1/tasks", {"kind": "x"})
+        self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+        self.assertIn("started fenced", body["error"]["message"])
+        self.assertEqual(admin.call("GET", "/health")["role"], "primary")
+        self.assertIn("fenced", self.replication(self.p_url)["fenced"])
+        admin.call("GET", "/v1/ha/check")                       # a check not naming it active: still fenced
+        admin.call("GET", "/v1/ha/check?active=2")              # names it, but the watchdog knows epoch 2
+        self.assertEqual(admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+        got = admin.call("GET", "/v1/ha/check?active=1")        # the watchdog's check of the active one
+        self.assertIsNone(got["fenced"])
+        self.assertEqual(admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+
+    def test_cold_start_of_the_pair_elects_the_configured_primary(self):
+        self.start("standby")                     # standby first: the primary asks it and serves at once
+        self.start("primary")
+        self.assertEqual(self.client(self.p_url).request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+        self.assertEqual(self.client(self.s_url).request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+
+    def test_primary_first_serves_once_its_standby_answers(self):
+        self.start("primary")
+        self.assertEqual(self.client(self.p_url).request("POST", "/v1/tasks", {"kind": "x"})[0], 409)
+        self.start("standby")
+        wait_for(lambda: self.replication(self.p_url).get("fenced") is None, 10, "the fence to lift")
+        self.assertEqual(self.client(self.p_url).request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+
+    def test_a_single_supervisor_without_a_peer_serves_at_once(self):
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        fleet.start_supervisor()
+        self.assertEqual(fleet.client().request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+
+
+class RejoinAfterAsyncLoss(Loopback):
+    def test_tasks_written_in_the_async_window_do_not_come_back_after_failback(self):
+        """Dispatch on A while B's replication is paused; kill -9 A; promote B; restart A (it
+        follows B); hand back. The tasks only A had must not reappear."""
+        a, _ = self.start("primary")
+        b, b_log = self.start("standby")
+        wait_for(lambda: self.replication(self.p_url).get("fenced") is None, 10, "the primary to serve")
+        replicated = [self.dispatch(self.p_url, f"kept{i}") for i in range(3)]
+        wait_for(lambda: self.replication(self.s_url)["lag_changes"] == 0, 10, "the standby to catch up")
+        b.send_signal(signal.SIGSTOP)                            # replication paused
+        try:
+            lost = [self.dispatch(self.p_url, f"lost{i}") for i in range(4)]     # async: acknowledged
+            a.kill()
+            a.wait(5)
+        finally:
+            b.send_signal(signal.SIGCONT)
+        self.assertEqual(self.client(self.s_url).call("POST", "/v1/promote", {})["epoch"], 2)
+        # A pull already answered before the stop may still bring B the first of them.
+        missing = [tid for tid in lost if tid not in self.tags(self.s_url)]
+        self.assertGreaterEqual(len(missing), 3, missing)
+        on_b = [self.dispatch(self.s_url, f"new{i}") for i in range(2)]         # reuses ids A gave the lost ones
+        self.assertEqual(on_b, missing[:2])
+
+        a, a_log = self.start("primary")                         # follows B, discarding what B never got
+        self.assertEqual(self.replication(self.p_url)["role"], "standby")
+        wait_for(lambda: self.replication(self.p_url)["lag_changes"] == 0, 15, "the old primary to catch up")
+        discarded = events(a_log, "rejoin_discarded")
+        self.assertEqual(len(discarded), 1, discarded)
+        self.assertEqual(discarded[0]["level"], "warning")
+        self.assertTrue(set(missing) <= set(discarded[0]["task_ids"]), discarded)
+        wait_for(lambda: events(a_log, "rejoin_lost_tasks"), 10, "the loss report")
+        self.assertEqual(events(a_log, "rejoin_lost_tasks")[0]["task_ids"], missing[2:])  # the others are B's now
+        want = self.tags(self.s_url)
+        self.assertEqual(self.tags(self.p_url), want)
+
+        wd = self.fleet.other_config("watchdog", watchdog__primary=self.p_url, watchdog__standby=self.s_url,
+                                     watchdog__interval=0.3, watchdog__state_file="watchdog.json")
+        with open(os.path.join(self.fleet.dir, "watchdog.json"), "w") as f:
+            json.dump({"active": "standby", "epoch": 2}, f)
+        r = meshkit("watchdog", "failback", "--config", wd, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.client(self.p_url).call("GET", "/health")["role"], "primary")
+
+        self.assertEqual(self.tags(self.p_url), want)            # nothing of A's async window came back
+        self.assertEqual(sorted(tag for tag, _ in want.values()),
+                         sorted([f"kept{i}" for i in range(3)] + [f"new{i}" for i in range(2)]
+                                + [f"lost{i}" for i, tid in enumerate(lost) if tid not in missing]))
+        self.assertTrue(all(state == "queued" for _, state in want.values()))
+        wait_for(lambda: self.replication(self.s_url).get("lag_changes") == 0, 10, "B to follow A")
+        self.assertEqual(self.tags(self.s_url), want)
+        # B had all A wrote since B's promotion: it keeps its rows and pulls only what is new.
+        self.assertIsNone(events(b_log, "rejoined")[-1].get("discard_after"))     # [0]: its first start
+        self.assertEqual(events(b_log, "rejoin_discarded"), [])
+
+
+class WriteGuard(unittest.TestCase):
+    """In-process: the active check runs before a request's transaction; the guard runs inside it."""
+
+    def setUp(self):
+        self.fleet = Fleet()
+        self.addCleanup(self.fleet.close)
+
+        class Args:
+            config = self.fleet.config
+        self.sup = Supervisor(load_config(Args), listen="127.0.0.1:0", logger=Logger("supervisor", stream=io.StringIO()))
+        self.addCleanup(self.sup.dir_lock.release)
+        self.addCleanup(self.sup.store.close)
+        self.sup.ha.start(None)
+
+    def admitted_dispatch(self, between):
+        class Req:
+            headers = {}
+        self.sup.ha.require_active(Req())        # passes: active primary
+        between()                                # the hold (or a demotion) comes in here
+        head = self.sup.store.head_seq()
+        with self.assertRaises(NotActive):
+            intake.dispatch(self.sup.tasks, {"kind": "x"}, "admin")
+        self.assertEqual(self.sup.store.head_seq(), head)
+        self.assertEqual(self.sup.store.counts()["queued"], 0)
+
+    def test_a_write_admitted_before_a_hold_is_refused(self):
+        self.admitted_dispatch(lambda: self.sup.ha.demote({"peer": "http://127.0.0.1:9", "hold": True}, "test"))
+
+    def test_a_write_admitted_before_a_demotion_is_refused_but_replication_still_writes(self):
+        self.admitted_dispatch(lambda: self.sup.ha.demote({"peer": "http://127.0.0.1:9"}, "test"))
+        self.sup.ha.stop()
+        self.sup.store.apply_changes([{"table": "kinds", "row": {"kind": "k", "failures": 1, "quarantined": 0,
+                                                                  "since": None, "reason": None}}], 7)
+        self.assertEqual(self.sup.store.meta("replicated_seq"), "7")
+        with self.sup.store.tx() as tx:          # a transaction that only reads still commits
+            self.assertEqual(tx.one("SELECT COUNT(*) AS c FROM tasks")["c"], 0)
+
+
+class Plans(unittest.TestCase):
+    def test_rejoin_plan(self):
+        cases = [  # own_head, promoted_from, promoted_head -> plan
+            (10, 10, 40, {"discard_after": None, "since": 40}),     # it held all we wrote
+            (12, 10, 40, {"discard_after": 10, "since": 0}),        # the async window: drop 11..12
+            (10, None, None, {"discard_after": 0, "since": 0}),     # it was never promoted: copy all
+            (5, 10, 40, {"discard_after": 0, "since": 0}),          # it held more than we have: copy all
+        ]
+        for own, frm, head, want in cases:
+            with self.subTest(own=own, frm=frm):
+                self.assertEqual(failover.rejoin_plan(own, frm, head), want)
+
+    def test_peer_verdict(self):
+        cases = [  # our epoch, the peer's /health -> verdict
+            (1, None, "unsure"),
+            (1, {"role": "standby", "epoch": 1}, "serve"),
+            (3, {"role": "standby", "epoch": 2}, "serve"),
+            (1, {"role": "standby", "epoch": 2}, "unsure"),
+            (1, {"role": "primary", "epoch": 2}, "follow"),
+            (2, {"role": "primary", "epoch": 2}, "unsure"),
+            (2, {"role": "primary", "epoch": 1}, "unsure"),
+            (1, {"ok": True}, "unsure"),
+        ]
+        for epoch, peer, want in cases:
+            with self.subTest(epoch=epoch, peer=peer):
+                self.assertEqual(failover.peer_verdict(epoch, peer), want)
+
+
+if __name__ == "__main__":
+    unittest.main()
