@@ -90,6 +90,36 @@ class FirstSyncAndChanges(SyncCase):
         proc = self.sync(code=1)
         self.assertIn("agent0/memory/new\nline.json: is not valid JSON", proc.stderr)
 
+    def test_first_copy_is_checked_whole(self):
+        """A first run checks every file (while rsync copies them): each kind of bad file
+        among 600 good ones is reported, and no current is made."""
+        self.make_agents(3, 200)
+        self.set_config('[sync.memory.require]\n"*/memory/state.json" = ["agent"]\n')
+        bad = {"agent0/memory/note7.json": "not valid JSON", "agent1/memory/log.jsonl": "line 2 is not valid JSON",
+               "agent2/MEMORY.md": "is empty", "agent2/memory/new\nline.json": "not valid JSON",
+               "agent1/memory/state.json": 'lacks required key "agent"', "agent0/memory/caf\u00e9.md": "not UTF-8"}
+        data = {"agent0/memory/note7.json": '{"agent": 0', "agent1/memory/log.jsonl": '{"t": 1}\n{"t": \n',
+                "agent2/MEMORY.md": " \n", "agent2/memory/new\nline.json": "",
+                "agent1/memory/state.json": '{"updated": 1}', "agent0/memory/caf\u00e9.md": b"caf\xe9\n"}
+        for path, text in data.items():
+            write(os.path.join(self.src, path), text)
+        proc = self.sync(code=1)
+        self.assertIsNone(self.current())
+        [aside] = self.invalid()
+        with open(os.path.join(self.dest, "invalid", aside + ".report.json")) as f:
+            report = json.load(f)
+        got = {p["path"]: p["problem"] for p in report["problems"]}
+        self.assertEqual(sorted(got), sorted(bad))
+        for path, words in bad.items():
+            self.assertIn(words, got[path])
+        self.assertEqual(report["checked"], report["files"])
+        self.assertEqual(report["files"], len(self.expected()))
+        self.assertIn("validation failed", proc.stderr)
+        for path in data:
+            os.unlink(os.path.join(self.src, path))
+        self.sync()
+        self.assert_current(self.expected())
+
     def test_dest_inside_source_is_refused(self):
         self.make_agents(1, 1)
         proc = self.meshkit("sync", "backup", "--source", self.src, "--dest", os.path.join(self.src, "bk"))

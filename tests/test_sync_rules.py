@@ -6,7 +6,7 @@ import unittest
 from meshkit.core.errors import BadRequest
 from meshkit.rules.syncplan import (MEMORY_INCLUDES, Changes, Item, empty_source_reason, filter_args,
                                     guard, job_problem, missing_source, parse_itemized, parse_location,
-                                    summarize, transferred_files, unescape)
+                                    reported_files, summarize, transferred_files, unescape)
 from meshkit.rules.syncrotate import (incomplete_plan, invalid_plan, new_name, parse_name,
                                       rotation_plan, stamp)
 from meshkit.rules.syncstatus import empty_status, next_status
@@ -117,6 +117,14 @@ class Itemized(unittest.TestCase):
     def test_transferred(self):
         out = b">f+++++++++|3|a\ncf...p.....|3|b\n.f...p.....|3|c\nhf+++++++++|3|d\ncd+++++++++|0|e/\n"
         self.assertEqual(transferred_files(parse_itemized(out)), ["a", "b"])
+
+    def test_reported_files_is_transferred_files_of_lines(self):
+        for out in (DRY_RUN, b">f+++++++++|3|a\ncf...p.....|3|b\n.f...p.....|3|c\nhf+++++++++|3|d\n"
+                             b">f+++++++++|0|caf\\#303\\#251.md\n>f.st......|12|x|y.json\nnot itemized\n\n"):
+            with self.subTest(out=out[:20]):
+                self.assertEqual(reported_files(out.split(b"\n")), transferred_files(parse_itemized(out)))
+        self.assertEqual(reported_files([b">f+++++++++|0|caf\\#303\\#251.md"]), ["caf\u00e9.md"])
+        self.assertEqual(reported_files([]), [])
 
     def test_missing_source(self):
         cases = [(23, 'rsync: [sender] change_dir "/x" failed: No such file or directory (2)', True),

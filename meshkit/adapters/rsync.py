@@ -1,9 +1,10 @@
 """The system's rsync (and ssh under it), and the alert command sync runs.
 
 Each call runs one rsync process and returns its exit code, stdout (itemized
-with meshkit.rules.syncplan.OUT_FORMAT) and stderr; deciding what they mean is
-the caller's. On Linux the child gets SIGKILL if meshkit dies (PR_SET_PDEATHSIG),
-so a killed run never leaves an rsync writing into a snapshot behind it.
+with meshkit.rules.syncplan.OUT_FORMAT; or handed to a callback line by line
+while rsync runs) and stderr; deciding what they mean is the caller's. On
+Linux the child gets SIGKILL if meshkit dies (PR_SET_PDEATHSIG), so a killed
+run never leaves an rsync writing into a snapshot behind it.
 Times are compared to the nanosecond (--modify-window=-1): a file rewritten
 with the same size in the same second is still seen as changed.
 rsync >= 3.1.3 is needed (--ignore-missing-args, nanosecond times): macOS's /usr/bin/rsync is too
@@ -12,6 +13,7 @@ old or openrsync; use Homebrew's (`brew install rsync`, then [sync] rsync = PATH
 
 import ctypes
 import os
+import selectors
 import shlex
 import shutil
 import subprocess
@@ -48,6 +50,9 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 @dataclass
@@ -117,13 +122,15 @@ class Rsync:
         return self.run(argv + list(filters) + ["--", src, dest])
 
     def copy_tree(self, src: str, dest: str, filters, prune: bool, remote: bool,
-                  link_dest: str | None, itemize: bool = True) -> RsyncRun:
+                  link_dest: str | None, itemize: bool = True, on_lines=None) -> RsyncRun:
         """Make dest an exact copy of src (a new or resumed snapshot directory);
-        unchanged files are hard-linked to link_dest."""
-        argv = self._base(remote, itemize) + ["--delete", "--delete-excluded"] + (["-m"] if prune else [])
+        unchanged files are hard-linked to link_dest. With on_lines, the itemized
+        output goes to on_lines(list of lines) while rsync runs (see run())."""
+        argv = self._base(remote, itemize or on_lines is not None) + ["--delete", "--delete-excluded"] \
+            + (["-m"] if prune else [])
         if link_dest:
             argv.append(f"--link-dest={link_dest}")
-        return self.run(argv + list(filters) + ["--", src, dest])
+        return self.run(argv + list(filters) + ["--", src, dest], on_lines=on_lines)
 
     def copy_listed(self, src: str, dest: str, paths, remote: bool, link_dest: str | None) -> RsyncRun:
         """Copy only the listed paths (files and directories, not recursive);
@@ -138,18 +145,62 @@ class Rsync:
         argv = self._base(remote) + (["--delete"] if delete else []) + (["--dry-run"] if dry_run else [])
         return self.run(argv + ["--", src, dest])
 
-    def run(self, argv: list, stdin: bytes | None = None) -> RsyncRun:
+    def run(self, argv: list, stdin: bytes | None = None, on_lines=None) -> RsyncRun:
+        """Run rsync to the end. With on_lines, stdout is not kept: each chunk of
+        complete lines is passed to on_lines(lines) as rsync prints it, and
+        on_lines(None) is called when nothing arrived for IDLE_CALL seconds (the
+        caller may use the wait); if on_lines raises, rsync is killed."""
         start = self.clock.monotonic()
         try:
-            feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
-            proc = subprocess.run(argv, capture_output=True, close_fds=True, **feed,
-                                  preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            if on_lines is not None:
+                code, out, err = _stream(argv, on_lines)
+            else:
+                feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+                proc = subprocess.run(argv, capture_output=True, close_fds=True, **feed, preexec_fn=_PREEXEC)
+                code, out, err = proc.returncode, proc.stdout, proc.stderr
         except FileNotFoundError:
             raise SyncError(f"rsync not found ({argv[0]}): {INSTALL_HINT}") from None
         except OSError as e:
             raise SyncError(f"cannot run rsync ({argv[0]}): {e.strerror}") from None
-        return RsyncRun(argv, proc.returncode, proc.stdout,
-                        proc.stderr.decode("utf-8", "replace"), self.clock.monotonic() - start)
+        return RsyncRun(argv, code, out, err.decode("utf-8", "replace"), self.clock.monotonic() - start)
+
+
+IDLE_CALL = 0.005
+
+
+def _stream(argv: list, on_lines) -> tuple[int, bytes, bytes]:
+    """(exit code, b"", stderr) of rsync, its stdout fed to on_lines line by line."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, close_fds=True, preexec_fn=_PREEXEC)
+    err, rest = [], b""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            while sel.get_map():
+                ready = sel.select(IDLE_CALL)
+                if not ready:
+                    on_lines(None)
+                for key, _ in ready:
+                    data = os.read(key.fd, 1 << 16)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                    elif key.fileobj is proc.stderr:
+                        err.append(data)
+                    else:
+                        lines = (rest + data).split(b"\n")
+                        rest = lines.pop()
+                        on_lines(lines)
+        if rest:
+            on_lines([rest])
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.wait()
+    return proc.returncode, b"", b"".join(err)
 
 
 def run_alert(argv, event_json: bytes, timeout: float = 30) -> str | None:

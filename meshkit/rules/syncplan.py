@@ -201,6 +201,18 @@ def transferred_files(items: list[Item]) -> list[str]:
     return [it.path for it in items if not it.deleted and it.kind == "f" and it.flags[0] in "<>c"]
 
 
+def reported_files(lines) -> list[str]:
+    """transferred_files(parse_itemized(...)) of some lines of output, without
+    building Items: a first copy feeds 10,000 of these lines while rsync runs."""
+    out = []
+    for line in lines:
+        # flags are 11 characters: [<>c] 'f' then 9 more; then '|size|name'
+        if len(line) > 13 and line[1] == 0x66 and line[0] in b"<>c" and line[11] == 0x7C:
+            name = line[12:].partition(b"|")[2]
+            out.append(unescape(name) if b"\\#" in name else os.fsdecode(name))
+    return out
+
+
 def guard(current_files: int, changes: Changes, max_delete_share: float) -> str | None:
     """Why a sync onto a snapshot of current_files files must be refused, or None.
 

@@ -8,8 +8,9 @@
        a whole `rsync --delete --link-dest=current`; otherwise meshkit hard-links
        the files the dry run reported unchanged and rsync (--link-dest=current)
        copies only the listed changes (much faster than rsync linking 10,000 files)
-    4. validate what changed (everything on a first run); a bad copy moves to
-       invalid/NAME with a report and `current` stays where it was
+    4. validate what changed (everything on a first run, read while rsync is still
+       copying: roles/sync/check.py); a bad copy moves to invalid/NAME with a
+       report and `current` stays where it was
     5. rename to snapshots/NAME, point `current` at it, then rotate old snapshots
     6. status file, one JSON log line, the alert command on failure and recovery
 
@@ -26,13 +27,13 @@ from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.rsync import run_alert
 from meshkit.core.errors import BadRequest, LockHeld, SyncError
+from meshkit.roles.sync.check import FirstCopy, validate
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import (empty_source_reason, filter_args, guard, job_problem,
                                     missing_source, parse_itemized, parse_location, summarize,
                                     transferred_files)
 from meshkit.rules.syncrotate import incomplete_plan, invalid_plan, new_name, rotation_plan
 from meshkit.rules.syncstatus import is_success, next_status
-from meshkit.rules.syncvalidate import check_file, needs_content
 
 MAX_REPORTED = 50       # problems kept in a report and the outcome
 
@@ -140,7 +141,7 @@ class SyncJob:
         for old in stale:
             store.remove("incomplete", old)
             out.removed.append(old + ".incomplete")
-        linked = None
+        linked = first = None
         if resume:
             work = store.resume(resume, name)
             if current:
@@ -152,9 +153,11 @@ class SyncJob:
             linked = store.link_tree(cur_path, work, changes.skip_set())
             run = self.rsync.copy_listed(src, work + "/", changes.fetch, loc.remote, cur_path) \
                 if changes.fetch else None
-        else:
+        else:       # the first copy, checked while rsync writes it
             work = store.start(name)
-            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, None, itemize=False)
+            first = FirstCopy(work, spec.require) if spec.validate else None
+            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, None, itemize=False,
+                                       on_lines=first.feed if first else None)
         if run is not None:
             bad = self._rsync_failed(run, out)
             if bad:
@@ -162,13 +165,16 @@ class SyncJob:
                     store.remove("incomplete", name)
                 return bad
         sent = transferred_files(parse_itemized(run.stdout)) if run is not None and current else []
-        return self._finish(name, started, work, current, changes, linked, sent, names, out)
+        return self._finish(name, started, work, current, changes, linked, sent, names, out, first)
 
-    def _finish(self, name, started, work, current, changes, linked, sent, names, out) -> Outcome:
+    def _finish(self, name, started, work, current, changes, linked, sent, names, out, first) -> Outcome:
         spec, store = self.spec, self.store
         cur_path = store.path(current) if current else None
         changed = sorted(set(changes.fetch) | set(sent)) if changes else []
-        if linked is None or spec.check_all:
+        if first is not None:
+            out.files, size, checked, out.problems = first.finish()
+            out.changed, out.bytes, check = out.files, size, None
+        elif linked is None or spec.check_all:
             inventory = store.walk(work)
             out.files, size = len(inventory), sum(s for _, s, _ in inventory)
             check = [(p, s) for p, s, reg in inventory if reg] if (not current or spec.check_all) \
@@ -182,12 +188,14 @@ class SyncJob:
         if why:
             store.remove("incomplete", name)
             return Outcome("refused", error=why, snapshot=current)
-        if spec.validate:
-            out.problems = self._validate(work, cur_path, check)
+        if check is not None:
+            checked = len(check)
+            if spec.validate:
+                out.problems = validate(work, cur_path, spec.require, check)
         meta = {"name": name, "job": spec.job, "kind": spec.kind, "source": spec.source,
                 "started": round(started, 3), "finished": round(self.clock.time(), 3),
                 "files": out.files, "bytes": size, "changed": out.changed, "deleted": out.deleted,
-                "checked": len(check), "previous": current}
+                "checked": checked, "previous": current}
         if out.problems:
             report = dict(meta, result="invalid", problems=out.problems[:MAX_REPORTED],
                           problem_count=len(out.problems))
@@ -247,25 +255,6 @@ class SyncJob:
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             return n
         return len(self.store.walk(self.store.path(name)))
-
-    def _validate(self, work: str, cur_path: str | None, check) -> list:
-        """Problems of the files in check: [(path, size or None if unknown)]."""
-        problems, require, store = [], self.spec.require, self.store
-        for rel, size in check:
-            if size is None:
-                st = store.lstat(work, rel)
-                if st is None or not stat.S_ISREG(st.st_mode):
-                    continue
-                size = st.st_size
-            old = store.lstat(cur_path, rel) if cur_path else None
-            old_size = old.st_size if old is not None and stat.S_ISREG(old.st_mode) else None
-            try:
-                data = store.read(work, rel, size) if needs_content(rel, require) else None
-            except OSError as e:
-                problems.append({"path": rel, "problem": f"cannot be read: {e.strerror}"})
-                continue
-            problems += [{"path": rel, "problem": p} for p in check_file(rel, data, size, old_size, require)]
-        return problems
 
     def _drop_invalid(self, invalid, out) -> None:
         for old in invalid_plan(invalid, self.spec.keep_invalid):

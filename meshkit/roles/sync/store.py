@@ -16,12 +16,14 @@ and the copy was validated; `current` moves only after that.
 import errno
 import os
 import shutil
+import stat
 
 from meshkit.adapters.atomic import read_json, write_json
 from meshkit.core.errors import SyncError
 from meshkit.rules.syncrotate import INCOMPLETE, parse_name
 
 SNAPSHOTS, INVALID, CURRENT, MARKER = "snapshots", "invalid", "current", ".meshkit-sync.json"
+_NOFOLLOW, _NONBLOCK = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_NONBLOCK", 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -162,18 +164,22 @@ class SnapshotStore:
             return None
 
     @staticmethod
-    def read(root: str, rel: str, size: int = 65536) -> bytes:
-        """A file's bytes; size (its expected size) lets one read() do."""
-        fd = os.open(root + "/" + rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    def read_regular(root: str, rel: str) -> tuple:
+        """(fstat, bytes) of a regular file, (fstat, None) if the path is something
+        else; a symlink is not followed (ELOOP) and a FIFO does not block."""
+        fd = os.open(root + "/" + rel, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
         try:
-            data = os.read(fd, size + 1)
-            if len(data) <= size:       # a regular file reads short only at its end
-                return data
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return st, None
+            data = os.read(fd, st.st_size + 1)
+            if len(data) <= st.st_size:     # a regular file reads short only at its end
+                return st, data
             chunks = [data]
             while data:
                 data = os.read(fd, 1 << 20)
                 chunks.append(data)
-            return b"".join(chunks)
+            return st, b"".join(chunks)
         finally:
             os.close(fd)
 

@@ -1,0 +1,117 @@
+"""Validating a copy (meshkit.rules.syncvalidate decides; this reads the files).
+
+validate() checks a list of files after rsync: the changed ones, or all of them
+with --check-all. A first copy (a new, empty snapshot directory) is checked while
+rsync is still writing it, by FirstCopy: rsync writes each file under a temporary
+name and renames it when it is complete, so a file found under its own name is
+whole. FirstCopy reads each file rsync reports as soon as it is there, which
+overlaps reading and parsing 10,000 files with the copy instead of following it;
+finish(), after rsync, lists the copy once and checks every file that was not
+read yet or is no longer the inode that was read. Every file is checked either way.
+"""
+
+import os
+import stat
+
+from meshkit.roles.sync.store import SnapshotStore
+from meshkit.rules.syncplan import reported_files
+from meshkit.rules.syncvalidate import check_file, needs_content
+
+
+class _Checks:
+    """How one file of a copy is checked (old_root: the current copy, or None)."""
+
+    def __init__(self, root: str, old_root: str | None, require: dict):
+        self.root, self.old_root, self.require = root, old_root, require
+
+    def one(self, rel: str, size: int | None = None) -> list:
+        """The problems of one file; size: its size if the caller knows it is a
+        regular file (else it is looked up, and anything else is skipped)."""
+        old = SnapshotStore.lstat(self.old_root, rel) if self.old_root else None
+        old_size = old.st_size if old is not None and stat.S_ISREG(old.st_mode) else None
+        if size is None:
+            st = SnapshotStore.lstat(self.root, rel)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return []
+            size = st.st_size
+        if not needs_content(rel, self.require):
+            return check_file(rel, None, size, old_size, self.require)
+        try:
+            st, data = SnapshotStore.read_regular(self.root, rel)
+        except OSError as e:
+            return [f"cannot be read: {e.strerror}"]
+        if data is None:        # no longer a regular file
+            return []
+        return check_file(rel, data, st.st_size, old_size, self.require)
+
+
+def _problems(rel: str, found: list) -> list:
+    return [{"path": rel, "problem": p} for p in found]
+
+
+def validate(root: str, old_root: str | None, require: dict, check) -> list:
+    """Problems of the files in check, [(path, size of a regular file, or None)];
+    old_root is the current copy (a file that had content must not shrink to zero)."""
+    checks, problems = _Checks(root, old_root, require), []
+    for rel, size in check:
+        problems += _problems(rel, checks.one(rel, size))
+    return problems
+
+
+class FirstCopy:
+    """Checks a new copy while rsync writes it: pass feed as rsync's on_lines."""
+
+    def __init__(self, root: str, require: dict):
+        self.root = root
+        self.checks = _Checks(root, None, require)
+        self.require = require
+        self.pending, self.next = [], 0
+        self.done = {}          # path -> (inode, size, problems) of the files read
+
+    def feed(self, lines) -> None:
+        """rsync's itemized output as it comes (None: a pause; rsync is still busy)."""
+        if lines:
+            self.pending += [p for p in reported_files(lines) if needs_content(p, self.require)]
+        while self.next < len(self.pending):
+            rel = self.pending[self.next]
+            try:
+                st, data = SnapshotStore.read_regular(self.root, rel)
+            except (FileNotFoundError, NotADirectoryError):
+                later = self.pending[self.next + 1] if self.next + 1 < len(self.pending) else None
+                if later is None or SnapshotStore.lstat(self.root, later) is None:
+                    return      # not renamed into place yet: wait for more output
+                data = None     # rsync wrote a later file (this one vanished?): left to finish()
+            except OSError:
+                data = None     # finish() reports it
+            self.next += 1
+            if data is not None:
+                self.done[rel] = (st.st_ino, st.st_size, check_file(rel, data, st.st_size, None, self.require))
+
+    def finish(self) -> tuple[int, int, int, list]:
+        """(files, bytes, files checked, problems) of the whole copy, once rsync is done."""
+        files = size = checked = 0
+        problems = []
+        done, one = self.done, self.checks.one
+        stack = [("", self.root)]
+        while stack:
+            rel, path = stack.pop()
+            with os.scandir(path) as it:
+                for e in it:
+                    r = rel + e.name
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append((r + "/", e.path))
+                        continue
+                    files += 1
+                    known = done.get(r)
+                    if known is not None and known[0] == e.inode() and e.is_file(follow_symlinks=False):
+                        size += known[1]
+                        checked += 1
+                        problems += _problems(r, known[2])
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    size += st.st_size
+                    if stat.S_ISREG(st.st_mode):
+                        checked += 1
+                        problems += _problems(r, one(r, st.st_size))
+        problems.sort(key=lambda p: p["path"])
+        return files, size, checked, problems
