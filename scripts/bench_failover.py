@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 
 from meshkit.core.errors import ApiError, ClientError  # noqa: E402
 from tests.helpers import Fleet, env  # noqa: E402
-from tests.test_ha_netns import read_events  # noqa: E402
+from tests.netns_net import read_events  # noqa: E402
 from tests.test_worker_harness import FAST, TASK_SCRIPT, WorkerProc, close_fleet  # noqa: E402
 
 GOAL = 5.0
