@@ -76,6 +76,13 @@ class FencedStart(Loopback):
         self.assertIsNone(got["fenced"])
         self.assertEqual(admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
 
+    def test_an_operators_promote_lifts_the_fence_past_every_epoch(self):
+        self.start("primary")
+        admin = self.client(self.p_url)
+        got = admin.call("POST", "/v1/promote", {"epoch": 4})   # e.g. no watchdog: the operator decides
+        self.assertEqual((got["role"], got["epoch"], got["fenced"]), ("primary", 5, None))
+        self.assertEqual(admin.request("POST", "/v1/tasks", {"kind": "x"})[0], 201)
+
     def test_cold_start_of_the_pair_elects_the_configured_primary(self):
         self.start("standby")                     # standby first: the primary asks it and serves at once
         self.start("primary")
