@@ -16,7 +16,9 @@ initial <= 1.5x bare rsync.
 
 Python's bytecode cache is used as in a normal install (this checkout is compiled
 into a temporary PYTHONPYCACHEPREFIX first, even if PYTHONDONTWRITEBYTECODE is set);
---cold-start measures without it.
+--cold-start measures without it. The temporary tree is made under $TMPDIR
+(TMPDIR=/dev/shm takes the disk out of the figures). The load average is printed
+with the results: on a small shared machine the figures move with it.
 
     python3 scripts/bench_sync.py [--agents 100] [--files 100] [--repeat 5] [--cold-start]
 """
@@ -120,7 +122,8 @@ def main() -> int:
 
         total = args.agents * args.files
         print(f"meshkit sync memory vs bare rsync: {total} files in {args.agents} agent dirs, "
-              f"median of {args.repeat} runs, {'cold start (no bytecode cache)' if args.cold_start else 'bytecode cached'}")
+              f"median of {args.repeat} runs, {'cold start (no bytecode cache)' if args.cold_start else 'bytecode cached'}; "
+              f"{os.path.dirname(tmp)}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'phase':<14}{'bare rsync':>12}{'meshkit':>12}{'added':>10}{'ratio':>8}  goal")
         ok = True
         for phase, (bs, ms) in results.items():

@@ -17,6 +17,8 @@ from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import reported_files
 from meshkit.rules.syncvalidate import check_file, needs_content
 
+RETRY_AFTER = 32        # reports to wait for before trying a file that was not in place yet
+
 
 class _Checks:
     """How one file of a copy is checked (old_root: the current copy, or None)."""
@@ -65,13 +67,15 @@ class FirstCopy:
         self.root = root
         self.checks = _Checks(root, None, require)
         self.require = require
-        self.pending, self.next = [], 0
+        self.pending, self.next, self.retry_at = [], 0, 0
         self.done = {}          # path -> (inode, size, problems) of the files read
 
     def feed(self, lines) -> None:
         """rsync's itemized output as it comes (None: a pause; rsync is still busy)."""
         if lines:
             self.pending += [p for p in reported_files(lines) if needs_content(p, self.require)]
+            if len(self.pending) < self.retry_at:
+                return          # rsync reports files before it writes them: try again a little later
         while self.next < len(self.pending):
             rel = self.pending[self.next]
             try:
@@ -79,7 +83,8 @@ class FirstCopy:
             except (FileNotFoundError, NotADirectoryError):
                 later = self.pending[self.next + 1] if self.next + 1 < len(self.pending) else None
                 if later is None or SnapshotStore.lstat(self.root, later) is None:
-                    return      # not renamed into place yet: wait for more output
+                    self.retry_at = len(self.pending) + RETRY_AFTER
+                    return      # not renamed into place yet: wait
                 data = None     # rsync wrote a later file (this one vanished?): left to finish()
             except OSError:
                 data = None     # finish() reports it
@@ -106,7 +111,8 @@ class FirstCopy:
                     if known is not None and known[0] == e.inode() and e.is_file(follow_symlinks=False):
                         size += known[1]
                         checked += 1
-                        problems += _problems(r, known[2])
+                        if known[2]:
+                            problems += _problems(r, known[2])
                         continue
                     st = e.stat(follow_symlinks=False)
                     size += st.st_size
