@@ -3,7 +3,8 @@
 import time
 import urllib.parse
 
-from meshkit.cli.common import EXIT_USAGE, client_parser, fail, load_config, make_client, print_json
+from meshkit.cli.common import EXIT_USAGE, fail, load_config, print_json
+from meshkit.cli.remote import client_parser, make_client
 
 
 def register(sub) -> None:

@@ -5,8 +5,8 @@ import sys
 
 from meshkit.adapters.locks import FileLock, hostname, lock_path
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_arg, fail,
-                                load_config, make_client, print_json)
+from meshkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_arg, fail, load_config, print_json
+from meshkit.cli.remote import make_client
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest
 from meshkit.roles.locks import reaper, runner

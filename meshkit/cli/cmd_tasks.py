@@ -5,8 +5,8 @@ import json
 import sys
 import time
 
-from meshkit.cli.common import (EXIT_FAILED, EXIT_USAGE, client_parser, fail, load_config, make_client,
-                                print_json)
+from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, load_config, print_json
+from meshkit.cli.remote import client_parser, make_client
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
 from meshkit.roles.sync.views import read_statuses

@@ -1,7 +1,5 @@
 """What every command shares: finding the config, printing errors, exit codes."""
 
-import argparse
-import importlib
 import json
 import os
 import sys
@@ -70,51 +68,3 @@ def exit_code_for(err: MeshkitError) -> int:
     if err.code in ("client_error", "unauthorized", "forbidden", "not_active", "unavailable"):
         return EXIT_UNREACHABLE
     return EXIT_FAILED
-
-
-def supervisor_url(args, cfg: Config) -> str:
-    """--supervisor, else $MESHKIT_SUPERVISOR, else <data_dir>/supervisor.url, else supervisor.listen."""
-    url = getattr(args, "supervisor", None)
-    if isinstance(url, list):
-        url = url[0] if url else None
-    url = url or os.environ.get("MESHKIT_SUPERVISOR")
-    if url:
-        return url
-    try:
-        with open(os.path.join(cfg.path("supervisor.data_dir"), "supervisor.url")) as f:
-            found = f.read().strip()
-            if found:
-                return found
-    except OSError:
-        pass
-    host, _, port = cfg.get("supervisor.listen").rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]", ""):
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
-
-
-def make_client(args, cfg: Config, at_most: str = "admin"):
-    """A signed client for the supervisor, with the most capable key allowed.
-
-    The client adapter (http.client, ssl), the keys file reader and the key rule are
-    loaded here, on first use, not when this module is: commands that never talk to
-    the supervisor (`sync` from cron, `locks`) start ~15 ms sooner without them."""
-    keyfile = importlib.import_module("meshkit.adapters.keyfile")
-    pick_key = importlib.import_module("meshkit.rules.auth").pick_key
-    signed_client = importlib.import_module("meshkit.adapters.client").SignedClient
-    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most)
-    return signed_client(supervisor_url(args, cfg), kid, secret)
-
-
-def add_client_args(parser) -> None:
-    add_config_arg(parser)
-    parser.add_argument("--supervisor", metavar="URL",
-                        help="supervisor URL (default: $MESHKIT_SUPERVISOR, else from the config)")
-
-
-def client_parser(sub, name: str, help: str, example: str):
-    """A subcommand that talks to the supervisor, with its one-line example in --help."""
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  " + example)
-    add_client_args(p)
-    return p
