@@ -5,7 +5,8 @@ import os
 import tempfile
 import unittest
 
-from meshkit.adapters.store import Store
+from meshkit.adapters.store import Store, task_n
+from meshkit.core.errors import NotFound
 from meshkit.roles.supervisor import queue
 
 NOW = 1_700_000_000.0
@@ -90,3 +91,15 @@ class Candidates(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TaskIds(unittest.TestCase):
+    def test_one_spelling_per_task(self):
+        for tid, n in [("t1", 1), ("t12", 12), ("t01", None), ("t0", None), ("t", None), ("12", None),
+                       ("t1\n", None), ("t²", None), ("t" + "9" * 19, None), (None, None)]:
+            with self.subTest(tid=tid):
+                if n is None:
+                    with self.assertRaises(NotFound):
+                        task_n(tid)
+                else:
+                    self.assertEqual(task_n(tid), n)

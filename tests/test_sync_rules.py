@@ -43,7 +43,8 @@ class Locations(unittest.TestCase):
 
     def test_job_names(self):
         for name, ok in [("memory", True), ("backup-2", True), ("a.b_c", True), ("", False),
-                         ("-x", False), ("a/b", False), ("a..b", False), ("x" * 65, False)]:
+                         ("-x", False), ("a/b", False), ("a..b", False), ("x" * 65, False),
+                         ("memory\n", False)]:
             with self.subTest(name):
                 self.assertEqual(job_problem(name) is None, ok)
 

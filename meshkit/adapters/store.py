@@ -79,7 +79,9 @@ def task_id(n: int) -> str:
 
 
 def task_n(tid: str) -> int:
-    if not (isinstance(tid, str) and tid[:1] == "t" and tid[1:].isdigit() and len(tid) < 20):
+    # One spelling per task: ASCII digits, no leading zero ("t01" is not t1).
+    if not (isinstance(tid, str) and tid[:1] == "t" and tid[1:].isascii() and tid[1:].isdigit()
+            and tid[1] != "0" and len(tid) < 20):
         raise NotFound(f"no task {str(tid)[:40]!r} (task ids look like t12)")
     return int(tid[1:])
 

@@ -80,7 +80,7 @@ def parse_location(text: str) -> Location:
 
 def job_problem(name: str) -> str | None:
     """None if name is a usable job name (file names of status and lock)."""
-    if _JOB.match(name or "") and ".." not in name:
+    if _JOB.fullmatch(name or "") and ".." not in name:
         return None
     return f"job name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
 

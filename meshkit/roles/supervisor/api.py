@@ -8,7 +8,7 @@ from meshkit import __version__
 from meshkit.adapters.httpserver import App, Raw, Route, encode_json
 from meshkit.core import metrics as m
 from meshkit.core import wire
-from meshkit.core.errors import BadRequest, Conflict, Unauthorized
+from meshkit.core.errors import BadRequest, Unauthorized
 from meshkit.roles.supervisor import openapi, page
 from meshkit.roles.supervisor import intake
 from meshkit.rules import auth, fsm
@@ -160,9 +160,6 @@ class Api:
         kind = urllib.parse.unquote(req.params[0])
         if not wire.is_name(kind):
             raise BadRequest("a kind is a name: letters, digits, _ . : @ - (at most 128)", field="kind")
-        # Not quarantined is a conflict with the current state (409), not a bad request.
-        if not any(k["kind"] == kind and k["quarantined"] for k in self.sup.brain.kinds()):
-            raise Conflict(f"kind {kind!r} is not quarantined; there is nothing to resume", kind=kind)
         return dict(self.tasks.resume_kind(kind, req.key_id), epoch=self.sup.epoch)
 
     def set_mode(self, req):

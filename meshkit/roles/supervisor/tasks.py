@@ -10,7 +10,7 @@ import threading
 
 from meshkit.adapters.store import Store, Tx, task_dict, task_id, task_n
 from meshkit.core import wire
-from meshkit.core.errors import BadRequest, InvalidTransition, StaleFence, UnknownNode
+from meshkit.core.errors import BadRequest, Conflict, InvalidTransition, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
@@ -261,8 +261,8 @@ class Tasks:
     def resume_kind(self, kind: str, actor: str) -> dict:
         with self.store.tx() as tx:
             row = tx.one("SELECT quarantined FROM kinds WHERE kind=?", (kind,))
-            if row is None or not row["quarantined"]:
-                raise BadRequest(f"kind {kind!r} is not quarantined")
+            if row is None or not row["quarantined"]:     # a conflict with its state (409), not bad input
+                raise Conflict(f"kind {kind!r} is not quarantined; there is nothing to resume", kind=kind)
             tx.execute("UPDATE kinds SET quarantined=0, failures=0, since=NULL, reason=NULL WHERE kind=?", (kind,))
         self.log.info("kind_resumed", kind=kind, actor=actor)
         self._wake()
