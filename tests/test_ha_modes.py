@@ -1,6 +1,7 @@
 """HA behaviours on loopback with real supervisor processes: sync replication and its
 bounded fallback, fencing by a higher epoch, the primary's self-lease, drill, auto failback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -154,6 +155,49 @@ class Watchdog(Pair):
             wd.kill()
             wd.wait(5)
             log.close()
+
+    def test_lost_state_file_is_rebuilt_from_both_answers(self):
+        """After a failover the watchdog's state file is lost (here: garbage). The new view
+        comes from both supervisors' answers: the promoted standby (epoch 2) stays active,
+        nobody is promoted again. (With the old defaults, "primary active at epoch 0", it
+        counted the primary's standby answers as failures and promoted the standby again.)"""
+        config = self.wd_config(watchdog__failback="manual")
+        state_file = os.path.join(self.fleet.dir, "watchdog.json")
+        log = open(os.path.join(self.fleet.dir, "wd.log"), "wb")
+        run = lambda: subprocess.Popen([sys.executable, "-m", "meshkit", "watchdog", "--config", config],  # noqa: E731
+                                       cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=log)
+        wd = run()
+        try:
+            self.p.kill()
+            self.p.wait(5)
+            wait_for(lambda: self.health(self.s_url)["role"] == "primary", 15, "failover")
+            self.start("primary")             # returns as the standby of the promoted one
+            wait_for(lambda: self.health(self.p_url)["role"] == "standby", 15, "the old primary to follow")
+            wd.kill()
+            wd.wait(5)
+            with open(state_file, "w") as f:
+                f.write("{not json")
+            wd = run()
+            wait_for(lambda: read_state(state_file).get("active") == "standby", 10, "the rebuilt state")
+            checks = lambda: open(os.path.join(self.fleet.dir, "wd.log")).read().count('"check_failed"')  # noqa: E731
+            before = checks()
+            time.sleep(2.0)                   # about 6 intervals: room for 2 failed checks and a failover
+            self.assertEqual(read_state(state_file)["epoch"], 2)
+            self.assertEqual((self.health(self.s_url)["role"], self.health(self.s_url)["epoch"]), ("primary", 2))
+            self.assertEqual(self.health(self.p_url)["role"], "standby")
+            self.assertEqual(checks(), before)
+        finally:
+            wd.kill()
+            wd.wait(5)
+            log.close()
+
+
+def read_state(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 if __name__ == "__main__":

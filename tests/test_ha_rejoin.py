@@ -208,6 +208,28 @@ class Plans(unittest.TestCase):
             with self.subTest(own=own, frm=frm):
                 self.assertEqual(failover.rejoin_plan(own, frm, head), want)
 
+    def test_watchdog_initial_state(self):
+        P = lambda e, fenced=None: {"role": "primary", "epoch": e, "fenced": fenced}      # noqa: E731
+        S = lambda e: {"role": "standby", "epoch": e}                                    # noqa: E731
+        cases = [  # primary's answer, standby's answer -> (active, epoch)
+            (P(1), S(1), ("primary", 1)),                  # a fresh pair
+            (P(1, "peer unsure"), P(2), ("standby", 2)),   # the old primary restarted cut off: not it
+            (S(2), P(2), ("standby", 2)),                  # after a failover, the old primary followed
+            (P(3), S(3), ("primary", 3)),                  # after a failback
+            (P(2), None, ("primary", 2)),                  # a serving primary, standby down: it stays
+            (P(1, "peer unsure"), None, ("standby", 1)),   # fenced, the other silent: count failures first
+            (None, P(2), ("standby", 2)),
+            (None, S(2), ("primary", 2)),                  # the standby must not be named on a guess
+            (S(2), S(2), ("primary", 2)),
+            (None, None, ("primary", 0)),
+            ({"epoch": True, "role": "primary"}, S(1), ("primary", 1)),   # a bad answer counts as none
+        ]
+        for p, s, (active, epoch) in cases:
+            with self.subTest(p=p, s=s):
+                got = failover.initial_state({"primary": p, "standby": s})
+                self.assertEqual((got["active"], got["epoch"]), (active, epoch))
+                self.assertEqual(got["failures"], 0)
+
     def test_peer_verdict(self):
         cases = [  # our epoch, the peer's /health -> verdict
             (1, None, "unsure"),

@@ -11,6 +11,31 @@ def other(node: str) -> str:
     return "standby" if node == "primary" else "primary"
 
 
+def initial_state(answers: dict) -> dict:
+    """The watchdog's view when it has none (first start, state file lost or unreadable),
+    from each node's check answer (None: it did not answer). It never makes a new acceptor
+    of work on a guess:
+    - both answer: the one answering as primary at the higher epoch is active (a former
+      primary that restarted at an older epoch is not); neither primary: the configured one;
+    - one answers as a primary that is serving (not fenced): it is active (it already is);
+    - otherwise (one answers fenced or as a standby, or none answers): the silent node, or
+      the configured primary, is named active, so promoting the other goes through the
+      usual `failures` checks, by which time a cut-off primary's lease has fenced it.
+    The epoch is the highest any answer reports."""
+    valid = {n: a for n, a in answers.items()
+             if isinstance(a, dict) and isinstance(a.get("epoch"), int) and not isinstance(a["epoch"], bool)}
+    epoch = max((a["epoch"] for a in valid.values()), default=0)
+    primaries = [n for n in ("primary", "standby") if n in valid and valid[n].get("role") == "primary"]
+    if len(valid) == 2:
+        active = max(primaries, key=lambda n: valid[n]["epoch"]) if primaries else "primary"   # a tie keeps "primary"
+    elif len(valid) == 1:
+        (only,) = valid
+        active = only if only in primaries and not valid[only].get("fenced") else other(only)
+    else:
+        active = "primary"
+    return dict(DEFAULT_STATE, active=active, epoch=epoch)
+
+
 def after_check(state: dict, active_ok: bool, active_epoch, home_ok: bool, failures: int, recoveries: int,
                 failback: str) -> tuple:
     """(new state, action): action is None, "failover", "failback" or "ready_for_failback".

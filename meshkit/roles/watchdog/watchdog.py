@@ -37,7 +37,19 @@ class Watchdog:
                             timeout=timeout or max(0.2, min(5.0, self.interval)))
 
     def state(self) -> dict:
-        return dict(failover.DEFAULT_STATE, **(read_json(self.state_path, {}) or {}))
+        """The saved view; with none (first start, the file lost or unreadable) a new one from
+        both supervisors' answers, so a stale former primary is never named active."""
+        try:
+            saved = read_json(self.state_path)
+        except (OSError, ValueError) as e:
+            self.log.error("state_unreadable", path=self.state_path, error=str(e)[:200])
+            saved = None
+        if isinstance(saved, dict):
+            return dict(failover.DEFAULT_STATE, **saved)
+        state = failover.initial_state({node: self.check(node) for node in self.urls})
+        self.log.warning("state_rebuilt", path=self.state_path, active=state["active"], epoch=state["epoch"])
+        self.save(state)
+        return state
 
     def save(self, state: dict) -> None:
         write_json(self.state_path, state, mode=0o644)
