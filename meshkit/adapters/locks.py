@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest, LockHeld, MeshkitError
@@ -35,7 +34,9 @@ _POLL_MAX = 0.1             # ... up to this
 # --- facts about processes and this machine (/proc on Linux; None elsewhere) ---
 
 def hostname() -> str:
-    return socket.gethostname()
+    """This machine's name, as socket.gethostname() gives it (gethostname(2) is
+    uname's nodename), without importing socket (~2 ms at every `meshkit sync`)."""
+    return os.uname().nodename
 
 
 def boot_id() -> str | None:

@@ -18,10 +18,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 
 from meshkit.core.clock import REAL
 from meshkit.core.errors import SyncError
+from meshkit.core.record import Record
 from meshkit.rules.syncplan import OUT_FORMAT
 
 INSTALL_HINT = ("install the package `rsync` (Debian/Ubuntu: apt-get install rsync; "
@@ -55,13 +55,11 @@ def _die_with_parent():
 _PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
-@dataclass
-class RsyncRun:
-    argv: list
-    code: int
-    stdout: bytes
-    stderr: str
-    seconds: float
+class RsyncRun(Record):
+    __slots__ = ("argv", "code", "stdout", "stderr", "seconds")
+
+    def __init__(self, argv: list, code: int, stdout: bytes, stderr: str, seconds: float):
+        self.argv, self.code, self.stdout, self.stderr, self.seconds = argv, code, stdout, stderr, seconds
 
     @property
     def ok(self) -> bool:

@@ -1,10 +1,9 @@
 """`meshkit sync memory|backup|list|restore|status`: validated rsync snapshots."""
 
 import argparse
-import socket
 import sys
 
-from meshkit.adapters.locks import FileLock, lock_path
+from meshkit.adapters.locks import FileLock, hostname, lock_path
 from meshkit.adapters.log import Logger
 from meshkit.adapters.rsync import Rsync
 from meshkit.cli.common import (EXIT_FAILED, EXIT_LOCK_HELD, EXIT_OK, EXIT_USAGE, add_config_arg,
@@ -193,7 +192,7 @@ def _run(args, kind: str, fields) -> int:
                    max_delete_share=_pick(args.max_delete_share, cfg, "sync.max_delete_share"),
                    keep_invalid=cfg.get("sync.keep_invalid"), check_all=args.check_all,
                    require=cfg.require, **fields(cfg))
-    host = socket.gethostname()
+    host = hostname()
     try:
         job = SyncJob(spec, _rsync(args, cfg), REAL, Logger("sync", host, cfg.get("logging.level")),
                       status_dir=cfg.path("sync.status_dir"), alert=cfg.get("sync.alert"),
@@ -250,7 +249,7 @@ def cmd_list(args) -> int:
         return fail(e.message, EXIT_FAILED)
     now = REAL.time()
     if args.json:
-        print_json([dict(vars(r), age=round(now - r.created, 1)) for r in rows])
+        print_json([dict(r.as_dict(), age=round(now - r.created, 1)) for r in rows])
         return EXIT_OK
     table = [("SNAPSHOT", "STATE", "FILES", "SIZE", "AGE", "NOTE")]
     table += [(r.name, r.state, str(r.files), _size(r.bytes), _age(now - r.created), r.note) for r in rows]

@@ -7,19 +7,23 @@ Relative paths are resolved against the directory of the config file.
 
 import os
 import tomllib
-from dataclasses import dataclass
-from typing import Any, Callable
 
 from meshkit.core.errors import ConfigError
+from meshkit.core.record import Frozen
+
+_set = object.__setattr__
 
 
-@dataclass(frozen=True)
-class Key:
-    name: str          # dotted: "supervisor.listen"
-    kind: str          # see CHECKS
-    default: Any
-    help: str
-    commented: bool = False   # written commented-out by `init`
+class Key(Frozen):
+    """One config key of SCHEMA."""
+    __slots__ = ("name", "kind", "default", "help", "commented")
+
+    def __init__(self, name: str, kind: str, default, help: str, commented: bool = False):
+        _set(self, "name", name)            # dotted: "supervisor.listen"
+        _set(self, "kind", kind)            # see CHECKS
+        _set(self, "default", default)
+        _set(self, "help", help)
+        _set(self, "commented", commented)  # written commented-out by `init`
 
 
 def _hostport(v):
@@ -33,7 +37,7 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+CHECKS: dict[str, tuple] = {     # kind -> (what it must be, check(value) -> bool)
     "str": ("a string", lambda v: isinstance(v, str)),
     "path": ("a path (string)", lambda v: isinstance(v, str)),
     "int": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
@@ -148,12 +152,15 @@ SCHEMA_BY_NAME = {k.name: k for k in SCHEMA}
 OPEN_TABLES = ("worker.kinds", "sync.memory.require")
 
 
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    argv: tuple
-    timeout: float | None
-    env: dict
+class Kind(Frozen):
+    """A task kind a worker runs: [worker.kinds.NAME]."""
+    __slots__ = ("name", "argv", "timeout", "env")
+
+    def __init__(self, name: str, argv: tuple, timeout: float | None, env: dict):
+        _set(self, "name", name)
+        _set(self, "argv", argv)
+        _set(self, "timeout", timeout)
+        _set(self, "env", env)
 
 
 class Config:

@@ -7,9 +7,11 @@ decides. See meshkit/roles/sync/job.py for the order of steps.
 
 import os
 import re
-from dataclasses import dataclass, field
 
 from meshkit.core.errors import BadRequest
+from meshkit.core.record import Frozen, Record
+
+_set = object.__setattr__
 
 # What `sync memory` copies when no include pattern is given: every agent's
 # memory/ tree and MEMORY.md (SRC/AGENT/...), or SRC itself if it is one agent.
@@ -22,12 +24,14 @@ _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(Frozen):
     """A sync source or restore target: a local path or [user@]host:path over ssh."""
-    text: str
-    host: str = ""          # "" for a local path; "host" or "user@host" over ssh
-    path: str = ""
+    __slots__ = ("text", "host", "path")
+
+    def __init__(self, text: str, host: str = "", path: str = ""):
+        _set(self, "text", text)
+        _set(self, "host", host)    # "" for a local path; "host" or "user@host" over ssh
+        _set(self, "path", path)
 
     @property
     def remote(self) -> bool:
@@ -39,24 +43,31 @@ class Location:
         return f"{self.host}:{path}" if self.host else path
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class JobSpec(Frozen):
     """Everything one sync run needs to know, from the command line and config."""
-    job: str                        # names the status file and the lock
-    kind: str                       # "memory" or "backup"
-    source: str
-    dest: str
-    include: tuple = ()
-    exclude: tuple = ()
-    max_delete_share: float = 0.5
-    keep_last: int = 3              # newest complete snapshots kept
-    keep_hourly: int = 0
-    keep_daily: int = 0
-    keep_invalid: int = 5
-    validate: bool = True
-    check_all: bool = False         # validate every file, not only the changed ones
-    skip_unchanged: bool = True     # no new snapshot when nothing changed
-    require: dict = field(default_factory=dict)
+    __slots__ = ("job", "kind", "source", "dest", "include", "exclude", "max_delete_share", "keep_last",
+                 "keep_hourly", "keep_daily", "keep_invalid", "validate", "check_all", "skip_unchanged",
+                 "require")
+
+    def __init__(self, job: str, kind: str, source: str, dest: str, include: tuple = (), exclude: tuple = (),
+                 max_delete_share: float = 0.5, keep_last: int = 3, keep_hourly: int = 0, keep_daily: int = 0,
+                 keep_invalid: int = 5, validate: bool = True, check_all: bool = False,
+                 skip_unchanged: bool = True, require: dict | None = None):
+        _set(self, "job", job)                  # names the status file and the lock
+        _set(self, "kind", kind)                # "memory" or "backup"
+        _set(self, "source", source)
+        _set(self, "dest", dest)
+        _set(self, "include", include)
+        _set(self, "exclude", exclude)
+        _set(self, "max_delete_share", max_delete_share)
+        _set(self, "keep_last", keep_last)      # newest complete snapshots kept
+        _set(self, "keep_hourly", keep_hourly)
+        _set(self, "keep_daily", keep_daily)
+        _set(self, "keep_invalid", keep_invalid)
+        _set(self, "validate", validate)
+        _set(self, "check_all", check_all)      # validate every file, not only the changed ones
+        _set(self, "skip_unchanged", skip_unchanged)    # no new snapshot when nothing changed
+        _set(self, "require", {} if require is None else require)
 
     def owner(self) -> dict:
         return {"job": self.job, "kind": self.kind}
@@ -101,12 +112,14 @@ def filter_args(include, exclude, memory_default: bool) -> tuple[list, bool]:
     return args, False
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(Frozen):
     """One line of rsync's itemized output."""
-    flags: str       # "YXcstpoguax" (11 chars) or "*deleting"
-    size: int
-    path: str        # relative to the transfer root, no trailing slash; "" is the root
+    __slots__ = ("flags", "size", "path")
+
+    def __init__(self, flags: str, size: int, path: str):
+        _set(self, "flags", flags)      # "YXcstpoguax" (11 chars) or "*deleting"
+        _set(self, "size", size)
+        _set(self, "path", path)        # relative to the transfer root, no trailing slash; "" is the root
 
     @property
     def deleted(self) -> bool:
@@ -147,16 +160,19 @@ def parse_itemized(output: bytes) -> list[Item]:
     return items
 
 
-@dataclass
-class Changes:
+class Changes(Record):
     """What a dry run against the current snapshot says will differ."""
-    new_files: int = 0          # non-directories that current does not have
-    changed_files: int = 0      # non-directories current has, with other content or attributes
-    deleted_files: int = 0      # non-directories current has and the source does not
-    deleted_dirs: int = 0
-    fetch: list = field(default_factory=list)      # paths to (re)transfer, in rsync's order
-    deleted: list = field(default_factory=list)    # paths (files or dirs) gone from the source
-    bytes: int = 0              # size of the new and changed files
+    __slots__ = ("new_files", "changed_files", "deleted_files", "deleted_dirs", "fetch", "deleted", "bytes")
+
+    def __init__(self, new_files: int = 0, changed_files: int = 0, deleted_files: int = 0,
+                 deleted_dirs: int = 0, fetch: list | None = None, deleted: list | None = None, bytes: int = 0):
+        self.new_files = new_files          # non-directories that current does not have
+        self.changed_files = changed_files  # non-directories current has, with other content or attributes
+        self.deleted_files = deleted_files  # non-directories current has and the source does not
+        self.deleted_dirs = deleted_dirs
+        self.fetch = [] if fetch is None else fetch         # paths to (re)transfer, in rsync's order
+        self.deleted = [] if deleted is None else deleted   # paths (files or dirs) gone from the source
+        self.bytes = bytes                  # size of the new and changed files
 
     @property
     def any(self) -> bool:

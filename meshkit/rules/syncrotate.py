@@ -8,8 +8,9 @@ a run will resume, and keeps the newest invalid ones as evidence.
 """
 
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from meshkit.core.record import Record
 
 INCOMPLETE = ".incomplete"
 _NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
@@ -46,10 +47,12 @@ def sort_key(name: str):
     return parse_name(name) or (0.0, 0)
 
 
-@dataclass
-class Plan:
-    remove: list = field(default_factory=list)      # complete snapshots to remove
-    keep: dict = field(default_factory=dict)        # name -> why it is kept
+class Plan(Record):
+    __slots__ = ("remove", "keep")
+
+    def __init__(self, remove: list | None = None, keep: dict | None = None):
+        self.remove = [] if remove is None else remove      # complete snapshots to remove
+        self.keep = {} if keep is None else keep            # name -> why it is kept
 
 
 def rotation_plan(complete, current: str | None, keep_last: int,

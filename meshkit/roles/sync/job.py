@@ -21,12 +21,12 @@ the systemd timer (there is no run loop: a sync is a oneshot).
 import json
 import os
 import stat
-from dataclasses import dataclass, field
 
 from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.rsync import run_alert
 from meshkit.core.errors import BadRequest, LockHeld, SyncError
+from meshkit.core.record import Record
 from meshkit.roles.sync.check import FirstCopy, validate
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import (empty_source_reason, filter_args, guard, job_problem,
@@ -38,20 +38,27 @@ from meshkit.rules.syncstatus import is_success, next_status
 MAX_REPORTED = 50       # problems kept in a report and the outcome
 
 
-@dataclass
-class Outcome:
-    result: str                     # see meshkit.rules.syncstatus
-    error: str | None = None
-    snapshot: str | None = None     # the snapshot made, or current if none was made
-    files: int = 0                  # files in that snapshot
-    changed: int = 0                # files new or changed since the previous one
-    deleted: int = 0
-    bytes: int = 0                  # bytes of the new and changed files
-    seconds: float = 0.0
-    problems: list = field(default_factory=list)
-    aside: str | None = None        # where an invalid copy was kept
-    removed: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+class Outcome(Record):
+    """What one run did."""
+    __slots__ = ("result", "error", "snapshot", "files", "changed", "deleted", "bytes", "seconds",
+                 "problems", "aside", "removed", "warnings")
+
+    def __init__(self, result: str, error: str | None = None, snapshot: str | None = None, files: int = 0,
+                 changed: int = 0, deleted: int = 0, bytes: int = 0, seconds: float = 0.0,
+                 problems: list | None = None, aside: str | None = None, removed: list | None = None,
+                 warnings: list | None = None):
+        self.result = result            # see meshkit.rules.syncstatus
+        self.error = error
+        self.snapshot = snapshot        # the snapshot made, or current if none was made
+        self.files = files              # files in that snapshot
+        self.changed = changed          # files new or changed since the previous one
+        self.deleted = deleted
+        self.bytes = bytes              # bytes of the new and changed files
+        self.seconds = seconds
+        self.problems = [] if problems is None else problems
+        self.aside = aside              # where an invalid copy was kept
+        self.removed = [] if removed is None else removed
+        self.warnings = [] if warnings is None else warnings
 
 
 class SyncJob:

@@ -1,24 +1,27 @@
 """Looking at and restoring what sync made: `sync list`, `sync restore`, `sync status`."""
 
 import os
-from dataclasses import dataclass
 
 from meshkit.adapters import syncstatus
 from meshkit.core.errors import BadRequest, NotFound, SyncError
+from meshkit.core.record import Record
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import parse_location
 from meshkit.rules.syncrotate import parse_name, sort_key
 
 
-@dataclass
-class Row:
-    name: str
-    state: str          # current, complete, incomplete, invalid
-    files: int
-    bytes: int
-    created: float      # from the name (UTC start time)
-    path: str
-    note: str = ""
+class Row(Record):
+    """One snapshot of `sync list`."""
+    __slots__ = ("name", "state", "files", "bytes", "created", "path", "note")
+
+    def __init__(self, name: str, state: str, files: int, bytes: int, created: float, path: str, note: str = ""):
+        self.name = name
+        self.state = state          # current, complete, incomplete, invalid
+        self.files = files
+        self.bytes = bytes
+        self.created = created      # from the name (UTC start time)
+        self.path = path
+        self.note = note
 
 
 def owner(dest: str) -> dict:
