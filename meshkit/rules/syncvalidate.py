@@ -18,9 +18,12 @@ CHECKED_SUFFIXES = (".json", ".jsonl", ".md")
 
 
 def _suffix(path: str) -> str:
-    name = path.rsplit("/", 1)[-1].lower()
-    dot = name.rfind(".")
-    return name[dot:] if dot > 0 else ""
+    """The file name's last suffix, lower case ("" if the name has no dot, or
+    only a leading one: ".json" is a hidden file, not a JSON file)."""
+    dot = path.rfind(".")
+    if dot <= path.rfind("/") + 1:
+        return ""
+    return path[dot:].lower()
 
 
 def required_keys(path: str, require: dict) -> list[tuple[str, list]]:
@@ -32,6 +35,19 @@ def required_keys(path: str, require: dict) -> list[tuple[str, list]]:
 
 def needs_content(path: str, require: dict) -> bool:
     return _suffix(path) in CHECKED_SUFFIXES or bool(require and required_keys(path, require))
+
+
+def _loads(data: bytes):
+    """json.loads(data), minus its encoding detection when the text cannot be
+    UTF-16/32 or start with a BOM (first byte not NUL/0xEF/0xFE/0xFF, second not
+    NUL): then json.loads decodes it as UTF-8 ("surrogatepass") too."""
+    if data[:1] not in _SNIFF and data[1:2] != b"\0":
+        return _decode(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
+
+
+_SNIFF = (b"", b"\0", b"\xef", b"\xfe", b"\xff")     # first bytes json.loads looks at twice
+_decode = json.JSONDecoder().decode                 # what json.loads(str) calls without options
 
 
 def _json_error(e: ValueError) -> str:
@@ -67,7 +83,7 @@ def _parse_jsonl(data: bytes) -> tuple[list, list[str]]:
         if not line.strip():
             continue
         try:
-            records.append((n, json.loads(line)))
+            records.append((n, _loads(line)))
         except ValueError as e:
             problems.append(f"line {n} is not valid JSON: {_json_error(e)}")
             break
@@ -100,7 +116,7 @@ def check_file(path: str, data: bytes | None, size: int, old_size: int | None, r
         return problems + (bad or _check_keys(records, rules, jsonl=True))
     if suffix == ".json" or rules:
         try:
-            obj = json.loads(data)
+            obj = _loads(data)
         except ValueError as e:
             what = "is not valid JSON" if suffix == ".json" else "has required keys configured but is not valid JSON"
             return problems + [f"{what}: {_json_error(e)}"]
