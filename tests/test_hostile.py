@@ -172,6 +172,32 @@ class Attacks(unittest.TestCase):
         self.assertIn("limit", answer["error"]["message"])
 
 
+    def test_lone_surrogate_sent_as_utf8_bytes(self):
+        # json.loads(bytes) decodes with "surrogatepass": ED A0 80 became a string SQLite can't store (a 500)
+        for path, body, kid in (("/v1/leases/hz/acquire", '{"holder": "hw", "ttl": 10, "purpose": "\ud800"}', "worker-1"),
+                                ("/v1/tasks", '{"kind": "h", "payload": "\udfff"}', "admin-1")):
+            raw_body = body.encode("utf-8", "surrogatepass")
+            self.assertIn(b"\xed", raw_body)
+            answer = self.refused(f"lone surrogate as UTF-8 bytes on {path}", request_bytes(
+                "POST", path, raw_body, self.signed("POST", path, raw_body, kid=kid)), 400, "bad_request")
+            self.assertIn("not valid JSON", answer["error"]["message"])
+
+    def test_malformed_header_lines(self):
+        for attack, line, status in (("space before the colon", "X-Meshkit-Key : admin-1", 400),
+                                     ("folded continuation line", "X-A: 1\r\n  folded", 400),
+                                     ("header line without a colon", "NoColonHere", 400),
+                                     ("header line of 70,000 bytes", "X-Long: " + "a" * 70000, 431)):
+            data = ("GET /v1/status HTTP/1.1\r\nHost: x\r\n" + line + "\r\n\r\n").encode()
+            self.refused(attack, data, status)
+        many = "".join(f"X-H{i}: {i}\r\n" for i in range(101))
+        self.refused("101 header fields", ("GET /health HTTP/1.1\r\n" + many + "\r\n").encode(), 431)
+        self.refused("HTTP/2.0 request line", b"GET /health HTTP/2.0\r\n\r\n", 400)
+        self.refused("HTTP/0.9 request line", b"GET /health\r\n\r\n", 400)
+        # repeated fields: the first one counts, as before; names are case-insensitive
+        status, answer, _ = raw(self.port, b"GET /health HTTP/1.1\r\nhOsT: a\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status, 200)
+
+
 class ArtifactEscape(unittest.TestCase):
     """expects.path escaping the task directory: refused at dispatch (400, nothing stored) when the
     path says so itself (`..`, absolute); a symlink the task makes pointing out, which only the

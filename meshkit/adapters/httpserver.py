@@ -19,6 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
+from meshkit.adapters.httphead import HeadError, parse_version, read_headers
 from meshkit.core.clock import REAL
 from meshkit.core.errors import (BadRequest, MeshkitError, MethodNotAllowed, NotFound,
                                  TooLarge, Unavailable)
@@ -35,6 +36,8 @@ class Route:
     name: str                    # fixed label for metrics and logs
     handler: Callable            # handler(request) -> dict | Raw
     auth: str = "worker"         # "none" | "viewer" | "worker" | "admin"
+    serial: bool = False         # run the handler holding App.lock (see App)
+    after: Callable = None       # after(request), run once the handler returned, without App.lock
     regex: re.Pattern = field(init=False)
 
     def __post_init__(self):
@@ -83,7 +86,9 @@ class Request:
             if not self.body:
                 raise BadRequest("the body must be a JSON object; it is empty")
             try:
-                self._json = json.loads(self.body, parse_constant=_no_constant)
+                # Decoded strictly first: json.loads(bytes) decodes with "surrogatepass", which lets
+                # the UTF-8 form of a lone surrogate (ED A0 80) through as an unstorable string.
+                self._json = json.loads(self.body.decode("utf-8"), parse_constant=_no_constant)
             except RecursionError:
                 raise BadRequest("the body is nested too deeply") from None
             except (ValueError, UnicodeDecodeError) as e:
@@ -111,10 +116,16 @@ def encode_json(status: int, obj, extra_headers=None) -> Raw:
 
 
 class App:
-    """What the server calls: authenticate(request) and hooks; set by the role."""
+    """What the server calls: authenticate(request) and hooks; set by the role.
+
+    `lock` (a reentrant lock, or a Condition on one) is held while a `serial` route's
+    handler runs. Python runs one thread at a time anyway; letting only one request at a
+    time into the short store-bound handlers spares the threads from handing the GIL to
+    each other around every SQLite call (each handover is a futex wake and a context
+    switch). A handler that waits must release it (a Condition built on it does)."""
 
     def __init__(self, routes, authenticate, max_body=1 << 20, on_response=None,
-                 common_headers=None, logger=None, clock=REAL):
+                 common_headers=None, logger=None, clock=REAL, lock=None):
         self.routes = routes
         self.authenticate = authenticate          # (request) -> None; sets key_id/role or raises
         self.max_body = max_body
@@ -122,6 +133,7 @@ class App:
         self.common_headers = common_headers or (lambda: {})
         self.logger = logger
         self.clock = clock
+        self.lock = lock if lock is not None else threading.RLock()
 
     def match(self, method: str, path: str):
         allowed = []
@@ -156,6 +168,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self):
         self.read_deadline = self.server.app.clock.monotonic() + self.server.request_timeout
         super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """http.server's request-line rules (no HTTP/0.9), headers read by httphead instead
+        of the email package. False once an error answer is sent."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3:
+            self.send_error(400, f"bad request line {line[:100]!r} (METHOD TARGET HTTP/1.1)")
+            return False
+        version = parse_version(words[2])
+        if version is None:
+            self.send_error(400, f"bad HTTP version {words[2][:40]!r}")
+            return False
+        if version >= (2, 0):
+            self.send_error(505, f"HTTP version {words[2][5:40]} is not supported")
+            return False
+        self.request_version = words[2]
+        self.close_connection = version < (1, 1)
+        self.command, self.path = words[0], words[1]
+        if self.path.startswith("//"):          # never read as a scheme-relative URL
+            self.path = "/" + self.path.lstrip("/")
+        try:
+            self.headers = read_headers(self.rfile.readline)
+        except HeadError as e:
+            self.send_error(e.status, str(e))
+            return False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if self.headers.get("Expect", "").lower() == "100-continue" and version >= (1, 1):
+            return self.handle_expect_100()
+        return True
 
     def finish(self):
         super().finish()
@@ -283,7 +334,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 app.authenticate(req)
             if self.server.draining and route.auth != "none" and route.method != "GET":
                 raise Unavailable("the supervisor is shutting down; retry shortly", retry_after=2)
-            result = route.handler(req)
+            if route.serial:
+                with app.lock:
+                    result = route.handler(req)
+            else:
+                result = route.handler(req)
+            if route.after is not None:
+                route.after(req)
             raw = result if isinstance(result, Raw) else encode_json(200, result)
         except MeshkitError as e:
             extra = {}

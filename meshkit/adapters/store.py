@@ -25,9 +25,11 @@ CREATE TABLE IF NOT EXISTS tasks(
   expects TEXT, after TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
   cancel_requested INTEGER NOT NULL DEFAULT 0, hb_missing INTEGER NOT NULL DEFAULT 0,
   rank REAL NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(state, kind, rank DESC);
-CREATE INDEX IF NOT EXISTS tasks_fit ON tasks(state, kind, requires, rank DESC);
-CREATE INDEX IF NOT EXISTS tasks_node ON tasks(node, state);
+DROP INDEX IF EXISTS tasks_queue;
+DROP INDEX IF EXISTS tasks_fit;
+DROP INDEX IF EXISTS tasks_node;
+CREATE INDEX IF NOT EXISTS tasks_queued ON tasks(kind, requires, rank DESC) WHERE state='queued';
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks(node) WHERE state IN ('leased','running');
 CREATE TABLE IF NOT EXISTS history(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
   to_state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
@@ -110,6 +112,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA cache_size=-32768")
             with self.tx() as cur:
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():

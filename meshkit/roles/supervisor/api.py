@@ -17,6 +17,7 @@ from meshkit.rules import auth, fsm
 ACTIVE_ONLY = {"heartbeat", "claim", "start", "results", "dispatch", "cancel", "graph", "resume", "mode",
                "lease_acquire", "lease_renew", "lease_release"}
 ACKNOWLEDGED = {"dispatch", "results", "graph", "cancel"}     # sync replication waits for these
+SERIAL = {"heartbeat", "claim", "start", "results", "dispatch", "cancel"}   # short, store-bound: App.lock
 
 
 class Api:
@@ -78,20 +79,20 @@ class Api:
         for route in self.routes:        # work is accepted by the active primary only
             if route.name in ACTIVE_ONLY:
                 route.handler = self._active(route.handler)
+            if route.name in ACKNOWLEDGED:   # waits for the standby: after the handler, unlocked
+                route.after = lambda req: self.sup.ha.acknowledge()
+            route.serial = route.name in SERIAL
 
     def _active(self, handler):
         def wrapped(req):
             self.sup.ha.require_active(req)
-            result = handler(req)
-            if req.route.name in ACKNOWLEDGED:
-                self.sup.ha.acknowledge()
-            return result
+            return handler(req)
         return wrapped
 
     def app(self) -> App:
         return App(self.routes, self.authenticate, self.sup.cfg.get("supervisor.max_body"),
                    on_response=self.on_response, common_headers=self.headers,
-                   logger=self.sup.log, clock=self.sup.clock)
+                   logger=self.sup.log, clock=self.sup.clock, lock=self.tasks.cond)
 
     # -- auth and bookkeeping -------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Which queued tasks a node may claim, best first, without walking the ones it can't run.
 
-The queue index is (state, kind, requires, rank): for each kind the node runs, the
-distinct requirement sets among queued tasks are found by index seeks (a handful per
-kind, whatever the queue's length), those the node's capabilities cover get one lazy
-cursor each in rank order, and the cursors are merged by rank. A task needing a GPU
+The queue index holds queued tasks only (partial, on kind, requires, rank: a task leaves
+it once, when it is leased, and its later changes don't touch it). For each kind the
+node runs, the distinct requirement sets among queued tasks are found by index seeks (a
+handful per kind, whatever the queue's length), those the node's capabilities cover get
+one lazy cursor each in rank order, and the cursors are merged by rank. A task needing a GPU
 the node lacks, or of a kind it doesn't run, is never read, so a backlog of work for
 other nodes doesn't slow this node's claims (and a query with `kind IN (...)` would
 make SQLite sort every queued task of those kinds on each claim).

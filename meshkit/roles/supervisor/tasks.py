@@ -44,7 +44,7 @@ class Tasks:
     def __init__(self, store: Store, cfg: Config, clock, logger, rand=None):
         self.store, self.cfg, self.clock, self.log = store, cfg, clock, logger
         self.rand = rand or random.Random()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.RLock())   # also the API's App.lock (api.py)
         self.generation = 0
         self.draining = False
         self.policy = Policy()       # replaced by the brain when the priorities file changes
@@ -135,8 +135,8 @@ class Tasks:
                               started_at=None, hb_missing=0)
                 leased.append(tx.task_row(n))
                 self.starts.add(leased[-1]["kind"], now)
-            if leased:
-                tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
+            if leased:    # at most once a second: a busy node's row is not rewritten on every claim
+                tx.execute("UPDATE nodes SET last_seen=? WHERE name=? AND last_seen<?", (now, node, now - 1))
         out = []
         for row in leased:
             t = task_dict(row)
@@ -331,7 +331,7 @@ class Tasks:
             listed = [task_n(item["task"]) for item in running] or [0]
             marks = ",".join("?" * len(listed))
             tx.execute(f"UPDATE tasks SET hb_missing=CASE WHEN n IN ({marks}) THEN 0 ELSE hb_missing+1 END"
-                       f" WHERE node=? AND state='running'", (*listed, node))
+                       f" WHERE node=? AND state IN ('leased','running') AND state='running'", (*listed, node))
             cancel = [task_id(r["n"]) for r in tx.all(
                 "SELECT n FROM tasks WHERE node=? AND cancel_requested=1 AND state IN ('leased','running')", (node,))]
         if prev is None or prev["state"] != "alive":

@@ -1,0 +1,80 @@
+"""Reading an HTTP/1.x request head: the request line and the header fields.
+
+http.server hands the header block to the email package (a feed parser built for mail
+messages), which costs more than everything else meshkit does to answer a claim outside
+SQLite. Request headers need much less: lines up to a CRLF, split at the first colon.
+This reads them into `Headers` with http.server's limits (a line of at most 64 KiB, at
+most 100 fields) and refuses what RFC 9112 says a server must refuse: whitespace before
+the colon and obsolete line folding (400).
+"""
+
+MAX_LINE = 65536
+MAX_FIELDS = 100
+
+
+class HeadError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Headers:
+    """Header fields in the order sent; names match case-insensitively; the first of
+    repeated fields is what get() answers (as email.message.Message does)."""
+
+    __slots__ = ("_fields", "_first")
+
+    def __init__(self, fields: list):
+        self._fields = fields
+        self._first = {}
+        for name, value in fields:
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, default=None):
+        return self._first.get(name.lower(), default)
+
+    def __getitem__(self, name: str):
+        return self._first.get(name.lower())
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._first
+
+    def get_all(self, name: str, default=None):
+        name = name.lower()
+        found = [v for k, v in self._fields if k.lower() == name]
+        return found or default
+
+    def items(self) -> list:
+        return list(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def read_headers(readline) -> Headers:
+    """Header fields up to the empty line; `readline(limit)` reads one line (bytes)."""
+    fields = []
+    while True:
+        line = readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise HeadError(431, "a header line is longer than 65536 bytes")
+        if line in (b"\r\n", b"\n", b""):
+            return Headers(fields)
+        if len(fields) == MAX_FIELDS:
+            raise HeadError(431, f"more than {MAX_FIELDS} header fields")
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        name, colon, value = text.partition(":")
+        if not colon or not name or name != name.strip(" \t"):
+            raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
+                                 "colon and no folded continuation lines)")
+        fields.append((name, value.strip(" \t")))
+
+
+def parse_version(text: str):
+    """(major, minor) of "HTTP/x.y" (RFC 2145: two whole numbers), or None."""
+    if not text.startswith("HTTP/"):
+        return None
+    parts = text[5:].split(".")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
