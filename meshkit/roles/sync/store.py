@@ -24,6 +24,7 @@ from meshkit.rules.syncrotate import INCOMPLETE, parse_name
 
 SNAPSHOTS, INVALID, CURRENT, MARKER = "snapshots", "invalid", "current", ".meshkit-sync.json"
 _NOFOLLOW, _NONBLOCK = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_NONBLOCK", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _NONBLOCK
 
 
 def _fsync_dir(path: str) -> None:
@@ -167,7 +168,7 @@ class SnapshotStore:
     def read_regular(root: str, rel: str) -> tuple:
         """(fstat, bytes) of a regular file, (fstat, None) if the path is something
         else; a symlink is not followed (ELOOP) and a FIFO does not block."""
-        fd = os.open(root + "/" + rel, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        fd = os.open(root + "/" + rel, _READ_FLAGS)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
