@@ -101,6 +101,12 @@ def check_file(path: str, data: bytes | None, size: int, old_size: int | None, r
     if data is None:
         return problems
     suffix, rules = _suffix(path), required_keys(path, require)
+    if suffix == ".json" and not rules:     # the usual case (10,000 times on a first sync): parse only
+        try:
+            _loads(data)
+        except ValueError as e:
+            problems.append(f"is not valid JSON: {_json_error(e)}")
+        return problems
     if suffix == ".md":
         if not data.strip():
             problems.append("is empty (a .md file must have content)")
