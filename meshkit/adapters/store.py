@@ -97,9 +97,16 @@ def _store_error(e: sqlite3.Error) -> StoreError:
     return StoreError(f"database error: {msg}; nothing was stored")
 
 
+CHECKPOINT_EVERY = 200          # commits between background checkpoints (also at least once a second)
+AUTOCHECKPOINT_PAGES = 20000    # SQLite's own checkpoint, in a commit, only if the background one falls behind
+
+
 class Store:
     def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0):
         self.path = path
+        self._commits = 0
+        self._checkpoint_due = threading.Event()
+        self._closed = False
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.RLock()
         self._column_cache = {}
@@ -113,6 +120,10 @@ class Store:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA cache_size=-32768")
+            # Checkpoints (copying the WAL into the database file, with an fsync) run in a
+            # background thread on their own connection, not inside some request's COMMIT.
+            self.db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            self.db.execute("PRAGMA journal_size_limit=67108864")
             with self.tx() as cur:
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
@@ -125,6 +136,27 @@ class Store:
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('role', 'primary')")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
+        threading.Thread(target=self._checkpointer, args=(busy_timeout,), name="checkpoint", daemon=True).start()
+
+    def _checkpointer(self, busy_timeout: float) -> None:
+        """PASSIVE checkpoints on a second connection: they never block a writer; what they
+        can't copy yet (a frame a reader still needs) waits for the next one."""
+        try:
+            db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return              # SQLite's own autocheckpoint still bounds the WAL
+        try:
+            while not self._closed:
+                self._checkpoint_due.wait(1.0)
+                self._checkpoint_due.clear()
+                if self._closed:
+                    break
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass        # disk full, busy: the next round retries
+        finally:
+            db.close()
 
     # -- transactions -------------------------------------------------------
 
@@ -146,6 +178,9 @@ class Store:
                 if self.write_guard is not None and not replication and self.db.total_changes != changes:
                     self.write_guard()
                 cur.execute("COMMIT")
+                self._commits += 1
+                if self._commits % CHECKPOINT_EVERY == 0:
+                    self._checkpoint_due.set()
             except sqlite3.Error as e:
                 self._rollback(cur)
                 raise _store_error(e) from None
@@ -244,6 +279,8 @@ class Store:
         return {"rows": rows, "tasks": sorted(tasks)}
 
     def close(self) -> None:
+        self._closed = True
+        self._checkpoint_due.set()
         with self._lock:
             self.checkpoint()
             self.db.close()
@@ -353,12 +390,15 @@ class Tx:
         self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
         return n
 
-    def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, **updates) -> None:
+    def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, row=None,
+                   **updates) -> None:
         """Move task n from `expect_from` (a state or a set of states) to `to`; write its history row.
+        `row`: the task's row as read in this transaction, if the caller has it (saves a read).
 
         Raises InvalidTransition if the table forbids the move or the task is not in expect_from.
         """
-        row = self.task_row(n)
+        if row is None:
+            row = self.task_row(n)
         frm = row["state"]
         allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from or ())
         if allowed and frm not in allowed:

@@ -51,6 +51,7 @@ class Tasks:
         self.mode = "normal"         # set by the brain every cycle
         self.starts = StartWindow()  # leases per kind in the last 60 s (fleet rate limits)
         self.accepting = lambda: True  # HA sets this: primary, not handing over, lease held
+        self.seen_written = {}       # node -> when a claim last wrote its last_seen
         for r in store.read("SELECT t.kind, h.at FROM history h JOIN tasks t ON t.n=h.task"
                             " WHERE h.seq > (SELECT COALESCE(MAX(seq), 0) - 100000 FROM history)"
                             " AND h.to_state='leased' AND h.at > ?", (clock.time() - 60,)):
@@ -129,14 +130,17 @@ class Tasks:
             candidates.close()
             leased = []
             for n, attempts in picked:
-                fence = tx.next_fence()
+                row = tx.task_row(n)
+                lease = {"node": node, "fence": tx.next_fence(), "attempts": attempts,
+                         "lease_deadline": now + lease_ttl, "started_at": None, "hb_missing": 0}
                 tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
-                              node=node, fence=fence, attempts=attempts, lease_deadline=now + lease_ttl,
-                              started_at=None, hb_missing=0)
-                leased.append(tx.task_row(n))
-                self.starts.add(leased[-1]["kind"], now)
-            if leased:    # at most once a second: a busy node's row is not rewritten on every claim
-                tx.execute("UPDATE nodes SET last_seen=? WHERE name=? AND last_seen<?", (now, node, now - 1))
+                              row=row, **lease)
+                leased.append(dict(row, **lease, state="leased", updated_at=now))
+                self.starts.add(row["kind"], now)
+            if leased and now - self.seen_written.get(node, 0) >= 1:
+                # at most once a second: a busy node's row is not rewritten on every claim
+                tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
+                self.seen_written[node] = now
         out = []
         for row in leased:
             t = task_dict(row)
@@ -207,10 +211,13 @@ class Tasks:
         now = self.clock.time()
         n = task_n(tid)
         with self.store.tx() as tx:
-            seen = tx.one("SELECT answer FROM results WHERE task=? AND fence=?", (n, fence))
-            if seen is not None:
-                return dict(json.loads(seen["answer"]), duplicate=True)
-            row = self._fenced_row(tx, tid, node, fence)
+            row = tx.task_row(n)
+            if row["fence"] != fence or row["node"] != node or row["state"] not in fsm.ACTIVE:
+                # not the current lease: a result already recorded answers the same again
+                seen = tx.one("SELECT answer FROM results WHERE task=? AND fence=?", (n, fence))
+                if seen is not None:
+                    return dict(json.loads(seen["answer"]), duplicate=True)
+                row = self._fenced_row(tx, tid, node, fence)     # raises StaleFence
             to, reason = fsm.after_result(body["outcome"], ended_by, row["attempts"], row["max_attempts"],
                                           bool(row["cancel_requested"]))
             if body.get("error"):
@@ -225,7 +232,7 @@ class Tasks:
                                             self.cfg.get("tasks.backoff_cap"), self.rand.random())
                 updates.update(node=None, lease_deadline=None, not_before=now + delay)
                 reason += f" (backoff {delay:.1f} s)"
-            tx.transition(n, fsm.ACTIVE, to, reason, node, now, **updates)
+            tx.transition(n, fsm.ACTIVE, to, reason, node, now, row=row, **updates)
             if to in fsm.TERMINAL:
                 self._settle_dependents(tx, n, to, now)
             if to != "cancelled":
