@@ -1,12 +1,15 @@
 """Sync decisions, table-driven with plain values: no I/O, no sleeps."""
 
+import copy
 import json
+import pickle
 import unittest
 
 from meshkit.core.errors import BadRequest
-from meshkit.rules.syncplan import (MEMORY_INCLUDES, Changes, Item, empty_source_reason, filter_args,
-                                    guard, job_problem, missing_source, parse_itemized, parse_location,
-                                    reported_files, summarize, transferred_files, unescape)
+from meshkit.rules.syncplan import (MEMORY_INCLUDES, Changes, Item, JobSpec, Location,  # noqa: F401 (eval)
+                                    empty_source_reason, filter_args, guard, job_problem, missing_source,
+                                    parse_itemized, parse_location, reported_files, summarize,
+                                    transferred_files, unescape)
 from meshkit.rules.syncrotate import (incomplete_plan, invalid_plan, new_name, parse_name,
                                       rotation_plan, stamp)
 from meshkit.rules.syncstatus import empty_status, next_status
@@ -137,6 +140,30 @@ class Itemized(unittest.TestCase):
                 self.assertEqual(missing_source(code, err), expected)
 
 
+class PlainValues(unittest.TestCase):
+    """The sync path's value classes (core/record.py, not @dataclass): equality,
+    repr, frozen fields, copy and pickle."""
+
+    def test_values(self):
+        spec = JobSpec("memory", "memory", "/src", "/dest", include=("a",), require={"*.json": ["k"]})
+        item = Item(">f+++++++++", 3, "a/b.json")
+        for value in (spec, item, parse_location("pi:agents"), Changes(new_files=1, fetch=["x"])):
+            with self.subTest(value=value):
+                self.assertEqual(copy.copy(value), value)
+                self.assertEqual(copy.deepcopy(value), value)
+                self.assertEqual(pickle.loads(pickle.dumps(value)), value)
+                self.assertEqual(eval(repr(value)), value)
+        self.assertNotEqual(item, Item(">f+++++++++", 4, "a/b.json"))
+        self.assertNotEqual(item, (">f+++++++++", 3, "a/b.json"))
+        self.assertEqual(len({item, Item(">f+++++++++", 3, "a/b.json")}), 1)
+        with self.assertRaises(AttributeError):
+            item.size = 4
+        with self.assertRaises(TypeError):
+            hash(Changes())
+        self.assertEqual(JobSpec("j", "backup", "s", "d").require, {})
+        self.assertIsNot(Changes().fetch, Changes().fetch)
+
+
 class Guard(unittest.TestCase):
     def test_table(self):
         cases = [
@@ -195,6 +222,23 @@ class Validation(unittest.TestCase):
                 self.assertEqual(len(got), len(expected), got)
                 for want, have in zip(expected, got):
                     self.assertIn(want, have)
+
+    def test_json_verdict_is_json_loads_verdict(self):
+        # check_file skips json.loads' encoding detection for bytes that cannot be
+        # UTF-16/32 or start with a BOM; its verdict must stay json.loads' own
+        samples = [b'{"a": 1}', b' [1]\n', b'', b'  ', b'1', b'1\x00', b'nul\x00l', b'{"a": 1} x',
+                   b'\xef\xbb\xbf{"a": 1}', '{"a": 1}'.encode("utf-16"), '{"a": 1}'.encode("utf-16-le"),
+                   '[2]'.encode("utf-32-be"), b'"\xed\xa0\x80"', b'"\xff"', b'"caf\xc3\xa9"']
+        for data in samples:
+            with self.subTest(data=data):
+                try:
+                    json.loads(data)
+                    want = []
+                except ValueError as e:
+                    want = [e]
+                got = check_file("a/x.json", data, len(data), None, {})
+                self.assertEqual(len(got), len(want), got)
+        self.assertEqual(check_file("a/.json", b"not json", 8, None, {}), [])    # a hidden file, not .json
 
     def test_needs_content(self):
         for path, needed in [("a/x.json", True), ("a/x.jsonl", True), ("a/X.MD", True),

@@ -45,3 +45,8 @@ class Frozen(Record):
 
     def __hash__(self) -> int:
         return hash(tuple(getattr(self, f) for f in self.__slots__))
+
+    def __reduce__(self):
+        """copy and pickle rebuild it through __init__ (which takes the fields in
+        __slots__ order), as assignment is refused."""
+        return type(self), tuple(getattr(self, f) for f in self.__slots__)
