@@ -1,18 +1,16 @@
-"""A JSON-over-HTTP server on http.server: routing, body limits, a connection cap,
-timeouts for slow clients, JSON errors for everything, one write per response.
+"""JSON over HTTP on http.server's request handler: routing, body limits, authentication,
+JSON errors for everything, one write per response. The sockets are httploop's.
 
-Stdlib defaults fixed here: the listen backlog (5) is raised; TCP_NODELAY is set and
-each response goes out in a single write, so keep-alive answers don't wait 40 ms for
-a delayed ACK; slow or silent clients are cut off after `request_timeout`.
+Stdlib defaults fixed (here and in httploop): the listen backlog (5) is raised; TCP_NODELAY
+is set and each response goes out in a single write, so keep-alive answers don't wait 40 ms
+for a delayed ACK; slow or silent clients are cut off after `request_timeout`.
 """
 
 import http.server
-import io
 import json
 import re
 import select
 import socket
-import socketserver
 import threading
 import traceback
 import urllib.parse
@@ -25,8 +23,6 @@ from meshkit.core.errors import (BadRequest, MeshkitError, MethodNotAllowed, Not
                                  TooLarge, Unavailable)
 
 
-LINGER_SECONDS = 2.0             # after an unread body is refused (see Handler._linger)
-LINGER_BYTES = 16 << 20
 
 
 @dataclass
@@ -66,6 +62,7 @@ class Request:
     route: Route = None
     key_id: str = ""
     role: str = ""
+    may_wait: bool = True        # False on the event loop (httploop): a handler that would wait raises WouldWait
     _json: object = None
 
     def connected(self) -> bool:
@@ -115,6 +112,11 @@ def encode_json(status: int, obj, extra_headers=None) -> Raw:
                "application/json", extra_headers or {})
 
 
+class WouldWait(Exception):
+    """A handler run with `may_wait` False would have to wait (a long-poll with nothing to
+    answer yet): the server runs it again on a thread, already authenticated."""
+
+
 class App:
     """What the server calls: authenticate(request) and hooks; set by the role.
 
@@ -157,24 +159,11 @@ class App:
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    may_wait = True                     # the loop's handler (httploop) says False
     protocol_version = "HTTP/1.1"
     server_version = "meshkit"
     sys_version = ""
-    disable_nagle_algorithm = True
     error_content_type = "application/json"
-
-    def setup(self):
-        self.timeout = self.server.request_timeout
-        self.linger = False
-        self.read_deadline = None
-        super().setup()
-        # One deadline for a whole request (line, headers, body): a client dribbling a byte at a
-        # time cannot hold a connection past request_timeout (a per-recv timeout alone would let it).
-        self.rfile = io.BufferedReader(_DeadlineReader(self))
-
-    def handle_one_request(self):
-        self.read_deadline = self.server.app.clock.monotonic() + self.server.request_timeout
-        super().handle_one_request()
 
     def parse_request(self) -> bool:
         """http.server's request-line rules (no HTTP/0.9), headers read by httphead instead
@@ -214,31 +203,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Expect", "").lower() == "100-continue" and version >= (1, 1):
             return self.handle_expect_100()
         return True
-
-    def finish(self):
-        super().finish()
-        if self.linger:
-            self._linger()
-
-    def _linger(self) -> None:
-        """After refusing a body it did not read (413, chunked, bad Content-Length): send FIN, then
-        read and drop what the client still sends, briefly. Closing with unread data makes the
-        kernel answer RST, which can destroy the refusal before the client reads it."""
-        deadline = self.server.app.clock.monotonic() + LINGER_SECONDS
-        left = LINGER_BYTES
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            while left > 0:
-                wait = deadline - self.server.app.clock.monotonic()
-                if wait <= 0:
-                    break
-                self.connection.settimeout(wait)
-                data = self.connection.recv(min(left, 65536))
-                if not data:
-                    break
-                left -= len(data)
-        except OSError:
-            pass
 
     def log_message(self, format, *args):
         pass
@@ -301,155 +265,116 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self):
         with self.server._count_lock:
-            self.server.in_flight += 1
+            self.server.running += 1
         try:
             self._handle_request()
         finally:
             with self.server._count_lock:
-                self.server.in_flight -= 1
+                self.server.running -= 1
 
     def _handle_request(self):
-        app = self.server.app
-        start = app.clock.monotonic()
-        route_name, req = "unmatched", None
-        self.linger = True              # a refusal before the body is read lingers (see _linger)
+        self.deferred = self._done = None
+        self._route_name, self._req = "unmatched", None
+        self.linger = True              # a refusal before the body is read lingers (httploop lingers)
+        start = self.server.app.clock.monotonic()
         try:
-            url = urllib.parse.urlsplit(self.path)
-            if not self.path.startswith("/"):
-                self.close_connection = True
-                raise BadRequest("the request target must be a path")
-            # Non-ASCII text reaches no handler: not in the target (percent-encode it), not in a
-            # decoded query, not in a header (handlers compare and parse these as ASCII).
-            if not self.path.isascii():
-                self.close_connection = True
-                raise BadRequest("the request target must be ASCII (percent-encode other characters)")
-            if not all(k.isascii() and v.isascii() for k, v in self.headers.items()):
-                self.close_connection = True
-                raise BadRequest("header names and values must be ASCII")
-            body = self._body()
-            try:
-                query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True, encoding="ascii",
-                                                    errors="strict")) if url.query else {}
-            except UnicodeDecodeError:
-                raise BadRequest("query parameters must be ASCII once percent-decoded") from None
-            route, params = app.match(self.command, url.path)
-            route_name = route.name
-            req = Request(self.command, self.path, url.path, query, params, self.headers, body,
-                          self.client_address[0], route)
-            req.sock = self.connection
-            if route.serial:
-                with app.lock:
-                    result = self._call(route, req)
-            else:
-                result = self._call(route, req)
-            if route.after is not None:
-                route.after(req)
-            raw = result if isinstance(result, Raw) else encode_json(200, result)
+            raw = self._outcome(self._parse_and_call)
+        except WouldWait:
+            self.deferred = start       # httploop calls resume() on a thread
+            return
+        self._respond(raw, start)
+
+    def resume(self) -> None:
+        """Answer a request that raised WouldWait, on a thread where its handler may wait."""
+        start, self.deferred = self.deferred, None
+        with self.server._count_lock:
+            self.server.running += 1
+        try:
+            self._req.may_wait = True
+            self._respond(self._outcome(lambda: self._invoke(self._req.route, self._req, False)), start)
+        finally:
+            with self.server._count_lock:
+                self.server.running -= 1
+
+    def _parse_and_call(self):
+        app = self.server.app
+        url = urllib.parse.urlsplit(self.path)
+        if not self.path.startswith("/"):
+            self.close_connection = True
+            raise BadRequest("the request target must be a path")
+        # Non-ASCII text reaches no handler: not in the target (percent-encode it), not in a
+        # decoded query, not in a header (handlers compare and parse these as ASCII).
+        if not self.path.isascii():
+            self.close_connection = True
+            raise BadRequest("the request target must be ASCII (percent-encode other characters)")
+        if not all(k.isascii() and v.isascii() for k, v in self.headers.items()):
+            self.close_connection = True
+            raise BadRequest("header names and values must be ASCII")
+        body = self._body()
+        try:
+            query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True, encoding="ascii",
+                                                errors="strict")) if url.query else {}
+        except UnicodeDecodeError:
+            raise BadRequest("query parameters must be ASCII once percent-decoded") from None
+        route, params = app.match(self.command, url.path)
+        self._route_name = route.name
+        req = self._req = Request(self.command, self.path, url.path, query, params, self.headers, body,
+                                  self.client_address[0], route)
+        req.sock = self.connection
+        req.may_wait = self.may_wait
+        return self._invoke(route, req, True)
+
+    def _outcome(self, work):
+        """The answer to send: work()'s result, or its error as JSON; None when the client is gone."""
+        app = self.server.app
+        try:
+            result = work()
+            return result if isinstance(result, Raw) else encode_json(200, result)
         except MeshkitError as e:
             extra = {}
             if isinstance(e, MethodNotAllowed):
                 extra["Allow"] = e.details.get("allow", "")
             if e.details.get("retry_after"):
                 extra["Retry-After"] = str(e.details["retry_after"])
-            raw = encode_json(e.status if 400 <= e.status < 600 else 500, e.to_json(), extra)
+            return encode_json(e.status if 400 <= e.status < 600 else 500, e.to_json(), extra)
         except (ConnectionError, socket.timeout):
             self.close_connection = True
-            return
+            return None
+        except WouldWait:
+            raise
         except Exception as e:  # a bug: answer 500 with no internals, log the traceback
             if app.logger:
-                app.logger.error("internal_error", route=route_name, error=repr(e),
+                app.logger.error("internal_error", route=self._route_name, error=repr(e),
                                  traceback=traceback.format_exc(limit=8))
-            raw = encode_json(500, {"error": {"code": "internal", "message": "internal error; see the supervisor's log"}})
+            return encode_json(500, {"error": {"code": "internal", "message": "internal error; see the supervisor's log"}})
+
+    def _respond(self, raw, start: float) -> None:
+        if raw is None:
+            return
+        app = self.server.app
         # Counted before the answer leaves: a client that scrapes /metrics next sees its request.
-        app.on_response(req, route_name, raw.status, app.clock.monotonic() - start)
+        app.on_response(self._req, self._route_name, raw.status, app.clock.monotonic() - start)
         try:
             self._write(raw)
         except OSError:
             self.close_connection = True
 
-    def _call(self, route: Route, req: Request):
-        if route.auth != "none":
+    def _invoke(self, route: Route, req: Request, authenticate: bool):
+        if self._done is None:          # (resume() after a WouldWait from `after` skips it)
+            if route.serial:
+                with self.server.app.lock:
+                    self._done = (self._call(route, req, authenticate),)
+            else:
+                self._done = (self._call(route, req, authenticate),)
+        if route.after is not None:
+            route.after(req)            # may raise WouldWait too
+        return self._done[0]
+
+    def _call(self, route: Route, req: Request, authenticate: bool):
+        if authenticate and route.auth != "none":
             self.server.app.authenticate(req)
         if self.server.draining and route.auth != "none" and route.method != "GET":
             raise Unavailable("the supervisor is shutting down; retry shortly", retry_after=2)
         return route.handler(req)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
-
-
-class _DeadlineReader(io.RawIOBase):
-    """The connection's reads, each given only the time left until the handler's read_deadline."""
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.sock = handler.connection
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        h = self.handler
-        if h.read_deadline is not None:
-            left = h.read_deadline - h.server.app.clock.monotonic()
-            if left <= 0:
-                raise socket.timeout("request_timeout: the request took too long to arrive")
-            self.sock.settimeout(left)
-        return self.sock.recv_into(buf)
-
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def __init__(self, address, app: App, max_connections: int = 256, request_timeout: float = 30.0):
-        self.app = app
-        self.request_timeout = request_timeout
-        self.draining = False
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self.active = 0          # open connections
-        self.in_flight = 0       # requests being answered (shutdown waits for these only)
-        self._count_lock = threading.Lock()
-        super().__init__(address, Handler)
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 72\r\n\r\n"
-                                b'{"error":{"code":"unavailable","message":"too many connections; retry"}}')
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        with self._count_lock:
-            self.active += 1
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._count_lock:
-                self.active -= 1
-            self._slots.release()
-
-    def handle_error(self, request, client_address):
-        """A connection that failed outside a handler (timeout or reset while reading headers):
-        nothing to answer; a bug is logged, never printed to stderr as a bare traceback."""
-        err = traceback.format_exc(limit=8)
-        if self.app.logger and "TimeoutError" not in err and "ConnectionError" not in err \
-                and "ConnectionResetError" not in err and "BrokenPipeError" not in err:
-            self.app.logger.error("connection_error", client=str(client_address[0]), traceback=err)
-
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-
-def start(host: str, port: int, app: App, max_connections=256, request_timeout=30.0) -> Server:
-    """Bind (port 0 = a free port) and serve in a background thread."""
-    server = Server((host, port), app, max_connections, request_timeout)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                     name="http", daemon=True).start()
-    return server

@@ -5,7 +5,7 @@ import threading
 import urllib.parse
 
 from meshkit import __version__
-from meshkit.adapters.httpserver import App, Raw, Route, encode_json
+from meshkit.adapters.httpserver import App, Raw, Route, WouldWait, encode_json
 from meshkit.core import metrics as m
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Unauthorized
@@ -80,8 +80,12 @@ class Api:
             if route.name in ACTIVE_ONLY:
                 route.handler = self._active(route.handler)
             if route.name in ACKNOWLEDGED:   # waits for the standby: after the handler, unlocked
-                route.after = lambda req: self.sup.ha.acknowledge()
+                route.after = self._acknowledge
             route.serial = route.name in SERIAL
+
+    def _acknowledge(self, req) -> None:
+        if not self.sup.ha.acknowledge(req.may_wait):
+            raise WouldWait()       # sync replication: wait for the standby on a thread
 
     def _active(self, handler):
         def wrapped(req):
@@ -129,7 +133,9 @@ class Api:
 
     def claim(self, req):
         start = self.sup.clock.monotonic()
-        leased = self.tasks.claim(req.json(), req.connected)
+        leased = self.tasks.claim(req.json(), req.connected, req.may_wait)
+        if leased is None:
+            raise WouldWait()       # nothing yet: the server lets it wait on a thread
         if leased:
             self.claim_latency.observe(self.sup.clock.monotonic() - start)
         return {"tasks": leased, "epoch": self.sup.epoch}

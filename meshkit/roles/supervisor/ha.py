@@ -239,11 +239,14 @@ class Ha:
                 "epoch": self.sup.epoch, "time": self.clock.time(), "promoted_from": self.promoted_base[0],
                 "promoted_head": self.promoted_base[1]}
 
-    def acknowledge(self) -> None:
-        """Sync mode: return once the standby holds everything committed so far (bounded)."""
+    def acknowledge(self, may_wait: bool = True) -> bool:
+        """Sync mode: return once the standby holds everything committed so far (bounded).
+        False, at once, when that means waiting and `may_wait` is False."""
         if self.mode != "sync" or self.sup.role != "primary":
-            return
+            return True
         target = self.store.head_seq()
+        if not may_wait and self.standby_acked < target and not self.sync_degraded:
+            return False
         deadline = self.clock.monotonic() + float(self.cfg.get("supervisor.sync_timeout"))
         with self._cond:
             while self.standby_acked < target:
@@ -259,8 +262,9 @@ class Ha:
                         self.sync_degraded = True
                         self.log.warning("replication_degraded", mode="async",
                                          reason="the standby did not confirm in time")
-                    return
+                    return True
                 self._cond.wait(remaining)
+        return True
 
     # -- standby side: pulling --------------------------------------------------------------
 

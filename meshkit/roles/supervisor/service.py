@@ -4,7 +4,7 @@ import os
 import threading
 
 from meshkit import __version__
-from meshkit.adapters import httpserver, keyfile, syncstatus
+from meshkit.adapters import httploop, keyfile, syncstatus
 from meshkit.adapters.atomic import write_text
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
@@ -69,7 +69,7 @@ class Supervisor:
         self.ha.start(self.standby_of)
         host, port = self.listen
         try:
-            self.server = httpserver.start(host, port, self.api.app(),
+            self.server = httploop.start(host, port, self.api.app(),
                                            self.cfg.get("supervisor.max_connections"),
                                            self.cfg.get("supervisor.request_timeout"))
         except OSError as e:

@@ -71,8 +71,9 @@ class Tasks:
 
     # -- claims -----------------------------------------------------------------
 
-    def claim(self, body: dict, connected=lambda: True) -> list:
-        """Lease up to `max` tasks this node can run; hold the request up to `wait` seconds."""
+    def claim(self, body: dict, connected=lambda: True, may_wait: bool = True):
+        """Lease up to `max` tasks this node can run; hold the request up to `wait` seconds.
+        With may_wait False, None instead of waiting (the caller asks again where it may wait)."""
         wire.validate(body, wire.CLAIM, "claim")
         node = body["node"]
         want = body.get("max", 1)
@@ -91,6 +92,8 @@ class Tasks:
                 return []
             if leased or remaining <= 0 or self.draining:
                 return leased
+            if not may_wait:
+                return None
             with self.cond:
                 if self.generation == generation and not self.draining:
                     self.cond.wait(remaining)

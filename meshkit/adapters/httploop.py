@@ -1,0 +1,396 @@
+"""The supervisor's HTTP server: one thread owns every connection, reads requests and answers
+the short ones itself; requests that may wait (long polls, pages, replication) run on threads.
+
+Why not a thread per connection (socketserver.ThreadingMixIn): Python runs one thread at a
+time, and SQLite releases the GIL for every statement, so with eight busy connections the
+threads hand the GIL to each other a dozen times per request (a futex wake and a context
+switch each). Measured with bench_supervisor (8 workers, 2 cores): the same handlers answered
+~1,100 tasks/s on threads and ~2,000 on one loop thread.
+
+Every request still goes through httpserver.Handler (http.server's request handler: limits,
+parsing, routing, authentication, JSON errors); only the socket work is here: buffering a
+request until it is whole, writing answers without blocking, cutting off clients slower than
+`request_timeout`, and lingering after refusing a body that was not read.
+"""
+
+import collections
+import http.server
+import io
+import selectors
+import socket
+import threading
+import traceback
+
+from meshkit.adapters.httphead import HeadError, read_headers
+from meshkit.adapters.httpserver import App, Handler
+from meshkit.core.errors import MeshkitError
+
+LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)
+LINGER_BYTES = 16 << 20
+MAX_HEAD = 256 << 10          # request line + header block; past it the handler refuses it (414/431)
+EXPIRY_CHECK = 0.1            # how often connections are checked against their deadlines (s)
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        b"Connection: close\r\nContent-Length: 72\r\n\r\n"
+        b'{"error":{"code":"unavailable","message":"too many connections; retry"}}')
+
+
+class Conn:
+    __slots__ = ("sock", "addr", "buf", "out", "deadline", "state", "close_after", "linger", "drained", "eof",
+                 "continued")
+
+    def __init__(self, sock, addr, deadline):
+        self.sock, self.addr, self.deadline = sock, addr, deadline
+        self.buf, self.out = b"", b""
+        self.state = "read"           # read | busy (a thread has it) | write | linger
+        self.close_after = self.linger = self.eof = self.continued = False
+        self.drained = 0
+
+
+class LoopHandler(Handler):
+    """http.server's handler over one whole request held in memory; the answer is collected."""
+
+    may_wait = False
+
+    def __init__(self, conn: Conn, data: bytes, server):
+        # BaseRequestHandler.__init__ would run setup/handle/finish on the socket: not here.
+        self.request = self.connection = conn.sock
+        self.client_address = conn.addr
+        self.server = server
+        self.rfile = io.BytesIO(data)
+        self.wfile = io.BytesIO()
+        self.close_connection = True
+        self.linger = False
+        self.read_deadline = None
+        self.deferred = None
+
+    def handle_expect_100(self) -> bool:
+        return True             # the loop sent "100 Continue" before the body came (_continue)
+
+    def answer(self) -> bytes:
+        return self.wfile.getvalue()
+
+
+def frame(buf: bytes, max_body: int):
+    """(request bytes, rest) once `buf` holds a whole request; None while it doesn't. A head
+    the handler will refuse (bad fields, chunked, oversize body) is handed over without its
+    body: the handler answers before reading one."""
+    end = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    if end < 0 or 0 <= lf < end:
+        end, sep = lf, 2
+    else:
+        sep = 4
+    if end < 0:
+        return (buf, b"") if len(buf) > MAX_HEAD else None
+    head = buf[:end + sep]
+    first = head.find(b"\n") + 1
+    try:
+        headers = read_headers(io.BytesIO(head[first:]).readline)
+    except HeadError:
+        return head, b""
+    lengths = headers.get_all("Content-Length") or []
+    if headers.get("Transfer-Encoding") is not None or len(lengths) > 1:
+        return head, b""
+    value = lengths[0].strip() if lengths else "0"
+    if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) > max_body:
+        return head, b""
+    whole = end + sep + int(value)
+    return (buf[:whole], buf[whole:]) if len(buf) >= whole else None
+
+
+class LoopServer(http.server.HTTPServer):
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address, app: App, max_connections: int = 256, request_timeout: float = 30.0):
+        self.app = app
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.draining = False
+        self.active = 0          # open connections
+        self.running = 0         # handlers running (Handler counts itself)
+        self._partial = 0        # connections holding part of a request (counted by _expire)
+        self._count_lock = threading.Lock()
+        super().__init__(address, LoopHandler)
+        self.socket.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._back = collections.deque()       # (conn, handler) answered on a thread
+        self._conns = set()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._next_check = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered or still arriving: shutdown waits for these (bounded)."""
+        return self.running + self._partial
+
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- the loop --------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
+        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stop.is_set():
+                for key, mask in self._sel.select(min(poll_interval, EXPIRY_CHECK)):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._take_back()
+                    else:
+                        self._event(key.data, mask)
+                now = self.app.clock.monotonic()
+                if now >= self._next_check:
+                    self._next_check = now + EXPIRY_CHECK
+                    self._expire(now)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for conn in list(self._conns):
+            self._close(conn)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _event(self, conn: Conn, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(conn)
+                self._process(conn)             # requests that came in behind the answer
+            elif conn.state == "linger":
+                self._drain(conn)
+            elif conn.state == "read":
+                self._read(conn)
+        except Exception:  # a bug must not stop the loop: drop this connection, log it
+            if self.app.logger:
+                self.app.logger.error("connection_error", client=str(conn.addr[0]),
+                                      traceback=traceback.format_exc(limit=8))
+            self._close(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self._conns) >= self.max_connections:
+                try:
+                    sock.setblocking(False)
+                    sock.send(BUSY)
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(sock, addr, self.app.clock.monotonic() + self.request_timeout)
+            self._conns.add(conn)
+            self.active += 1
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if not conn.buf:
+                self._close(conn)
+                return
+            # The client stopped sending mid-request: the handler refuses what arrived (e.g. a
+            # body shorter than its Content-Length, 400), then the connection closes.
+            conn.eof = True
+            data, conn.buf = conn.buf, b""
+            self._dispatch(conn, data)
+            return
+        conn.buf += data
+        self._process(conn)
+
+    def _process(self, conn: Conn) -> None:
+        """Answer the whole requests in the buffer, one at a time."""
+        while conn.state == "read" and conn.buf:
+            whole = frame(conn.buf, self.app.max_body)
+            if whole is None:
+                self._continue(conn)
+                return
+            data, conn.buf = whole
+            self._dispatch(conn, data)
+
+    def _continue(self, conn: Conn) -> None:
+        """A client that sent `Expect: 100-continue` waits for this before it sends the body."""
+        end = conn.buf.find(b"\r\n\r\n")
+        if conn.continued or end < 0 or b"expect: 100-continue" not in conn.buf[:end].lower():
+            return
+        conn.continued = True
+        try:
+            conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except OSError:
+            pass
+
+    def _dispatch(self, conn: Conn, data: bytes) -> None:
+        conn.continued = False
+        handler = LoopHandler(conn, data, self)
+        if self._inline(data):
+            handler.handle_one_request()
+            if handler.deferred is None:
+                self._answer(conn, handler)
+                return
+            work = handler.resume
+        else:
+            work = handler.handle_one_request
+        conn.state = "busy"
+        self._sel.unregister(conn.sock)
+        threading.Thread(target=self._on_thread, args=(conn, handler, work), name="http", daemon=True).start()
+
+    def _inline(self, data: bytes) -> bool:
+        """Answered on the loop: a route marked serial (short, store-bound), and every request
+        that will be refused before any handler runs."""
+        words = data[:data.find(b"\n")].split()
+        if len(words) != 3:
+            return True
+        try:
+            route, _ = self.app.match(words[0].decode("latin-1"), words[1].decode("latin-1").split("?")[0])
+        except MeshkitError:
+            return True
+        return route.serial
+
+    def _on_thread(self, conn: Conn, handler: LoopHandler, work) -> None:
+        try:
+            work()
+        except Exception:
+            handler.close_connection = True
+            if self.app.logger:
+                self.app.logger.error("connection_error", client=str(conn.addr[0]),
+                                      traceback=traceback.format_exc(limit=8))
+        self._back.append((conn, handler))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _take_back(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+        while self._back:
+            conn, handler = self._back.popleft()
+            if conn in self._conns:
+                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                self._answer(conn, handler)
+                self._process(conn)
+
+    # -- answers, lingering, deadlines ---------------------------------------------------
+
+    def _answer(self, conn: Conn, handler: LoopHandler) -> None:
+        conn.out = handler.answer()
+        conn.close_after = handler.close_connection or conn.eof
+        conn.linger = handler.linger and not conn.eof
+        conn.state = "write"
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            while conn.out:
+                sent = conn.sock.send(conn.out)
+                conn.out = conn.out[sent:]
+        except (BlockingIOError, InterruptedError):
+            conn.deadline = self.app.clock.monotonic() + self.request_timeout
+            self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        except OSError:
+            self._close(conn)
+            return
+        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        if conn.close_after:
+            if conn.linger:
+                self._start_linger(conn)
+            else:
+                self._close(conn)
+            return
+        conn.state = "read"             # the caller goes on with what is buffered (_process)
+        conn.deadline = self.app.clock.monotonic() + self.request_timeout
+
+    def _start_linger(self, conn: Conn) -> None:
+        """After refusing a body it did not read: send FIN, then read and drop what the client
+        still sends, briefly. Closing with unread data makes the kernel answer RST, which can
+        destroy the refusal before the client reads it."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.state = "linger"
+        conn.deadline = self.app.clock.monotonic() + LINGER_SECONDS
+        self._drain(conn)
+
+    def _drain(self, conn: Conn) -> None:
+        try:
+            while conn.drained < LINGER_BYTES:
+                data = conn.sock.recv(65536)
+                if not data:
+                    break
+                conn.drained += len(data)
+            else:
+                self._close(conn)
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close(conn)
+
+    def _expire(self, now: float) -> None:
+        """Cut off connections past their deadline: a request that takes longer than
+        request_timeout to arrive (or an idle keep-alive), an answer not read, a linger."""
+        partial = 0
+        for conn in list(self._conns):
+            if conn.state != "busy" and now >= conn.deadline:
+                self._close(conn)
+            elif conn.state == "read" and conn.buf:
+                partial += 1
+        self._partial = partial
+
+    def _close(self, conn: Conn) -> None:
+        if conn not in self._conns:
+            return
+        self._conns.discard(conn)
+        self.active -= 1
+        if conn.state != "busy":
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+
+def start(host: str, port: int, app: App, max_connections=256, request_timeout=30.0) -> LoopServer:
+    """Bind (port 0 = a free port) and serve in a background thread."""
+    server = LoopServer((host, port), app, max_connections, request_timeout)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True).start()
+    return server
