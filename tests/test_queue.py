@@ -5,7 +5,8 @@ import os
 import tempfile
 import unittest
 
-from meshkit.adapters.store import Store, task_n
+from meshkit.adapters.store import Store
+from meshkit.adapters.storetx import task_n
 from meshkit.core.errors import NotFound
 from meshkit.roles.supervisor import queue
 

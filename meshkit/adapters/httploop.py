@@ -51,7 +51,7 @@ class LoopHandler(Handler):
 
     may_wait = False
 
-    def __init__(self, conn: Conn, data: bytes, server):
+    def __init__(self, conn: Conn, data: bytes, server, head=None):
         # BaseRequestHandler.__init__ would run setup/handle/finish on the socket: not here.
         self.request = self.connection = conn.sock
         self.client_address = conn.addr
@@ -62,6 +62,14 @@ class LoopHandler(Handler):
         self.linger = False
         self.read_deadline = None
         self.deferred = None
+        self.head = head                # (header fields, where the body starts), read by frame()
+
+    def _read_head(self):
+        if self.head is None:
+            return super()._read_head()
+        headers, body_at = self.head
+        self.rfile.seek(body_at)
+        return headers
 
     def handle_expect_100(self) -> bool:
         return True             # the loop sent "100 Continue" before the body came (_continue)
@@ -71,7 +79,8 @@ class LoopHandler(Handler):
 
 
 def frame(buf: bytes, max_body: int):
-    """(request bytes, rest) once `buf` holds a whole request; None while it doesn't. A head
+    """(request bytes, rest, head) once `buf` holds a whole request; None while it doesn't.
+    head: (its header fields, where its body starts), or None for the handler to read. A head
     the handler will refuse (bad fields, chunked, oversize body) is handed over without its
     body: the handler answers before reading one."""
     end = buf.find(b"\r\n\r\n")
@@ -81,21 +90,21 @@ def frame(buf: bytes, max_body: int):
     else:
         sep = 4
     if end < 0:
-        return (buf, b"") if len(buf) > MAX_HEAD else None
+        return (buf, b"", None) if len(buf) > MAX_HEAD else None
     head = buf[:end + sep]
     first = head.find(b"\n") + 1
     try:
         headers = read_headers(io.BytesIO(head[first:]).readline)
     except HeadError:
-        return head, b""
+        return head, b"", None
     lengths = headers.get_all("Content-Length") or []
     if headers.get("Transfer-Encoding") is not None or len(lengths) > 1:
-        return head, b""
+        return head, b"", None
     value = lengths[0].strip() if lengths else "0"
     if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) > max_body:
-        return head, b""
+        return head, b"", None
     whole = end + sep + int(value)
-    return (buf[:whole], buf[whole:]) if len(buf) >= whole else None
+    return (buf[:whole], buf[whole:], (headers, end + sep)) if len(buf) >= whole else None
 
 
 class LoopServer(http.server.HTTPServer):
@@ -231,8 +240,8 @@ class LoopServer(http.server.HTTPServer):
             if whole is None:
                 self._continue(conn)
                 return
-            data, conn.buf = whole
-            self._dispatch(conn, data)
+            data, conn.buf, head = whole
+            self._dispatch(conn, data, head)
 
     def _continue(self, conn: Conn) -> None:
         """A client that sent `Expect: 100-continue` waits for this before it sends the body."""
@@ -245,9 +254,9 @@ class LoopServer(http.server.HTTPServer):
         except OSError:
             pass
 
-    def _dispatch(self, conn: Conn, data: bytes) -> None:
+    def _dispatch(self, conn: Conn, data: bytes, head=None) -> None:
         conn.continued = False
-        handler = LoopHandler(conn, data, self)
+        handler = LoopHandler(conn, data, self, head)
         if self._inline(data):
             handler.handle_one_request()
             if handler.deferred is None:

@@ -191,7 +191,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("//"):          # never read as a scheme-relative URL
             self.path = "/" + self.path.lstrip("/")
         try:
-            self.headers = read_headers(self.rfile.readline)
+            self.headers = self._read_head()
         except HeadError as e:
             self.send_error(e.status, str(e))
             return False
@@ -203,6 +203,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Expect", "").lower() == "100-continue" and version >= (1, 1):
             return self.handle_expect_100()
         return True
+
+    def _read_head(self):
+        return read_headers(self.rfile.readline)
 
     def log_message(self, format, *args):
         pass

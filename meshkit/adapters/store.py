@@ -2,7 +2,7 @@
 transaction; every task state change goes through transition(), which writes the history
 row in the same transaction.
 
-Task ids are "t" + the row number, so an id can never name a path.
+The task rows and the transaction cursor (transition()) are in storetx.py.
 """
 
 import contextlib
@@ -11,7 +11,8 @@ import os
 import sqlite3
 import threading
 
-from meshkit.core.errors import InvalidTransition, NotFound, StoreError
+from meshkit.adapters.storetx import Tx, task_dict, task_n
+from meshkit.core.errors import NotFound, StoreError
 from meshkit.rules import fsm
 
 SCHEMA = """
@@ -55,7 +56,6 @@ CREATE TABLE IF NOT EXISTS lease_history(
   token INTEGER, at REAL NOT NULL, reason TEXT NOT NULL);
 """
 
-TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 
 # Replication: every insert or update of these tables appends (table, rowid) to the
 # changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
@@ -76,18 +76,6 @@ def _triggers() -> str:
 
 
 
-def task_id(n: int) -> str:
-    return f"t{n}"
-
-
-def task_n(tid: str) -> int:
-    # One spelling per task: ASCII digits, no leading zero ("t01" is not t1).
-    if not (isinstance(tid, str) and tid[:1] == "t" and tid[1:].isascii() and tid[1:].isdigit()
-            and tid[1] != "0" and len(tid) < 20):
-        raise NotFound(f"no task {str(tid)[:40]!r} (task ids look like t12)")
-    return int(tid[1:])
-
-
 def _store_error(e: sqlite3.Error) -> StoreError:
     msg = str(e)
     if "full" in msg:
@@ -105,6 +93,9 @@ class Store:
     def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0):
         self.path = path
         self._commits = 0
+        self._busy_timeout = busy_timeout
+        self._reader = None          # snapshot()'s connection, opened on first use
+        self._reader_lock = threading.Lock()
         self._checkpoint_due = threading.Event()
         self._closed = False
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -197,6 +188,31 @@ class Store:
         except sqlite3.Error:
             pass
 
+    @contextlib.contextmanager
+    def snapshot(self):
+        """A consistent read-only view on a second connection (WAL: readers never wait for the
+        writer, nor it for them), for long reads that must not hold the writers' lock."""
+        with self._reader_lock:
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                                                   check_same_thread=False)
+                    self._reader.row_factory = sqlite3.Row
+                    self._reader.execute("PRAGMA query_only=1")
+                cur = self._reader.cursor()
+                cur.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise _store_error(e) from None
+            try:
+                yield Tx(cur)
+            except sqlite3.Error as e:
+                raise _store_error(e) from None
+            finally:
+                try:
+                    cur.execute("COMMIT")
+                except sqlite3.Error:
+                    pass
+
     def read(self, sql: str, args=()) -> list:
         with self._lock:
             try:
@@ -281,6 +297,10 @@ class Store:
     def close(self) -> None:
         self._closed = True
         self._checkpoint_due.set()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self.checkpoint()
             self.db.close()
@@ -327,96 +347,3 @@ class Store:
             node.update(name=r["name"], first_seen=r["first_seen"], last_seen=r["last_seen"], state=r["state"])
             out.append(node)
         return out
-
-
-def task_dict(row) -> dict:
-    d = dict(row)
-    n = d.pop("n")
-    d["id"] = task_id(n)
-    for f in TASK_JSON_FIELDS:
-        if d.get(f) is not None:
-            d[f] = json.loads(d[f])
-    d["cancel_requested"] = bool(d["cancel_requested"])
-    d.pop("hb_missing", None)
-    d.pop("rank", None)
-    return d
-
-
-class Tx:
-    """A cursor inside one transaction, with the one transition function."""
-
-    def __init__(self, cur):
-        self.cur = cur
-
-    def execute(self, sql, args=()):
-        return self.cur.execute(sql, args)
-
-    def cursor(self, sql, args=()):
-        """A separate cursor to iterate lazily inside this transaction."""
-        return self.cur.connection.execute(sql, args)
-
-    def one(self, sql, args=()):
-        return self.cur.execute(sql, args).fetchone()
-
-    def all(self, sql, args=()):
-        return self.cur.execute(sql, args).fetchall()
-
-    def meta(self, key: str) -> str:
-        return self.one("SELECT value FROM meta WHERE key=?", (key,))["value"]
-
-    def set_meta(self, key: str, value) -> None:
-        self.execute("INSERT INTO meta VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                     (key, str(value)))
-
-    def next_fence(self) -> int:
-        return int(self.one("UPDATE meta SET value=CAST(value AS INTEGER)+1 WHERE key='fence_seq' RETURNING value")[0])
-
-    def task_row(self, n: int):
-        row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
-        if row is None:
-            raise NotFound(f"no task {task_id(n)}")
-        return row
-
-    def insert_task(self, fields: dict, state: str, reason: str, actor: str, now: float) -> int:
-        """Create a task and its first history row (None -> state)."""
-        fsm.check("new", None, state)
-        row = dict(fields, state=state, created_at=now, updated_at=now)
-        for f in TASK_JSON_FIELDS:
-            if f in row and (row[f] is not None or f == "payload"):
-                row[f] = json.dumps(row[f], separators=(",", ":"))
-        cols = ", ".join(row)
-        n = self.execute(f"INSERT INTO tasks({cols}) VALUES({', '.join('?' * len(row))})",
-                         tuple(row.values())).lastrowid
-        self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
-        return n
-
-    def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, row=None,
-                   **updates) -> None:
-        """Move task n from `expect_from` (a state or a set of states) to `to`; write its history row.
-        `row`: the task's row as read in this transaction, if the caller has it (saves a read).
-
-        Raises InvalidTransition if the table forbids the move or the task is not in expect_from.
-        """
-        if row is None:
-            row = self.task_row(n)
-        frm = row["state"]
-        allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from or ())
-        if allowed and frm not in allowed:
-            raise InvalidTransition(f"task {task_id(n)} is {frm}, not {' or '.join(sorted(allowed))}",
-                                    task=task_id(n), state=frm)
-        fsm.check(task_id(n), frm, to)
-        updates = {k: (json.dumps(v, separators=(",", ":")) if k in TASK_JSON_FIELDS and v is not None else v)
-                   for k, v in updates.items()}
-        updates.update(state=to, updated_at=now)
-        sets = ", ".join(f"{k}=?" for k in updates)
-        self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
-        self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
-
-    def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:
-        """A history row for a change that is not a state change (e.g. a cancel request)."""
-        row = self.task_row(n)
-        self._history(n, state, state, now, reason, actor, row["fence"], row["trace_id"])
-
-    def _history(self, n, frm, to, now, reason, actor, fence, trace_id):
-        self.execute("INSERT INTO history(task, from_state, to_state, at, reason, actor, fence, trace_id)"
-                     " VALUES(?,?,?,?,?,?,?,?)", (n, frm, to, now, reason, actor, fence, trace_id))

@@ -1,5 +1,7 @@
 """Prometheus text-format counters, gauges and histograms (plain data, thread-safe)."""
 
+import bisect
+import itertools
 import threading
 
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,19 +63,19 @@ class Histogram(Family):
         self.buckets = tuple(buckets)
 
     def observe(self, value: float, *labels) -> None:
+        i = bisect.bisect_left(self.buckets, value)      # the first bucket with value <= le
         with self._lock:
-            counts, total = self._values.get(labels, ([0] * len(self.buckets), [0, 0.0]))
-            for i, b in enumerate(self.buckets):
-                if value <= b:
-                    counts[i] += 1
-            total[0] += 1
-            total[1] += value
-            self._values[labels] = (counts, total)
+            entry = self._values.get(labels)
+            if entry is None:
+                entry = self._values[labels] = ([0] * (len(self.buckets) + 1), [0, 0.0])
+            entry[0][i] += 1                               # per bucket; render() adds them up
+            entry[1][0] += 1
+            entry[1][1] += value
 
     def render(self) -> list:
         out = self.header()
         with self._lock:
-            items = sorted((k, (list(c), list(t))) for k, (c, t) in self._values.items())
+            items = sorted((k, (list(itertools.accumulate(c)), list(t))) for k, (c, t) in self._values.items())
         for key, (counts, (n, s)) in items:
             for b, c in zip(self.buckets, counts):
                 out.append(f"{self.name}_bucket{_labels(self.labels + ('le',), key + (f'{b:g}',))} {c}")

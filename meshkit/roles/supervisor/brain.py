@@ -7,7 +7,7 @@ import os
 import traceback
 
 from meshkit.adapters import disk
-from meshkit.adapters.store import task_dict, task_id, task_n
+from meshkit.adapters.storetx import task_dict, task_id, task_n
 from meshkit.core.errors import BadRequest, MeshkitError
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules import heal, modes
@@ -87,39 +87,59 @@ class Brain:
         return len(actions)
 
     def check_invariants(self) -> list:
-        """Record every violation (log at ERROR + invariant_violations.jsonl); repair where a rule covers it."""
+        """Record every violation (log at ERROR + invariant_violations.jsonl); repair where a rule covers it.
+        Read from a snapshot on the store's second connection (under load thousands of rows
+        change per cycle; reading them must not hold the lock every claim and result needs);
+        a repair happens only if the violation still holds in the repairing transaction."""
         now = self.clock.time()
         since = self.checked_until - 5.0     # overlap: a change committed during the last check
-        with self.store.tx() as tx:
-            rows = [dict(r) for r in tx.all("SELECT * FROM tasks WHERE state IN ('leased','running')"
-                                             " OR lease_deadline IS NOT NULL")]
-            recent = {r["n"]: r["state"] for r in tx.all("SELECT n, state FROM tasks WHERE updated_at >= ?", (since,))}
+        with self.store.snapshot() as view:
+            rows = [dict(r) for r in view.all("SELECT * FROM tasks WHERE state IN ('leased','running')"
+                                               " OR lease_deadline IS NOT NULL")]
+            recent = {r["n"]: r["state"] for r in view.all("SELECT n, state FROM tasks WHERE updated_at >= ?", (since,))}
             all_states = recent | {r["n"]: r["state"] for r in rows}
-            marks = ",".join("?" * len(all_states)) or "NULL"
-            last = {r["task"]: r["to_state"] for r in tx.all(
-                f"SELECT h.task, h.to_state FROM history h JOIN (SELECT task, MAX(seq) AS s FROM history"
-                f" WHERE task IN ({marks}) GROUP BY task) m ON m.task=h.task AND m.s=h.seq", tuple(all_states))}
-            rows_by_n = {r["n"]: r for r in rows}
-            mismatched = [{"n": n, "state": st} for n, st in recent.items() if n not in rows_by_n]
-            found = heal.invariant_violations(rows + mismatched, last)
-            for v in found:
-                v["at"] = now
-                n = task_n(v["task"])
-                if v["repair"] == "requeue" and n in rows_by_n and all_states[n] in ("leased", "running"):
-                    row = tx.one("SELECT * FROM tasks WHERE n=?", (n,))
-                    self.tasks.lose_lease(tx, row, f"repaired invariant: {v['invariant']}", "invariants", now)
-                    v["repaired"] = True
-                elif v["repair"] == "clear_lease":
-                    tx.execute("UPDATE tasks SET lease_deadline=NULL WHERE n=?", (n,))
-                    tx.note(n, all_states[n], f"repaired invariant: {v['invariant']}", "invariants", now)
-                    v["repaired"] = True
+            last = self._last_states(view, all_states)
+        rows_by_n = {r["n"]: r for r in rows}
+        mismatched = [{"n": n, "state": st} for n, st in recent.items() if n not in rows_by_n]
+        found = heal.invariant_violations(rows + mismatched, last)
+        if any(v["repair"] for v in found):
+            with self.store.tx() as tx:
+                for v in found:
+                    if v["repair"]:
+                        v["repaired"] = self._repair(tx, v, now)
         self.checked_until = now
         for v in found:
+            v["at"] = now
             self.log.error("invariant_violation", **{k: v[k] for k in ("invariant", "task", "detail")},
                            repaired=v.get("repaired", False))
             with open(self.violations_path, "a") as f:
                 f.write(json.dumps(v, sort_keys=True) + "\n")
         return found
+
+    @staticmethod
+    def _last_states(view, ns) -> dict:
+        marks = ",".join("?" * len(ns)) or "NULL"
+        return {r["task"]: r["to_state"] for r in view.all(
+            f"SELECT h.task, h.to_state FROM history h JOIN (SELECT task, MAX(seq) AS s FROM history"
+            f" WHERE task IN ({marks}) GROUP BY task) m ON m.task=h.task AND m.s=h.seq", tuple(ns))}
+
+    def _repair(self, tx, v: dict, now: float) -> bool:
+        n = task_n(v["task"])
+        row = tx.one("SELECT * FROM tasks WHERE n=?", (n,))
+        if row is None:
+            return False
+        still = [w for w in heal.invariant_violations([dict(row)], self._last_states(tx, [n]))
+                 if w["invariant"] == v["invariant"]]
+        if not still:
+            return False                 # changed since the snapshot (a result came in, say)
+        if v["repair"] == "requeue" and row["state"] in ("leased", "running"):
+            self.tasks.lose_lease(tx, row, f"repaired invariant: {v['invariant']}", "invariants", now)
+            return True
+        if v["repair"] == "clear_lease":
+            tx.execute("UPDATE tasks SET lease_deadline=NULL WHERE n=?", (n,))
+            tx.note(n, row["state"], f"repaired invariant: {v['invariant']}", "invariants", now)
+            return True
+        return False
 
     # -- modes -----------------------------------------------------------------------
 

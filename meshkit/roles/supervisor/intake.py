@@ -3,7 +3,7 @@ waiting or queued after its dependencies, in one transaction."""
 
 import secrets
 
-from meshkit.adapters.store import Tx, task_dict, task_id, task_n
+from meshkit.adapters.storetx import Tx, task_dict, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Conflict
 from meshkit.rules import deps as deps_rules

@@ -8,7 +8,7 @@ Data goes into the DOM with textContent only, never as HTML.
 """
 
 from meshkit.adapters.httpserver import Raw
-from meshkit.adapters.store import task_id
+from meshkit.adapters.storetx import task_id
 
 REFRESH_SECONDS = 5
 MAX_RUNNING = 200

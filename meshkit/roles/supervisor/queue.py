@@ -13,7 +13,7 @@ make SQLite sort every queued task of those kinds on each claim).
 import heapq
 import json
 
-from meshkit.adapters.store import Tx
+from meshkit.adapters.storetx import Tx
 
 MAX_GROUPS = 16     # requirement sets per kind walked one cursor each; beyond that, one filtered walk
 

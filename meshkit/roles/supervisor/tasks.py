@@ -8,7 +8,8 @@ import json
 import random
 import threading
 
-from meshkit.adapters.store import Store, Tx, task_dict, task_id, task_n
+from meshkit.adapters.store import Store
+from meshkit.adapters.storetx import Tx, task_dict, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Conflict, InvalidTransition, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm

@@ -1,0 +1,117 @@
+"""Rows of the task table and the cursor of one store transaction, with the one
+transition function every task state change goes through (it writes the history row).
+
+Task ids are "t" + the row number, so an id can never name a path.
+"""
+
+import json
+
+from meshkit.core.errors import InvalidTransition, NotFound
+from meshkit.rules import fsm
+
+TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
+
+
+def task_id(n: int) -> str:
+    return f"t{n}"
+
+
+def task_n(tid: str) -> int:
+    # One spelling per task: ASCII digits, no leading zero ("t01" is not t1).
+    if not (isinstance(tid, str) and tid[:1] == "t" and tid[1:].isascii() and tid[1:].isdigit()
+            and tid[1] != "0" and len(tid) < 20):
+        raise NotFound(f"no task {str(tid)[:40]!r} (task ids look like t12)")
+    return int(tid[1:])
+
+
+def task_dict(row) -> dict:
+    d = dict(row)
+    n = d.pop("n")
+    d["id"] = task_id(n)
+    for f in TASK_JSON_FIELDS:
+        if d.get(f) is not None:
+            d[f] = json.loads(d[f])
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    d.pop("hb_missing", None)
+    d.pop("rank", None)
+    return d
+
+
+class Tx:
+    """A cursor inside one transaction, with the one transition function."""
+
+    def __init__(self, cur):
+        self.cur = cur
+
+    def execute(self, sql, args=()):
+        return self.cur.execute(sql, args)
+
+    def cursor(self, sql, args=()):
+        """A separate cursor to iterate lazily inside this transaction."""
+        return self.cur.connection.execute(sql, args)
+
+    def one(self, sql, args=()):
+        return self.cur.execute(sql, args).fetchone()
+
+    def all(self, sql, args=()):
+        return self.cur.execute(sql, args).fetchall()
+
+    def meta(self, key: str) -> str:
+        return self.one("SELECT value FROM meta WHERE key=?", (key,))["value"]
+
+    def set_meta(self, key: str, value) -> None:
+        self.execute("INSERT INTO meta VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                     (key, str(value)))
+
+    def next_fence(self) -> int:
+        return int(self.one("UPDATE meta SET value=CAST(value AS INTEGER)+1 WHERE key='fence_seq' RETURNING value")[0])
+
+    def task_row(self, n: int):
+        row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
+        if row is None:
+            raise NotFound(f"no task {task_id(n)}")
+        return row
+
+    def insert_task(self, fields: dict, state: str, reason: str, actor: str, now: float) -> int:
+        """Create a task and its first history row (None -> state)."""
+        fsm.check("new", None, state)
+        row = dict(fields, state=state, created_at=now, updated_at=now)
+        for f in TASK_JSON_FIELDS:
+            if f in row and (row[f] is not None or f == "payload"):
+                row[f] = json.dumps(row[f], separators=(",", ":"))
+        cols = ", ".join(row)
+        n = self.execute(f"INSERT INTO tasks({cols}) VALUES({', '.join('?' * len(row))})",
+                         tuple(row.values())).lastrowid
+        self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
+        return n
+
+    def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, row=None,
+                   **updates) -> None:
+        """Move task n from `expect_from` (a state or a set of states) to `to`; write its history row.
+        `row`: the task's row as read in this transaction, if the caller has it (saves a read).
+
+        Raises InvalidTransition if the table forbids the move or the task is not in expect_from.
+        """
+        if row is None:
+            row = self.task_row(n)
+        frm = row["state"]
+        allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from or ())
+        if allowed and frm not in allowed:
+            raise InvalidTransition(f"task {task_id(n)} is {frm}, not {' or '.join(sorted(allowed))}",
+                                    task=task_id(n), state=frm)
+        fsm.check(task_id(n), frm, to)
+        updates = {k: (json.dumps(v, separators=(",", ":")) if k in TASK_JSON_FIELDS and v is not None else v)
+                   for k, v in updates.items()}
+        updates.update(state=to, updated_at=now)
+        sets = ", ".join(f"{k}=?" for k in updates)
+        self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
+        self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
+
+    def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:
+        """A history row for a change that is not a state change (e.g. a cancel request)."""
+        row = self.task_row(n)
+        self._history(n, state, state, now, reason, actor, row["fence"], row["trace_id"])
+
+    def _history(self, n, frm, to, now, reason, actor, fence, trace_id):
+        self.execute("INSERT INTO history(task, from_state, to_state, at, reason, actor, fence, trace_id)"
+                     " VALUES(?,?,?,?,?,?,?,?)", (n, frm, to, now, reason, actor, fence, trace_id))
