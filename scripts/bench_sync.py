@@ -3,8 +3,10 @@
 
 A tree of 10,000 small files in 100 agent dirs (AGENT/memory/*.json + AGENT/MEMORY.md)
 is synced three ways, each by bare rsync (`rsync -a --delete -m FILTERS SRC/ MIRROR/`,
-the same filters meshkit uses) and by `python3 -m meshkit sync memory` (a full process,
-as cron runs it):
+the same filters meshkit uses) and by meshkit as cron runs it: a full process started by
+scripts/meshkit-sync-memory (`python3 -S -m meshkit sync memory` from the checkout, like
+the systemd unit); --entry module times `python3 -m meshkit sync memory` as typed in a
+shell, which also loads site-packages (~20 ms on the development machine):
 
   initial     into an empty destination
   no-change   nothing changed since the last run
@@ -20,7 +22,7 @@ into a temporary PYTHONPYCACHEPREFIX first, even if PYTHONDONTWRITEBYTECODE is s
 (TMPDIR=/dev/shm takes the disk out of the figures). The load average is printed
 with the results: on a small shared machine the figures move with it.
 
-    python3 scripts/bench_sync.py [--agents 100] [--files 100] [--repeat 5] [--cold-start]
+    python3 scripts/bench_sync.py [--agents 100] [--files 100] [--repeat 5] [--cold-start] [--entry module]
 """
 
 import argparse
@@ -79,6 +81,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cold-start", action="store_true", help="no bytecode cache (compile meshkit every run)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--entry", choices=("wrapper", "module"), default="wrapper",
+                    help="run meshkit as cron does (scripts/meshkit-sync-memory: python3 -S from the checkout) "
+                         "or as `python3 -m meshkit sync memory` typed in a shell")
     args = ap.parse_args()
     rsync = shutil.which("rsync")
     if not rsync:
@@ -101,7 +106,12 @@ def main() -> int:
         def bare(dest):
             return timed(bare_argv + [src + "/", dest + "/"])
 
+        if args.entry == "wrapper":      # what cron and the systemd unit run (python3 -S)
+            env.update(PYTHON=sys.executable, MESHKIT_DIR=ROOT)
+
         def mesh(dest):
+            if args.entry == "wrapper":
+                return timed([os.path.join(ROOT, "scripts", "meshkit-sync-memory"), src, dest], env)
             return timed([sys.executable, "-m", "meshkit", "sync", "memory", "--source", src,
                           "--dest", dest, "--quiet"], env)
 
@@ -122,7 +132,8 @@ def main() -> int:
 
         total = args.agents * args.files
         print(f"meshkit sync memory vs bare rsync: {total} files in {args.agents} agent dirs, "
-              f"median of {args.repeat} runs, {'cold start (no bytecode cache)' if args.cold_start else 'bytecode cached'}; "
+              f"median of {args.repeat} runs, {'cold start (no bytecode cache)' if args.cold_start else 'bytecode cached'}, "
+              f"{'scripts/meshkit-sync-memory (as cron runs it)' if args.entry == 'wrapper' else 'python3 -m meshkit'}; "
               f"{os.path.dirname(tmp)}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'phase':<14}{'bare rsync':>12}{'meshkit':>12}{'added':>10}{'ratio':>8}  goal")
         ok = True
