@@ -1,15 +1,18 @@
 """Reading an HTTP/1.x request head: the request line and the header fields.
 
 http.server hands the header block to the email package (a feed parser built for mail
-messages), which costs more than everything else meshkit does to answer a claim outside
-SQLite. Request headers need much less: lines up to a CRLF, split at the first colon.
+messages): measured, about a fifth of the supervisor's Python time per request. Request
+headers need much less: lines up to a CRLF, split at the first colon.
 This reads them into `Headers` with http.server's limits (a line of at most 64 KiB, at
 most 100 fields) and refuses what RFC 9112 says a server must refuse: whitespace before
-the colon and obsolete line folding (400).
+the colon and obsolete line folding (400), as well as a name that is not a token.
 """
+
+import re
 
 MAX_LINE = 65536
 MAX_FIELDS = 100
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a field name (RFC 9110 token)
 
 
 class HeadError(Exception):
@@ -64,7 +67,7 @@ def read_headers(readline) -> Headers:
             raise HeadError(431, f"more than {MAX_FIELDS} header fields")
         text = line.decode("iso-8859-1").rstrip("\r\n")
         name, colon, value = text.partition(":")
-        if not colon or not name or name != name.strip(" \t"):
+        if not colon or not _TOKEN.fullmatch(name):
             raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
                                  "colon and no folded continuation lines)")
         fields.append((name, value.strip(" \t")))
