@@ -22,7 +22,7 @@ import threading
 import traceback
 
 from meshkit.adapters.httphead import HeadError, read_headers
-from meshkit.adapters.httpserver import App, Handler
+from meshkit.adapters.httpserver import App, Handler, encode_json
 from meshkit.core.errors import MeshkitError
 
 LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)
@@ -41,7 +41,7 @@ class Conn:
     def __init__(self, sock, addr, deadline):
         self.sock, self.addr, self.deadline = sock, addr, deadline
         self.buf, self.out = b"", b""
-        self.state = "read"           # read | busy (a thread has it) | write | linger
+        self.state = "read"           # read | queued (whole request, this round) | busy (a thread has it) | write | linger
         self.close_after = self.linger = self.eof = self.continued = False
         self.drained = 0
 
@@ -73,6 +73,12 @@ class LoopHandler(Handler):
 
     def handle_expect_100(self) -> bool:
         return True             # the loop sent "100 Continue" before the body came (_continue)
+
+    def refuse(self, error: MeshkitError) -> None:
+        """Replace the answer: the batch this request's work was in did not commit."""
+        self.deferred = None
+        self.wfile = io.BytesIO()
+        self._write(encode_json(error.status, error.to_json()))
 
     def answer(self) -> bytes:
         return self.wfile.getvalue()
@@ -128,6 +134,7 @@ class LoopServer(http.server.HTTPServer):
         self._wake_w.setblocking(False)
         self._back = collections.deque()       # (conn, handler) answered on a thread
         self._conns = set()
+        self._ready = []                       # (conn, request, head) whole, not answered yet
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._next_check = 0.0
@@ -155,6 +162,8 @@ class LoopServer(http.server.HTTPServer):
                         self._take_back()
                     else:
                         self._event(key.data, mask)
+                while self._ready:
+                    self._run_ready()
                 now = self.app.clock.monotonic()
                 if now >= self._next_check:
                     self._next_check = now + EXPIRY_CHECK
@@ -255,19 +264,46 @@ class LoopServer(http.server.HTTPServer):
             pass
 
     def _dispatch(self, conn: Conn, data: bytes, head=None) -> None:
+        """Queue a whole request for this round (_run_ready); the connection reads no further
+        until it is answered, so pipelined requests are answered in order."""
         conn.continued = False
-        handler = LoopHandler(conn, data, self, head)
-        if self._inline(data):
-            handler.handle_one_request()
-            if handler.deferred is None:
-                self._answer(conn, handler)
-                return
-            work = handler.resume
-        else:
-            work = handler.handle_one_request
-        conn.state = "busy"
-        self._sel.unregister(conn.sock)
-        threading.Thread(target=self._on_thread, args=(conn, handler, work), name="http", daemon=True).start()
+        conn.state = "queued"
+        self._ready.append((conn, data, head))
+
+    def _run_ready(self) -> None:
+        """Answer the requests that came in together, with one commit (group commit): the
+        inline ones run one after the other inside App.batch(); their answers leave only once
+        it committed, and if it did not, each gets the store's error (nothing of it was
+        stored). Requests that wait or take long go to threads after that."""
+        ready, self._ready = self._ready, []
+        answered, later, failed = [], [], None
+        try:
+            with self.app.lock, self.app.batch():
+                for conn, data, head in ready:
+                    handler = LoopHandler(conn, data, self, head)
+                    if not self._inline(data):
+                        later.append((conn, handler, handler.handle_one_request))
+                        continue
+                    handler.handle_one_request()
+                    if handler.deferred is None:
+                        answered.append((conn, handler))
+                    else:
+                        later.append((conn, handler, handler.resume))
+        except MeshkitError as e:
+            failed = e
+        for conn, handler, work in later:
+            if failed is not None and work == handler.resume:
+                answered.append((conn, handler))            # its handler ran in the lost batch
+                continue
+            conn.state = "busy"
+            self._sel.unregister(conn.sock)
+            threading.Thread(target=self._on_thread, args=(conn, handler, work), name="http", daemon=True).start()
+        for conn, handler in answered:
+            if failed is not None:
+                handler.refuse(failed)
+            self._answer(conn, handler)
+        for conn, _ in answered:
+            self._process(conn)                             # pipelined requests: the next round
 
     def _inline(self, data: bytes) -> bool:
         """Answered on the loop: a route marked serial (short, store-bound), and every request
@@ -376,7 +412,7 @@ class LoopServer(http.server.HTTPServer):
         request_timeout to arrive (or an idle keep-alive), an answer not read, a linger."""
         partial = 0
         for conn in list(self._conns):
-            if conn.state != "busy" and now >= conn.deadline:
+            if conn.state not in ("busy", "queued") and now >= conn.deadline:
                 self._close(conn)
             elif conn.state == "read" and conn.buf:
                 partial += 1

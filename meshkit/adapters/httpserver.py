@@ -6,6 +6,7 @@ is set and each response goes out in a single write, so keep-alive answers don't
 for a delayed ACK; slow or silent clients are cut off after `request_timeout`.
 """
 
+import contextlib
 import http.server
 import json
 import re
@@ -127,7 +128,7 @@ class App:
     switch). A handler that waits must release it (a Condition built on it does)."""
 
     def __init__(self, routes, authenticate, max_body=1 << 20, on_response=None,
-                 common_headers=None, logger=None, clock=REAL, lock=None):
+                 common_headers=None, logger=None, clock=REAL, lock=None, batch=None):
         self.routes = routes
         self.authenticate = authenticate          # (request) -> None; sets key_id/role or raises
         self.max_body = max_body
@@ -136,6 +137,7 @@ class App:
         self.logger = logger
         self.clock = clock
         self.lock = lock if lock is not None else threading.RLock()
+        self.batch = batch or contextlib.nullcontext     # group commit around a round of requests (httploop)
         self._exact = {}
         for route in reversed(routes):                 # the first route listed wins, as in match()
             if all(c.isalnum() or c in "/_-" for c in route.pattern):     # no regex in it

@@ -95,6 +95,7 @@ class Store:
         self._commits = 0
         self._busy_timeout = busy_timeout
         self._reader = None          # snapshot()'s connection, opened on first use
+        self._batch = None           # [owner thread, cursor] while batch() runs
         self._reader_lock = threading.Lock()
         self._checkpoint_due = threading.Event()
         self._closed = False
@@ -158,6 +159,10 @@ class Store:
         A transaction that changed rows asks write_guard before it commits (a supervisor that
         stopped accepting work meanwhile refuses it), unless it is replication's own."""
         with self._lock:
+            if self._batch is not None and self._batch[0] == threading.get_ident():
+                with self._in_batch(replication) as tx:
+                    yield tx
+                return
             cur = self.db.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
@@ -180,6 +185,71 @@ class Store:
                 raise
         for hook in self.commit_hooks:
             hook()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Group commit: the tx() calls this thread makes inside are one transaction, each
+        in a savepoint of its own (a failed one is undone alone); all of it commits at the
+        end, or none of it, raising StoreError. Other threads' transactions wait until then."""
+        with self._lock:
+            self._batch = [threading.get_ident(), None, None]     # owner, cursor once begun, a lost batch
+            try:
+                yield
+                cur = self._batch[1]
+                if self._batch[2] is not None:
+                    raise self._batch[2]
+                if cur is not None:
+                    try:
+                        cur.execute("COMMIT")
+                    except sqlite3.Error as e:
+                        self._rollback(cur)
+                        raise _store_error(e) from None
+                    self._commits += 1
+                    if self._commits % CHECKPOINT_EVERY == 0:
+                        self._checkpoint_due.set()
+            except BaseException:
+                if self._batch[1] is not None:
+                    self._rollback(self._batch[1])
+                raise
+            finally:
+                began, self._batch = self._batch[1] is not None, None
+        if began:
+            for hook in self.commit_hooks:
+                hook()
+
+    @contextlib.contextmanager
+    def _in_batch(self, replication: bool):
+        if self._batch[2] is not None:
+            raise self._batch[2]
+        cur = self._batch[1]
+        try:
+            if cur is None:
+                cur = self.db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                self._batch[1] = cur
+            cur.execute("SAVEPOINT tx")
+            changes = self.db.total_changes
+        except sqlite3.Error as e:
+            raise _store_error(e) from None
+        try:
+            yield Tx(cur)
+            if self.write_guard is not None and not replication and self.db.total_changes != changes:
+                self.write_guard()
+            cur.execute("RELEASE tx")
+        except BaseException as e:
+            try:
+                cur.execute("ROLLBACK TO tx")
+                cur.execute("RELEASE tx")
+            except sqlite3.Error:
+                pass
+            if isinstance(e, sqlite3.Error):
+                e = _store_error(e)
+                if not self.db.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the
+                    # batch's earlier work is gone too; every request in it gets this error.
+                    self._batch[2] = e
+                raise e from None
+            raise
 
     @staticmethod
     def _rollback(cur):

@@ -96,7 +96,7 @@ class Api:
     def app(self) -> App:
         return App(self.routes, self.authenticate, self.sup.cfg.get("supervisor.max_body"),
                    on_response=self.on_response, common_headers=self.headers,
-                   logger=self.sup.log, clock=self.sup.clock, lock=self.tasks.cond)
+                   logger=self.sup.log, clock=self.sup.clock, lock=self.tasks.cond, batch=self.sup.store.batch)
 
     # -- auth and bookkeeping -------------------------------------------------------
 
