@@ -2,7 +2,8 @@
 transaction; every task state change goes through transition(), which writes the history
 row in the same transaction.
 
-The task rows and the transaction cursor (transition()) are in storetx.py.
+The task rows and the transaction cursor (transition()) are in storetx.py, replication
+(changelog, pulling, rejoin) in storerepl.py.
 """
 
 import contextlib
@@ -11,7 +12,8 @@ import os
 import sqlite3
 import threading
 
-from meshkit.adapters.storetx import Tx, task_dict, task_n
+from meshkit.adapters.storerepl import Replicated, triggers
+from meshkit.adapters.storetx import Tx, store_error, task_dict, task_n
 from meshkit.core.errors import NotFound, StoreError
 from meshkit.rules import fsm
 
@@ -57,39 +59,11 @@ CREATE TABLE IF NOT EXISTS lease_history(
 """
 
 
-# Replication: every insert or update of these tables appends (table, rowid) to the
-# changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
-REPLICATED = ("tasks", "history", "deps", "nodes", "results", "kinds", "leases", "lease_history", "meta")
-LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at",   # never copied
-              "rejoin", "promoted_from", "promoted_head")
-
-
-def _triggers() -> str:
-    out = ["CREATE TABLE IF NOT EXISTS changelog(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
-           " rid INTEGER NOT NULL)"]
-    for t in REPLICATED:
-        cond = f" WHEN NEW.key NOT IN ({','.join(repr(k) for k in LOCAL_META)})" if t == "meta" else ""
-        for op in ("INSERT", "UPDATE"):
-            out.append(f"CREATE TRIGGER IF NOT EXISTS log_{t}_{op.lower()} AFTER {op} ON {t}{cond}"
-                       f" BEGIN INSERT INTO changelog(tbl, rid) VALUES('{t}', NEW.rowid); END")
-    return ";\n".join(out) + ";\n"
-
-
-
-def _store_error(e: sqlite3.Error) -> StoreError:
-    msg = str(e)
-    if "full" in msg:
-        return StoreError("the supervisor's disk is full; nothing was stored (free space and retry)")
-    if "locked" in msg or "busy" in msg:
-        return StoreError("the database is busy (another process holds a write lock); nothing was stored, retry")
-    return StoreError(f"database error: {msg}; nothing was stored")
-
-
 CHECKPOINT_EVERY = 200          # commits between background checkpoints (also at least once a second)
 AUTOCHECKPOINT_PAGES = 20000    # SQLite's own checkpoint, in a commit, only if the background one falls behind
 
 
-class Store:
+class Store(Replicated):
     def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0):
         self.path = path
         self._commits = 0
@@ -120,7 +94,7 @@ class Store:
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         cur.execute(stmt)
-                for stmt in _triggers().split(";\n"):
+                for stmt in triggers().split(";\n"):
                     if stmt.strip():
                         cur.execute(stmt)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '1')")
@@ -168,18 +142,14 @@ class Store:
                 cur.execute("BEGIN IMMEDIATE")
                 changes = self.db.total_changes
             except sqlite3.Error as e:
-                raise _store_error(e) from None
+                raise store_error(e) from None
             try:
                 yield Tx(cur)
-                if self.write_guard is not None and not replication and self.db.total_changes != changes:
-                    self.write_guard()
-                cur.execute("COMMIT")
-                self._commits += 1
-                if self._commits % CHECKPOINT_EVERY == 0:
-                    self._checkpoint_due.set()
+                self._guard(replication, changes)
+                self._commit(cur)
             except sqlite3.Error as e:
                 self._rollback(cur)
-                raise _store_error(e) from None
+                raise store_error(e) from None
             except BaseException:
                 self._rollback(cur)
                 raise
@@ -200,13 +170,10 @@ class Store:
                     raise self._batch[2]
                 if cur is not None:
                     try:
-                        cur.execute("COMMIT")
+                        self._commit(cur)
                     except sqlite3.Error as e:
                         self._rollback(cur)
-                        raise _store_error(e) from None
-                    self._commits += 1
-                    if self._commits % CHECKPOINT_EVERY == 0:
-                        self._checkpoint_due.set()
+                        raise store_error(e) from None
             except BaseException:
                 if self._batch[1] is not None:
                     self._rollback(self._batch[1])
@@ -230,11 +197,10 @@ class Store:
             cur.execute("SAVEPOINT tx")
             changes = self.db.total_changes
         except sqlite3.Error as e:
-            raise _store_error(e) from None
+            raise store_error(e) from None
         try:
             yield Tx(cur)
-            if self.write_guard is not None and not replication and self.db.total_changes != changes:
-                self.write_guard()
+            self._guard(replication, changes)
             cur.execute("RELEASE tx")
         except BaseException as e:
             try:
@@ -243,13 +209,23 @@ class Store:
             except sqlite3.Error:
                 pass
             if isinstance(e, sqlite3.Error):
-                e = _store_error(e)
+                e = store_error(e)
                 if not self.db.in_transaction:
                     # SQLite rolled the whole transaction back (disk full, I/O error): the
                     # batch's earlier work is gone too; every request in it gets this error.
                     self._batch[2] = e
                 raise e from None
             raise
+
+    def _guard(self, replication: bool, changes_before: int) -> None:
+        if self.write_guard is not None and not replication and self.db.total_changes != changes_before:
+            self.write_guard()
+
+    def _commit(self, cur) -> None:
+        cur.execute("COMMIT")
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._checkpoint_due.set()
 
     @staticmethod
     def _rollback(cur):
@@ -272,11 +248,11 @@ class Store:
                 cur = self._reader.cursor()
                 cur.execute("BEGIN")
             except sqlite3.Error as e:
-                raise _store_error(e) from None
+                raise store_error(e) from None
             try:
                 yield Tx(cur)
             except sqlite3.Error as e:
-                raise _store_error(e) from None
+                raise store_error(e) from None
             finally:
                 try:
                     cur.execute("COMMIT")
@@ -288,7 +264,7 @@ class Store:
             try:
                 return self.db.execute(sql, args).fetchall()
             except sqlite3.Error as e:
-                raise _store_error(e) from None
+                raise store_error(e) from None
 
     def checkpoint(self) -> None:
         with self._lock:
@@ -296,73 +272,6 @@ class Store:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-
-    # -- replication -----------------------------------------------------------
-
-    def _columns(self, table: str) -> set:
-        if table not in self._column_cache:
-            self._column_cache[table] = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-        return self._column_cache[table]
-
-    def head_seq(self) -> int:
-        return self.read("SELECT COALESCE(MAX(seq), 0) AS s FROM changelog")[0]["s"]
-
-    def changes_since(self, since: int, limit: int = 2000) -> list:
-        """[{"seq", "table", "row"}] after `since`: each changed row once, as it is now."""
-        with self._lock:
-            try:
-                log = self.db.execute("SELECT seq, tbl, rid FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
-                                      (since, limit)).fetchall()
-                latest = {}
-                for e in log:
-                    latest[(e["tbl"], e["rid"])] = e["seq"]
-                out = []
-                for (tbl, rid), seq in sorted(latest.items(), key=lambda kv: kv[1]):
-                    row = self.db.execute(f"SELECT * FROM {tbl} WHERE rowid=?", (rid,)).fetchone()
-                    if row is not None:
-                        out.append({"seq": seq, "table": tbl, "row": dict(row)})
-                last = log[-1]["seq"] if log else since
-                return out, last
-            except sqlite3.Error as e:
-                raise _store_error(e) from None
-
-    def apply_changes(self, changes: list, upto: int) -> None:
-        """Store rows pulled from the primary (one transaction) and the position reached."""
-        with self.tx(replication=True) as tx:
-            for c in changes:
-                table, row = c.get("table"), c.get("row")
-                if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
-                    continue
-                cols = list(row)
-                if not set(cols) <= self._columns(table):
-                    raise StoreError(f"replication: unknown columns for {table}: {sorted(set(cols) - self._columns(table))}")
-                tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
-                           tuple(row[c] for c in cols))
-            tx.set_meta("replicated_seq", upto)
-
-    def rejoin(self, discard_after, since: int) -> dict:
-        """A former primary about to follow another: delete every row changed here after
-        position `discard_after` of our own changelog (None: keep everything), then follow
-        from `since` (one transaction). Those rows are what the new primary never received;
-        a pull from 0 brings back its version of any it has. Meta rows are kept: the
-        primary's overwrite them. Returns {"rows": {table: n}, "tasks": [task n, ...]}."""
-        rows, tasks = {}, set()
-        with self.tx(replication=True) as tx:
-            if discard_after is not None:
-                for e in tx.all("SELECT DISTINCT tbl, rid FROM changelog WHERE seq > ? AND tbl != 'meta'",
-                                (discard_after,)):
-                    if e["tbl"] not in REPLICATED:
-                        continue
-                    row = tx.one(f"SELECT * FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
-                    if row is None:
-                        continue
-                    if e["tbl"] in ("tasks", "history", "deps", "results"):
-                        tasks.add(row["n"] if e["tbl"] == "tasks" else row["task"])
-                    tx.execute(f"DELETE FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
-                    rows[e["tbl"]] = rows.get(e["tbl"], 0) + 1
-            tx.set_meta("replicated_seq", since)
-            tx.execute("DELETE FROM meta WHERE key='rejoin'")
-        return {"rows": rows, "tasks": sorted(tasks)}
 
     def close(self) -> None:
         self._closed = True

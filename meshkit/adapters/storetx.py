@@ -5,11 +5,21 @@ Task ids are "t" + the row number, so an id can never name a path.
 """
 
 import json
+import sqlite3
 
-from meshkit.core.errors import InvalidTransition, NotFound
+from meshkit.core.errors import InvalidTransition, NotFound, StoreError
 from meshkit.rules import fsm
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
+
+
+def store_error(e: sqlite3.Error) -> StoreError:
+    msg = str(e)
+    if "full" in msg:
+        return StoreError("the supervisor's disk is full; nothing was stored (free space and retry)")
+    if "locked" in msg or "busy" in msg:
+        return StoreError("the database is busy (another process holds a write lock); nothing was stored, retry")
+    return StoreError(f"database error: {msg}; nothing was stored")
 
 
 def task_id(n: int) -> str:

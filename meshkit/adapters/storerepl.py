@@ -1,0 +1,97 @@
+"""Replication of the supervisor's store: SQLite triggers append every insert or update of
+the replicated tables to a changelog in the same transaction; a standby pulls the changed
+rows as they are now (changes_since) and stores them (apply_changes); a former primary
+about to follow another discards what the new primary never received (rejoin).
+Mixed into Store (store.py), whose lock, connection and tx() these use.
+"""
+
+import sqlite3
+
+from meshkit.adapters.storetx import store_error
+from meshkit.core.errors import StoreError
+
+# Replication: every insert or update of these tables appends (table, rowid) to the
+# changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
+REPLICATED = ("tasks", "history", "deps", "nodes", "results", "kinds", "leases", "lease_history", "meta")
+LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at",   # never copied
+              "rejoin", "promoted_from", "promoted_head")
+
+
+def triggers() -> str:
+    out = ["CREATE TABLE IF NOT EXISTS changelog(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
+           " rid INTEGER NOT NULL)"]
+    for t in REPLICATED:
+        cond = f" WHEN NEW.key NOT IN ({','.join(repr(k) for k in LOCAL_META)})" if t == "meta" else ""
+        for op in ("INSERT", "UPDATE"):
+            out.append(f"CREATE TRIGGER IF NOT EXISTS log_{t}_{op.lower()} AFTER {op} ON {t}{cond}"
+                       f" BEGIN INSERT INTO changelog(tbl, rid) VALUES('{t}', NEW.rowid); END")
+    return ";\n".join(out) + ";\n"
+
+
+class Replicated:
+    """Store's replication half (needs self._lock, self.db, self._column_cache, tx(), read())."""
+
+    def _columns(self, table: str) -> set:
+        if table not in self._column_cache:
+            self._column_cache[table] = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+        return self._column_cache[table]
+
+    def head_seq(self) -> int:
+        return self.read("SELECT COALESCE(MAX(seq), 0) AS s FROM changelog")[0]["s"]
+
+    def changes_since(self, since: int, limit: int = 2000) -> list:
+        """[{"seq", "table", "row"}] after `since`: each changed row once, as it is now."""
+        with self._lock:
+            try:
+                log = self.db.execute("SELECT seq, tbl, rid FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (since, limit)).fetchall()
+                latest = {}
+                for e in log:
+                    latest[(e["tbl"], e["rid"])] = e["seq"]
+                out = []
+                for (tbl, rid), seq in sorted(latest.items(), key=lambda kv: kv[1]):
+                    row = self.db.execute(f"SELECT * FROM {tbl} WHERE rowid=?", (rid,)).fetchone()
+                    if row is not None:
+                        out.append({"seq": seq, "table": tbl, "row": dict(row)})
+                last = log[-1]["seq"] if log else since
+                return out, last
+            except sqlite3.Error as e:
+                raise store_error(e) from None
+
+    def apply_changes(self, changes: list, upto: int) -> None:
+        """Store rows pulled from the primary (one transaction) and the position reached."""
+        with self.tx(replication=True) as tx:
+            for c in changes:
+                table, row = c.get("table"), c.get("row")
+                if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
+                    continue
+                cols = list(row)
+                if not set(cols) <= self._columns(table):
+                    raise StoreError(f"replication: unknown columns for {table}: {sorted(set(cols) - self._columns(table))}")
+                tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
+                           tuple(row[c] for c in cols))
+            tx.set_meta("replicated_seq", upto)
+
+    def rejoin(self, discard_after, since: int) -> dict:
+        """A former primary about to follow another: delete every row changed here after
+        position `discard_after` of our own changelog (None: keep everything), then follow
+        from `since` (one transaction). Those rows are what the new primary never received;
+        a pull from 0 brings back its version of any it has. Meta rows are kept: the
+        primary's overwrite them. Returns {"rows": {table: n}, "tasks": [task n, ...]}."""
+        rows, tasks = {}, set()
+        with self.tx(replication=True) as tx:
+            if discard_after is not None:
+                for e in tx.all("SELECT DISTINCT tbl, rid FROM changelog WHERE seq > ? AND tbl != 'meta'",
+                                (discard_after,)):
+                    if e["tbl"] not in REPLICATED:
+                        continue
+                    row = tx.one(f"SELECT * FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
+                    if row is None:
+                        continue
+                    if e["tbl"] in ("tasks", "history", "deps", "results"):
+                        tasks.add(row["n"] if e["tbl"] == "tasks" else row["task"])
+                    tx.execute(f"DELETE FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
+                    rows[e["tbl"]] = rows.get(e["tbl"], 0) + 1
+            tx.set_meta("replicated_seq", since)
+            tx.execute("DELETE FROM meta WHERE key='rejoin'")
+        return {"rows": rows, "tasks": sorted(tasks)}
