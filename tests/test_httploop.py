@@ -2,8 +2,10 @@
 then a real supervisor process: pipelined requests, 100-continue, a long-poll that must not
 hold up other connections, a client that stops mid-body."""
 
+import io
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -13,6 +15,7 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from meshkit.adapters.httphead import HeadError, parse_fields, read_headers  # noqa: E402
 from meshkit.adapters.httploop import MAX_HEAD, frame  # noqa: E402
 from meshkit.rules import auth  # noqa: E402
 from tests.helpers import Fleet, register  # noqa: E402
@@ -56,6 +59,30 @@ class Framing(unittest.TestCase):
                 self.assertEqual(got[2] is not None, parsed)
         endless = b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD + 10)
         self.assertEqual(frame(endless, 100), (endless, b"", None))      # handed over to be refused
+
+
+class HeaderBlock(unittest.TestCase):
+    """parse_fields (one pass over a whole block, used by the loop) answers exactly as
+    read_headers (line by line) on every block: fields, or the same refusal."""
+
+    @staticmethod
+    def outcome(parse, block):
+        try:
+            return "ok", parse(block).items()
+        except HeadError as e:
+            return "refused", e.status
+
+    def test_same_answers_as_the_line_reader(self):
+        blocks = [b"Host: x\r\nA: 1\r\n\r\n", b"Host: x\nA:  2 \n\n", b"A: 1\r\nB : 2\r\n\r\n",
+                  b" A: 1\r\n\r\n", b"NoColon\r\n\r\n", b"X: " + b"a" * 70000 + b"\r\n\r\n",
+                  b"".join(b"H%d: %d\r\n" % (i, i) for i in range(101)) + b"\r\n", b"A: \xff\xfe\r\n\r\n",
+                  b"A:\r\nB:x\r\n\r\n", b"A: 1\r\n B: folded\r\n\r\n", b"Content-Length: 5\r\ncontent-length: 6\r\n\r\n"]
+        r = random.Random(3)
+        pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"G-h_i.j: 7", b"\xc3\xa9: 8", b"", b"H: a:b"]
+        blocks += [b"\r\n".join(r.choice(pieces) for _ in range(r.randrange(6))) + b"\r\n\r\n" for _ in range(2000)]
+        for block in blocks:
+            self.assertEqual(self.outcome(parse_fields, block),
+                             self.outcome(lambda b: read_headers(io.BytesIO(b).readline), block), block[:60])
 
 
 def signed_request(fleet, kid, method, path, body: bytes, extra="") -> bytes:

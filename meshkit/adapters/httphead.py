@@ -73,6 +73,27 @@ def read_headers(readline) -> Headers:
         fields.append((name, value.strip(" \t")))
 
 
+def parse_fields(block: bytes) -> Headers:
+    """The header fields of a whole header block (the lines after the request line, up to
+    and including the empty line), with read_headers' rules, parsed in one pass."""
+    lines = block.decode("iso-8859-1").split("\n")
+    fields = []
+    for line in lines:
+        if len(line) > MAX_LINE:
+            raise HeadError(431, "a header line is longer than 65536 bytes")
+        line = line[:-1] if line.endswith("\r") else line
+        if not line:
+            break
+        if len(fields) == MAX_FIELDS:
+            raise HeadError(431, f"more than {MAX_FIELDS} header fields")
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
+                                 "colon and no folded continuation lines)")
+        fields.append((name, value.strip(" \t")))
+    return Headers(fields)
+
+
 def parse_version(text: str):
     """(major, minor) of "HTTP/x.y" (RFC 2145: two whole numbers), or None."""
     if not text.startswith("HTTP/"):

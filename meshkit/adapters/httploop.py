@@ -21,7 +21,7 @@ import socket
 import threading
 import traceback
 
-from meshkit.adapters.httphead import HeadError, read_headers
+from meshkit.adapters.httphead import HeadError, parse_fields
 from meshkit.adapters.httpserver import App, Handler, encode_json
 from meshkit.core.errors import MeshkitError
 
@@ -100,7 +100,7 @@ def frame(buf: bytes, max_body: int):
     head = buf[:end + sep]
     first = head.find(b"\n") + 1
     try:
-        headers = read_headers(io.BytesIO(head[first:]).readline)
+        headers = parse_fields(head[first:])
     except HeadError:
         return head, b"", None
     lengths = headers.get_all("Content-Length") or []
