@@ -122,6 +122,17 @@ class WorkerProcess(unittest.TestCase):
         self.assertEqual(task["result"]["ended_by"], "signal")
         self.assertEqual(task["result"]["error"], "the worker is shutting down")
 
+    def test_two_signals_at_once_never_hang_the_worker(self):
+        # Two signals back to back: the second aborts, the worker exits (the handler only records
+        # them; one that took a lock hung when a signal landed inside threading.Event.set()).
+        for i in range(3):
+            w = WorkerProc(self.fleet, f"burst{i}").start()
+            w.signal(signal.SIGTERM)
+            w.signal(signal.SIGINT)
+            # both pending at once: the kernel may deliver SIGINT first; the second one aborts
+            self.assertIn(w.wait(10), (128 + signal.SIGINT, 128 + signal.SIGTERM))
+            self.assertEqual(w.count("worker_aborting"), 1)
+
 
 if __name__ == "__main__":
     unittest.main()

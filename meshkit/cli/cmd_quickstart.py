@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from meshkit.adapters import keyfile
 from meshkit.adapters.client import SignedClient
+from meshkit.adapters.wakeup import PipeEvent
 from meshkit.cli import cmd_brain, cmd_tasks
 from meshkit.core.clock import REAL
 from meshkit.rules.auth import pick_key
@@ -128,7 +128,7 @@ def run(args) -> int:
               f"  python3 -m meshkit status --watch\n"
               f"Press Ctrl-C here to stop it.", flush=True)
         if not args.exit:
-            stop = threading.Event()
+            stop = PipeEvent()       # set by signal handlers: takes no lock (adapters/wakeup.py)
             signal.signal(signal.SIGINT, lambda s, f: stop.set())
             signal.signal(signal.SIGTERM, lambda s, f: stop.set())
             stop.wait()

@@ -2,8 +2,8 @@
 
 import argparse
 import signal
-import threading
 
+from meshkit.adapters.wakeup import PipeEvent
 from meshkit.cli.common import add_config_arg, load_config
 from meshkit.roles.supervisor.service import Supervisor
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
 def run(args) -> int:
     cfg = load_config(args)
     sup = Supervisor(cfg, listen=args.listen, standby_of=args.standby_of)
-    stop = threading.Event()
+    stop = PipeEvent()       # set by signal handlers: takes no lock (adapters/wakeup.py)
 
     def on_signal(signum, frame):
         stop.set()

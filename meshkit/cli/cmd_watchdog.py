@@ -2,10 +2,10 @@
 
 import argparse
 import signal
-import threading
 
 from meshkit.adapters import keyfile, sdnotify
 from meshkit.adapters.log import Logger
+from meshkit.adapters.wakeup import PipeEvent
 from meshkit.cli.common import add_config_arg, load_config, print_json
 from meshkit.core.clock import REAL
 from meshkit.rules.auth import pick_key
@@ -71,7 +71,7 @@ def run(args) -> int:
             for k, v in out.items():
                 print(f"{k}: {v}")
         return 0 if out.get("lost", 0) == 0 else 1
-    stop = threading.Event()
+    stop = PipeEvent()       # set by signal handlers: takes no lock (adapters/wakeup.py)
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     wd.log.info("watchdog_started", primary=wd.urls["primary"], standby=wd.urls["standby"], interval=wd.interval)

@@ -111,10 +111,8 @@ def serve(args) -> int:
     guard = WorkerGuard(worker, cfg.get("limits.rss_soft_mb"), cfg.get("limits.rss_hard_mb"), REAL, log).install()
 
     def on_signal(signum, frame):
-        if worker.draining or worker.aborted is not None:
-            worker.abort(signum)
-        else:
-            worker.stop()
+        worker.signals.append(signum)      # no lock here (it may interrupt one): the control loop acts
+        worker.wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from meshkit import __version__
 from meshkit.adapters import runner, sysinfo
+from meshkit.adapters.wakeup import PipeEvent
 from meshkit.core.errors import ApiError, ClientError, MeshkitError
 from meshkit.rules import backoff
 from meshkit.roles.worker.link import BreakerOpen
@@ -50,7 +51,8 @@ class Worker:
         self.cond = threading.Condition()
         self.jobs: dict = {}          # task id -> Job
         self.unacked: dict = {}       # outbox entry name -> (task id, fence)
-        self.wake = threading.Event()           # the control loop has something to do
+        self.wake = PipeEvent()                 # the control loop has something to do (a signal handler sets it)
+        self.signals = []                       # signals received, applied by the control loop (take_signals)
         self.slot_freed = threading.Event()     # the claim loop may have room again
         self.registered = threading.Event()
         self.draining = False
@@ -359,6 +361,16 @@ class Worker:
         self.slot_freed.set()
         self.wake.set()
 
+    def take_signals(self) -> None:
+        """Apply the signals the handler recorded (it only records them and sets `wake`: a
+        handler must take no lock, see adapters/wakeup.py): the first drains, the next aborts."""
+        while self.signals:
+            signum = self.signals.pop(0)
+            if self.draining or self.aborted is not None:
+                self.abort(signum)
+            else:
+                self.stop()
+
     # ---- loops ----------------------------------------------------------------------------------
 
     def claim_loop(self) -> None:
@@ -381,6 +393,7 @@ class Worker:
                       capabilities=list(self.s.capabilities), work_dir=self.s.work_dir)
         self.spawn(self.claim_loop)
         while True:
+            self.take_signals()
             try:
                 delay = self.step()
             except Exception as e:     # a bug or an OS failure: report it, keep the worker alive
