@@ -23,7 +23,7 @@ import traceback
 
 from meshkit.adapters.httphead import HeadError, parse_fields
 from meshkit.adapters.httpserver import App, Handler, encode_json
-from meshkit.core.errors import MeshkitError
+from meshkit.core.errors import InternalError, MeshkitError
 
 LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)
 LINGER_BYTES = 16 << 20
@@ -291,6 +291,11 @@ class LoopServer(http.server.HTTPServer):
                         later.append((conn, handler, handler.resume))
         except MeshkitError as e:
             failed = e
+        except Exception as e:  # a bug must not stop the loop: this round is refused, logged
+            if self.app.logger:
+                self.app.logger.error("internal_error", route="batch", error=repr(e),
+                                      traceback=traceback.format_exc(limit=8))
+            failed = InternalError("internal error; see the supervisor's log")
         for conn, handler, work in later:
             if failed is not None and work == handler.resume:
                 answered.append((conn, handler))            # its handler ran in the lost batch

@@ -78,6 +78,12 @@ class StoreError(MeshkitError):
     status = 503
 
 
+class InternalError(MeshkitError):
+    """A bug: answered 500 with no internals (the log has the traceback)."""
+    code = "internal"
+    status = 500
+
+
 class ConfigError(MeshkitError):
     code = "config_error"
     status = 500
