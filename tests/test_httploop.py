@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from meshkit.adapters.httphead import HeadError, parse_fields, read_headers  # noqa: E402
-from meshkit.adapters.httploop import MAX_HEAD, frame  # noqa: E402
+from meshkit.adapters.httpconn import MAX_HEAD, frame  # noqa: E402
 from meshkit.rules import auth  # noqa: E402
 from tests.helpers import Fleet, register  # noqa: E402
 

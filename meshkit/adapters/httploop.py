@@ -15,102 +15,21 @@ request until it is whole, writing answers without blocking, cutting off clients
 
 import collections
 import http.server
-import io
 import selectors
 import socket
 import threading
 import traceback
 
-from meshkit.adapters.httphead import HeadError, parse_fields
-from meshkit.adapters.httpserver import App, Handler, encode_json
+from meshkit.adapters.httpconn import Conn, LoopHandler, frame
+from meshkit.adapters.httpserver import App
 from meshkit.core.errors import InternalError, MeshkitError
 
 LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)
 LINGER_BYTES = 16 << 20
-MAX_HEAD = 256 << 10          # request line + header block; past it the handler refuses it (414/431)
 EXPIRY_CHECK = 0.1            # how often connections are checked against their deadlines (s)
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
         b"Connection: close\r\nContent-Length: 72\r\n\r\n"
         b'{"error":{"code":"unavailable","message":"too many connections; retry"}}')
-
-
-class Conn:
-    __slots__ = ("sock", "addr", "buf", "out", "deadline", "state", "close_after", "linger", "drained", "eof",
-                 "continued")
-
-    def __init__(self, sock, addr, deadline):
-        self.sock, self.addr, self.deadline = sock, addr, deadline
-        self.buf, self.out = b"", b""
-        self.state = "read"           # read | queued (whole request, this round) | busy (a thread has it) | write | linger
-        self.close_after = self.linger = self.eof = self.continued = False
-        self.drained = 0
-
-
-class LoopHandler(Handler):
-    """http.server's handler over one whole request held in memory; the answer is collected."""
-
-    may_wait = False
-
-    def __init__(self, conn: Conn, data: bytes, server, head=None):
-        # BaseRequestHandler.__init__ would run setup/handle/finish on the socket: not here.
-        self.request = self.connection = conn.sock
-        self.client_address = conn.addr
-        self.server = server
-        self.rfile = io.BytesIO(data)
-        self.wfile = io.BytesIO()
-        self.close_connection = True
-        self.linger = False
-        self.read_deadline = None
-        self.deferred = None
-        self.head = head                # (header fields, where the body starts), read by frame()
-
-    def _read_head(self):
-        if self.head is None:
-            return super()._read_head()
-        headers, body_at = self.head
-        self.rfile.seek(body_at)
-        return headers
-
-    def handle_expect_100(self) -> bool:
-        return True             # the loop sent "100 Continue" before the body came (_continue)
-
-    def refuse(self, error: MeshkitError) -> None:
-        """Replace the answer: the batch this request's work was in did not commit."""
-        self.deferred = None
-        self.wfile = io.BytesIO()
-        self._write(encode_json(error.status, error.to_json()))
-
-    def answer(self) -> bytes:
-        return self.wfile.getvalue()
-
-
-def frame(buf: bytes, max_body: int):
-    """(request bytes, rest, head) once `buf` holds a whole request; None while it doesn't.
-    head: (its header fields, where its body starts), or None for the handler to read. A head
-    the handler will refuse (bad fields, chunked, oversize body) is handed over without its
-    body: the handler answers before reading one."""
-    end = buf.find(b"\r\n\r\n")
-    lf = buf.find(b"\n\n")
-    if end < 0 or 0 <= lf < end:
-        end, sep = lf, 2
-    else:
-        sep = 4
-    if end < 0:
-        return (buf, b"", None) if len(buf) > MAX_HEAD else None
-    head = buf[:end + sep]
-    first = head.find(b"\n") + 1
-    try:
-        headers = parse_fields(head[first:])
-    except HeadError:
-        return head, b"", None
-    lengths = headers.get_all("Content-Length") or []
-    if headers.get("Transfer-Encoding") is not None or len(lengths) > 1:
-        return head, b"", None
-    value = lengths[0].strip() if lengths else "0"
-    if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) > max_body:
-        return head, b"", None
-    whole = end + sep + int(value)
-    return (buf[:whole], buf[whole:], (headers, end + sep)) if len(buf) >= whole else None
 
 
 class LoopServer(http.server.HTTPServer):
@@ -155,21 +74,28 @@ class LoopServer(http.server.HTTPServer):
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self._stop.is_set():
-                for key, mask in self._sel.select(min(poll_interval, EXPIRY_CHECK)):
-                    if key.data == "accept":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._take_back()
-                    else:
-                        self._event(key.data, mask)
-                while self._ready:
-                    self._run_ready()
-                now = self.app.clock.monotonic()
-                if now >= self._next_check:
-                    self._next_check = now + EXPIRY_CHECK
-                    self._expire(now)
+                try:
+                    self._turn(poll_interval)
+                except Exception:  # a bug must not stop the loop (_event and _run_ready catch their own)
+                    if self.app.logger:
+                        self.app.logger.error("internal_error", route="loop", traceback=traceback.format_exc(limit=8))
         finally:
             self._stopped.set()
+
+    def _turn(self, poll_interval: float) -> None:
+        for key, mask in self._sel.select(min(poll_interval, EXPIRY_CHECK)):
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "wake":
+                self._take_back()
+            else:
+                self._event(key.data, mask)
+        while self._ready:
+            self._run_ready()
+        now = self.app.clock.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + EXPIRY_CHECK
+            self._expire(now)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -1,0 +1,91 @@
+"""One connection of the supervisor's HTTP loop (httploop.py): its state, framing a whole
+request out of the bytes read so far, and http.server's handler run over that request in
+memory (the answer is collected, the loop writes it).
+"""
+
+import io
+
+from meshkit.adapters.httphead import HeadError, parse_fields
+from meshkit.adapters.httpserver import Handler, encode_json
+from meshkit.core.errors import MeshkitError
+
+MAX_HEAD = 256 << 10          # request line + header block; past it the handler refuses it (414/431)
+
+
+class Conn:
+    __slots__ = ("sock", "addr", "buf", "out", "deadline", "state", "close_after", "linger", "drained", "eof",
+                 "continued")
+
+    def __init__(self, sock, addr, deadline):
+        self.sock, self.addr, self.deadline = sock, addr, deadline
+        self.buf, self.out = b"", b""
+        self.state = "read"           # read | queued (whole request, this round) | busy (a thread has it) | write | linger
+        self.close_after = self.linger = self.eof = self.continued = False
+        self.drained = 0
+
+
+class LoopHandler(Handler):
+    """http.server's handler over one whole request held in memory; the answer is collected."""
+
+    may_wait = False
+
+    def __init__(self, conn: Conn, data: bytes, server, head=None):
+        # BaseRequestHandler.__init__ would run setup/handle/finish on the socket: not here.
+        self.request = self.connection = conn.sock
+        self.client_address = conn.addr
+        self.server = server
+        self.rfile = io.BytesIO(data)
+        self.wfile = io.BytesIO()
+        self.close_connection = True
+        self.linger = False
+        self.read_deadline = None
+        self.deferred = None
+        self.head = head                # (header fields, where the body starts), read by frame()
+
+    def _read_head(self):
+        if self.head is None:
+            return super()._read_head()
+        headers, body_at = self.head
+        self.rfile.seek(body_at)
+        return headers
+
+    def handle_expect_100(self) -> bool:
+        return True             # the loop sent "100 Continue" before the body came (_continue)
+
+    def refuse(self, error: MeshkitError) -> None:
+        """Replace the answer: the batch this request's work was in did not commit."""
+        self.deferred = None
+        self.wfile = io.BytesIO()
+        self._write(encode_json(error.status, error.to_json()))
+
+    def answer(self) -> bytes:
+        return self.wfile.getvalue()
+
+
+def frame(buf: bytes, max_body: int):
+    """(request bytes, rest, head) once `buf` holds a whole request; None while it doesn't.
+    head: (its header fields, where its body starts), or None for the handler to read. A head
+    the handler will refuse (bad fields, chunked, oversize body) is handed over without its
+    body: the handler answers before reading one."""
+    end = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    if end < 0 or 0 <= lf < end:
+        end, sep = lf, 2
+    else:
+        sep = 4
+    if end < 0:
+        return (buf, b"", None) if len(buf) > MAX_HEAD else None
+    head = buf[:end + sep]
+    first = head.find(b"\n") + 1
+    try:
+        headers = parse_fields(head[first:])
+    except HeadError:
+        return head, b"", None
+    lengths = headers.get_all("Content-Length") or []
+    if headers.get("Transfer-Encoding") is not None or len(lengths) > 1:
+        return head, b"", None
+    value = lengths[0].strip() if lengths else "0"
+    if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) > max_body:
+        return head, b"", None
+    whole = end + sep + int(value)
+    return (buf[:whole], buf[whole:], (headers, end + sep)) if len(buf) >= whole else None
