@@ -6,7 +6,7 @@ memory (the answer is collected, the loop writes it).
 import io
 
 from meshkit.adapters.httphead import HeadError, parse_fields
-from meshkit.adapters.httpserver import Handler, encode_json
+from meshkit.adapters.httpserver import Handler, body_length, encode_json
 from meshkit.core.errors import MeshkitError
 
 MAX_HEAD = 256 << 10          # request line + header block; past it the handler refuses it (414/431)
@@ -38,7 +38,6 @@ class LoopHandler(Handler):
         self.wfile = io.BytesIO()
         self.close_connection = True
         self.linger = False
-        self.read_deadline = None
         self.deferred = None
         self.head = head                # (header fields, where the body starts), read by frame()
 
@@ -81,11 +80,9 @@ def frame(buf: bytes, max_body: int):
         headers = parse_fields(head[first:])
     except HeadError:
         return head, b"", None
-    lengths = headers.get_all("Content-Length") or []
-    if headers.get("Transfer-Encoding") is not None or len(lengths) > 1:
+    try:
+        length = body_length(headers, head[:first].split(b" ", 1)[0].decode("latin-1"), max_body)
+    except MeshkitError:
         return head, b"", None
-    value = lengths[0].strip() if lengths else "0"
-    if not (value.isascii() and value.isdigit()) or len(value) > 12 or int(value) > max_body:
-        return head, b"", None
-    whole = end + sep + int(value)
+    whole = end + sep + length
     return (buf[:whole], buf[whole:], (headers, end + sep)) if len(buf) >= whole else None

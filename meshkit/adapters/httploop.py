@@ -208,13 +208,13 @@ class LoopServer(http.server.HTTPServer):
                 for conn, data, head in ready:
                     handler = LoopHandler(conn, data, self, head)
                     if not self._inline(data):
-                        later.append((conn, handler, handler.handle_one_request))
+                        later.append((conn, handler, handler.handle_one_request, False))
                         continue
                     handler.handle_one_request()
                     if handler.deferred is None:
                         answered.append((conn, handler))
                     else:
-                        later.append((conn, handler, handler.resume))
+                        later.append((conn, handler, handler.resume, True))
         except MeshkitError as e:
             failed = e
         except Exception as e:  # a bug must not stop the loop: this round is refused, logged
@@ -222,8 +222,8 @@ class LoopServer(http.server.HTTPServer):
                 self.app.logger.error("internal_error", route="batch", error=repr(e),
                                       traceback=traceback.format_exc(limit=8))
             failed = InternalError("internal error; see the supervisor's log")
-        for conn, handler, work in later:
-            if failed is not None and work == handler.resume:
+        for conn, handler, work, ran_in_batch in later:
+            if failed is not None and ran_in_batch:
                 answered.append((conn, handler))            # its handler ran in the lost batch
                 continue
             conn.state = "busy"

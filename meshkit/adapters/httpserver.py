@@ -24,8 +24,6 @@ from meshkit.core.errors import (BadRequest, MeshkitError, MethodNotAllowed, Not
                                  TooLarge, Unavailable)
 
 
-
-
 @dataclass
 class Route:
     method: str
@@ -113,6 +111,28 @@ def encode_json(status: int, obj, extra_headers=None) -> Raw:
                "application/json", extra_headers or {})
 
 
+def body_length(headers, command: str, max_body: int) -> int:
+    """The length of a request's body by its head: a Content-Length, one, a whole number, at
+    most max_body (TooLarge); no Transfer-Encoding; none needed without a body but for
+    POST, PUT and PATCH. Anything else is BadRequest."""
+    if headers.get("Transfer-Encoding"):
+        raise BadRequest("Transfer-Encoding is not accepted; send a Content-Length")
+    cl = headers.get_all("Content-Length") or []
+    if len(cl) > 1:
+        raise BadRequest("more than one Content-Length")
+    if not cl:
+        if command in ("POST", "PUT", "PATCH"):
+            raise BadRequest("a Content-Length header is required")
+        return 0
+    value = cl[0].strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:     # isdigit() alone takes "²"
+        raise BadRequest("Content-Length must be a whole number")
+    length = int(value)
+    if length > max_body:
+        raise TooLarge(f"the body is {length} bytes; the limit is {max_body}")
+    return length
+
+
 class WouldWait(Exception):
     """A handler run with `may_wait` False would have to wait (a long-poll with nothing to
     answer yet): the server runs it again on a thread, already authenticated."""
@@ -121,11 +141,11 @@ class WouldWait(Exception):
 class App:
     """What the server calls: authenticate(request) and hooks; set by the role.
 
-    `lock` (a reentrant lock, or a Condition on one) is held while a `serial` route's
-    handler runs. Python runs one thread at a time anyway; letting only one request at a
-    time into the short store-bound handlers spares the threads from handing the GIL to
-    each other around every SQLite call (each handover is a futex wake and a context
-    switch). A handler that waits must release it (a Condition built on it does)."""
+    `serial` routes are the short, store-bound ones httploop answers on its own thread,
+    a round of them inside `batch()` (group commit); `lock` (a reentrant lock, or a
+    Condition on one) is held while one runs, there or resumed on a thread after a
+    WouldWait, so they run one at a time. A handler that waits must release it (a
+    Condition built on it does)."""
 
     def __init__(self, routes, authenticate, max_body=1 << 20, on_response=None,
                  common_headers=None, logger=None, clock=REAL, lock=None, batch=None):
@@ -239,28 +259,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         self.linger = True          # until the body is read
-        te = self.headers.get("Transfer-Encoding")
-        if te:
+        try:
+            length = body_length(self.headers, self.command, self.server.app.max_body)
+        except MeshkitError:
             self.close_connection = True
-            raise BadRequest("Transfer-Encoding is not accepted; send a Content-Length")
-        cl = self.headers.get_all("Content-Length") or []
-        if len(cl) > 1:
-            self.close_connection = True
-            raise BadRequest("more than one Content-Length")
-        if not cl:
-            if self.command in ("POST", "PUT", "PATCH"):
-                self.close_connection = True
-                raise BadRequest("a Content-Length header is required")
-            self.linger = False
-            return b""
-        value = cl[0].strip()
-        if not (value.isascii() and value.isdigit()) or len(value) > 12:     # isdigit() alone takes "²"
-            self.close_connection = True
-            raise BadRequest("Content-Length must be a whole number")
-        length = int(value)
-        if length > self.server.app.max_body:
-            self.close_connection = True
-            raise TooLarge(f"the body is {length} bytes; the limit is {self.server.app.max_body}")
+            raise
         data = self.rfile.read(length)
         self.linger = False
         if len(data) != length:
@@ -269,10 +272,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return data
 
     def _handle(self):
+        with self._running():
+            self._handle_request()
+
+    @contextlib.contextmanager
+    def _running(self):
+        """Counted in server.running while a handler runs (shutdown waits for them)."""
         with self.server._count_lock:
             self.server.running += 1
         try:
-            self._handle_request()
+            yield
         finally:
             with self.server._count_lock:
                 self.server.running -= 1
@@ -292,14 +301,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def resume(self) -> None:
         """Answer a request that raised WouldWait, on a thread where its handler may wait."""
         start, self.deferred = self.deferred, None
-        with self.server._count_lock:
-            self.server.running += 1
-        try:
+        with self._running():
             self._req.may_wait = True
             self._respond(self._outcome(lambda: self._invoke(self._req.route, self._req, False)), start)
-        finally:
-            with self.server._count_lock:
-                self.server.running -= 1
 
     def _parse_and_call(self):
         app = self.server.app

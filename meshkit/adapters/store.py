@@ -128,33 +128,17 @@ class Store(Replicated):
 
     @contextlib.contextmanager
     def tx(self, replication: bool = False):
-        """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it.
+        """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it (inside a
+        batch() of this thread: a savepoint of the batch's transaction).
         Commit hooks run after the store's lock is released (no lock-order traps).
         A transaction that changed rows asks write_guard before it commits (a supervisor that
         stopped accepting work meanwhile refuses it), unless it is replication's own."""
-        with self._lock:
-            if self._batch is not None and self._batch[0] == threading.get_ident():
-                with self._in_batch(replication) as tx:
-                    yield tx
-                return
-            cur = self.db.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                changes = self.db.total_changes
-            except sqlite3.Error as e:
-                raise store_error(e) from None
-            try:
-                yield Tx(cur)
-                self._guard(replication, changes)
-                self._commit(cur)
-            except sqlite3.Error as e:
-                self._rollback(cur)
-                raise store_error(e) from None
-            except BaseException:
-                self._rollback(cur)
-                raise
-        for hook in self.commit_hooks:
-            hook()
+        if self._batch is not None and self._batch[0] == threading.get_ident():
+            with self._in_batch(replication) as tx:
+                yield tx
+            return
+        with self.batch(), self._in_batch(replication) as tx:      # a batch of one
+            yield tx
 
     @contextlib.contextmanager
     def batch(self):
