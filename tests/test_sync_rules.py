@@ -240,6 +240,15 @@ class Validation(unittest.TestCase):
                 self.assertEqual(len(got), len(want), got)
         self.assertEqual(check_file("a/.json", b"not json", 8, None, {}), [])    # a hidden file, not .json
 
+    def test_nesting_deeper_than_the_stack_is_a_problem_not_a_crash(self):
+        deep = b"[" * 100000 + b"]" * 100000
+        for path, data, req in (("a/x.json", deep, {}), ("a/x.jsonl", deep + b"\n", {}),
+                                ("a/state.json", deep, {"a/state.json": ["k"]})):
+            with self.subTest(path=path):
+                got = check_file(path, data, len(data), None, req)
+                self.assertEqual(len(got), 1, got)
+                self.assertIn("nested too deeply", got[0])
+
     def test_needs_content(self):
         for path, needed in [("a/x.json", True), ("a/x.jsonl", True), ("a/X.MD", True),
                              ("a/x.txt", False), ("a/memory/state.json", True), ("a/bin", False)]:

@@ -50,7 +50,9 @@ _SNIFF = (b"", b"\0", b"\xef", b"\xfe", b"\xff")     # first bytes json.loads lo
 _decode = json.JSONDecoder().decode                 # what json.loads(str) calls without options
 
 
-def _json_error(e: ValueError) -> str:
+def _json_error(e: Exception) -> str:
+    if isinstance(e, RecursionError):      # json recurses per level: a deep enough file exhausts the stack
+        return "nested too deeply"
     if isinstance(e, json.JSONDecodeError):
         return f"{e.msg} at line {e.lineno} column {e.colno}"
     return str(e)
@@ -84,7 +86,7 @@ def _parse_jsonl(data: bytes) -> tuple[list, list[str]]:
             continue
         try:
             records.append((n, _loads(line)))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             problems.append(f"line {n} is not valid JSON: {_json_error(e)}")
             break
     return records, problems
@@ -117,7 +119,7 @@ def check_file(path: str, data: bytes | None, size: int, old_size: int | None, r
     if suffix == ".json" or rules:
         try:
             obj = _loads(data)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             what = "is not valid JSON" if suffix == ".json" else "has required keys configured but is not valid JSON"
             return problems + [f"{what}: {_json_error(e)}"]
         if rules:                        # the usual .json (10,000 on a first sync) has none: parsed only
