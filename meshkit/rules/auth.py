@@ -8,6 +8,7 @@ X-Meshkit-Nonce (16-128 chars of [A-Za-z0-9_-]), X-Meshkit-Signature.
 Keys file: one key a line, `ID ROLE SECRET`; roles viewer < worker < admin.
 """
 
+import functools
 import hashlib
 import hmac
 import re
@@ -17,6 +18,7 @@ from meshkit.core.errors import ConfigError, Forbidden, Unauthorized
 
 ROLE_RANK = {"viewer": 0, "worker": 1, "admin": 2}
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+TIMESTAMP_RE = re.compile(r"\d{1,12}")
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 H_KEY, H_TS, H_NONCE, H_SIG = "X-Meshkit-Key", "X-Meshkit-Timestamp", "X-Meshkit-Nonce", "X-Meshkit-Signature"
 
@@ -27,7 +29,24 @@ def string_to_sign(method: str, path: str, timestamp: str, nonce: str, body: byt
 
 
 def sign(secret: str, method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), string_to_sign(method, path, timestamp, nonce, body), hashlib.sha256).hexdigest()
+    inner, outer = _pads(secret)
+    inner = inner.copy()
+    inner.update(string_to_sign(method, path, timestamp, nonce, body))
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _pads(secret: str) -> tuple:
+    """HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once per secret: a
+    signature is then two copies and updates (what hmac.new(...).hexdigest() computes, in
+    half its time; the server checks one per request)."""
+    key = secret.encode()
+    if len(key) > 64:                           # SHA-256's block size
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
 
 
 def signed_headers(key_id: str, secret: str, method: str, path: str, body: bytes, now: float, nonce: str) -> dict:
@@ -103,12 +122,12 @@ class NonceCache:
 def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: NonceCache,
            now: float, max_skew: float) -> tuple:
     """(key id, role) of a correctly signed, fresh, unreplayed request; else Unauthorized."""
-    kid, ts, nonce, sig = (headers.get(h) for h in (H_KEY, H_TS, H_NONCE, H_SIG))
+    kid, ts, nonce, sig = headers.get(H_KEY), headers.get(H_TS), headers.get(H_NONCE), headers.get(H_SIG)
     if not (kid and ts and nonce and sig):
         raise Unauthorized("missing signature headers (X-Meshkit-Key, -Timestamp, -Nonce, -Signature)")
     if kid not in keys:
         raise Unauthorized("unknown key id")
-    if not re.fullmatch(r"\d{1,12}", ts):
+    if not TIMESTAMP_RE.fullmatch(ts):
         raise Unauthorized("timestamp must be unix seconds")
     if abs(int(ts) - now) > max_skew:
         raise Unauthorized(f"timestamp is more than {int(max_skew)} s off the server's clock")
