@@ -84,7 +84,7 @@ class Request:
             try:
                 # Decoded strictly first: json.loads(bytes) decodes with "surrogatepass", which lets
                 # the UTF-8 form of a lone surrogate (ED A0 80) through as an unstorable string.
-                self._json = json.loads(self.body.decode("utf-8"), parse_constant=_no_constant)
+                self._json = _decode(self.body.decode("utf-8"))
             except RecursionError:
                 raise BadRequest("the body is nested too deeply") from None
             except (ValueError, UnicodeDecodeError) as e:
@@ -106,9 +106,21 @@ def _no_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads and json.dumps called with options build a new decoder or encoder
+# (and its scanner) for every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def _decode(text: str):
+    """json.loads(text, parse_constant=_no_constant), with its decoder built once."""
+    if text.startswith("\ufeff"):          # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
 def encode_json(status: int, obj, extra_headers=None) -> Raw:
-    return Raw(status, (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode(),
-               "application/json", extra_headers or {})
+    return Raw(status, (_ENCODER.encode(obj) + "\n").encode(), "application/json", extra_headers or {})
 
 
 def body_length(headers, command: str, max_body: int) -> int:

@@ -14,6 +14,7 @@ import threading
 from meshkit.core.clock import REAL
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))    # json.dumps(..., options) builds one per call
 
 
 def day_file(log_dir: str, when: float) -> str:
@@ -39,8 +40,10 @@ class Logger:
         now = self.clock.time()
         rec = {"time": round(now, 3), "level": level, "role": self.role,
                "node": self.node, "event": event}
-        rec.update({k: v for k, v in fields.items() if v is not None})
-        line = json.dumps(rec, default=str, separators=(",", ":")) + "\n"
+        for k, v in fields.items():
+            if v is not None:
+                rec[k] = v
+        line = _ENCODER.encode(rec) + "\n"
         with self._lock:
             try:
                 self.stream.write(line)
