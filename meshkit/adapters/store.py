@@ -13,7 +13,7 @@ import sqlite3
 import threading
 
 from meshkit.adapters.storerepl import Replicated, triggers
-from meshkit.adapters.storetx import Tx, store_error, task_dict, task_n
+from meshkit.adapters.storetx import RowCache, Tx, store_error, task_dict, task_n
 from meshkit.core.errors import NotFound, StoreError
 from meshkit.rules import fsm
 
@@ -76,6 +76,7 @@ class Store(Replicated):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.RLock()
         self._column_cache = {}
+        self.cache = RowCache()    # rows the claim path reads each time (storetx.RowCache)
         self.commit_hooks = []     # called after every committed write transaction
         self.write_guard = None    # HA: called under the lock before a write commits; raises to refuse it
         try:
@@ -147,6 +148,7 @@ class Store(Replicated):
         end, or none of it, raising StoreError. Other threads' transactions wait until then."""
         with self._lock:
             self._batch = [threading.get_ident(), None, None]     # owner, cursor once begun, a lost batch
+            changes = self.db.total_changes
             try:
                 yield
                 cur = self._batch[1]
@@ -161,6 +163,8 @@ class Store(Replicated):
             except BaseException:
                 if self._batch[1] is not None:
                     self._rollback(self._batch[1])
+                if self.db.total_changes != changes:
+                    self.cache.clear()      # rows it read or reserved may be undone
                 raise
             finally:
                 began, self._batch = self._batch[1] is not None, None
@@ -183,10 +187,12 @@ class Store(Replicated):
         except sqlite3.Error as e:
             raise store_error(e) from None
         try:
-            yield Tx(cur)
+            yield Tx(cur, self.cache)
             self._guard(replication, changes)
             cur.execute("RELEASE tx")
         except BaseException as e:
+            if self.db.total_changes != changes:
+                self.cache.clear()      # rows it read or reserved may be undone
             try:
                 cur.execute("ROLLBACK TO tx")
                 cur.execute("RELEASE tx")

@@ -12,13 +12,16 @@ from meshkit.core.errors import StoreError
 
 # Replication: every insert or update of these tables appends (table, rowid) to the
 # changelog (SQLite triggers, in the same transaction); a standby pulls the rows.
+# changelog.seq is a plain rowid (max + 1): no changelog row is ever deleted, so it only
+# grows, without AUTOINCREMENT's extra write to sqlite_sequence per change (a database
+# made before keeps its AUTOINCREMENT table; both behave the same).
 REPLICATED = ("tasks", "history", "deps", "nodes", "results", "kinds", "leases", "lease_history", "meta")
 LOCAL_META = ("role", "epoch", "mode", "replicated_seq", "peer", "peer_epoch", "checked_at",   # never copied
               "rejoin", "promoted_from", "promoted_head")
 
 
 def triggers() -> str:
-    out = ["CREATE TABLE IF NOT EXISTS changelog(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
+    out = ["CREATE TABLE IF NOT EXISTS changelog(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
            " rid INTEGER NOT NULL)"]
     for t in REPLICATED:
         cond = f" WHEN NEW.key NOT IN ({','.join(repr(k) for k in LOCAL_META)})" if t == "meta" else ""
@@ -29,7 +32,7 @@ def triggers() -> str:
 
 
 class Replicated:
-    """Store's replication half (needs self._lock, self.db, self._column_cache, tx(), read())."""
+    """Store's replication half (needs self._lock, self.db, self._column_cache, self.cache, tx(), read())."""
 
     def _columns(self, table: str) -> set:
         if table not in self._column_cache:
@@ -61,6 +64,7 @@ class Replicated:
     def apply_changes(self, changes: list, upto: int) -> None:
         """Store rows pulled from the primary (one transaction) and the position reached."""
         with self.tx(replication=True) as tx:
+            self.cache.clear()         # rows change under the cached copies
             for c in changes:
                 table, row = c.get("table"), c.get("row")
                 if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
@@ -80,6 +84,7 @@ class Replicated:
         primary's overwrite them. Returns {"rows": {table: n}, "tasks": [task n, ...]}."""
         rows, tasks = {}, set()
         with self.tx(replication=True) as tx:
+            self.cache.clear()
             if discard_after is not None:
                 for e in tx.all("SELECT DISTINCT tbl, rid FROM changelog WHERE seq > ? AND tbl != 'meta'",
                                 (discard_after,)):

@@ -11,6 +11,7 @@ from meshkit.core.errors import InvalidTransition, NotFound, StoreError
 from meshkit.rules import fsm
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
+FENCE_BLOCK = 1000      # fencing numbers reserved in meta per write (see Tx.next_fence)
 
 
 def store_error(e: sqlite3.Error) -> StoreError:
@@ -47,11 +48,28 @@ def task_dict(row) -> dict:
     return d
 
 
+class RowCache(dict):
+    """Copies of rows that the claim path reads on every request (a node's row, the kinds
+    table, the requirement sets of queued tasks) and a reserved block of fencing numbers,
+    kept between transactions. Who changes such a row drops its copy in the same
+    transaction; the store empties the whole cache whenever rows may have changed behind
+    it: a rollback that undid changes, rows applied from the primary, a rejoin. (The
+    supervisor is the only writer of its database.)"""
+
+    def queued(self, kind: str, requires: str) -> None:
+        """A task of `kind` needing `requires` (JSON text) is queued now: the kind's cached
+        requirement sets (roles/supervisor/queue.py), if any, must include it."""
+        sets = self.get(("requires", kind))
+        if sets is not None and requires not in sets:
+            sets.append(requires)
+
+
 class Tx:
     """A cursor inside one transaction, with the one transition function."""
 
-    def __init__(self, cur):
+    def __init__(self, cur, cache: RowCache = None):
         self.cur = cur
+        self.cache = RowCache() if cache is None else cache
 
     def execute(self, sql, args=()):
         return self.cur.execute(sql, args)
@@ -74,7 +92,18 @@ class Tx:
                      (key, str(value)))
 
     def next_fence(self) -> int:
-        return int(self.one("UPDATE meta SET value=CAST(value AS INTEGER)+1 WHERE key='fence_seq' RETURNING value")[0])
+        """The next fencing number: greater than any handed out before, here or by a former
+        primary. meta.fence_seq holds the highest number reserved; a block of FENCE_BLOCK is
+        reserved at a time and handed out from memory (a restart or a promotion starts above
+        the reserved block; a rollback of the reservation empties the cache, so no number
+        is used that the database does not cover)."""
+        block = self.cache.get("fence")
+        if block is None or block[0] > block[1]:
+            top = int(self.one("UPDATE meta SET value=CAST(value AS INTEGER)+? WHERE key='fence_seq' RETURNING value",
+                               (FENCE_BLOCK,))[0])
+            block = self.cache["fence"] = [top - FENCE_BLOCK + 1, top]
+        block[0] += 1
+        return block[0] - 1
 
     def task_row(self, n: int):
         row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
@@ -92,6 +121,8 @@ class Tx:
         cols = ", ".join(row)
         n = self.execute(f"INSERT INTO tasks({cols}) VALUES({', '.join('?' * len(row))})",
                          tuple(row.values())).lastrowid
+        if state == "queued":
+            self.cache.queued(row["kind"], row["requires"])
         self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
         return n
 
@@ -115,6 +146,8 @@ class Tx:
         updates.update(state=to, updated_at=now)
         sets = ", ".join(f"{k}=?" for k in updates)
         self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
+        if to == "queued":
+            self.cache.queued(row["kind"], row["requires"])
         self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
 
     def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:

@@ -45,8 +45,23 @@ def candidates(tx: Tx, kinds: list, caps: list, now: float):
 
 
 def requirement_sets(tx: Tx, kind: str):
-    """The distinct `requires` values of queued tasks of `kind` (a skip-scan of the index:
-    one seek per distinct value), or None when there are more than MAX_GROUPS."""
+    """The distinct `requires` values of queued tasks of `kind`, or None when there are
+    more than MAX_GROUPS. Kept in the store's row cache: found once by a skip-scan of the
+    index (one seek per distinct value), then every task that becomes queued adds its own
+    (storetx.RowCache.queued), so the list may name sets no queued task has any more (an
+    empty cursor) but never misses one; grown past MAX_GROUPS, it is found again."""
+    key = ("requires", kind)
+    found = tx.cache.get(key)
+    if found is None or len(found) > MAX_GROUPS:
+        found = _scan_requirement_sets(tx, kind)
+        if found is None:
+            tx.cache.pop(key, None)
+        else:
+            tx.cache[key] = found
+    return found
+
+
+def _scan_requirement_sets(tx: Tx, kind: str):
     found, last = [], None
     while True:
         if last is None:

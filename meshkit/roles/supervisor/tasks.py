@@ -82,11 +82,15 @@ class Tasks:
         if want < 1:
             raise BadRequest("claim: field 'max' must be at least 1", field="max")
         deadline = self.clock.monotonic() + wait
+        first = True
         while True:
             with self.cond:
                 generation = self.generation
-            if not connected() or not self.accepting():   # hung-up worker, or we were fenced meanwhile
+            # A hung-up worker gets nothing (not asked on the event loop's first pass: the
+            # request has just arrived), nor does anyone once we were fenced meanwhile.
+            if (not (first and not may_wait) and not connected()) or not self.accepting():
                 return []
+            first = False
             leased = self._claim_once(node, want)
             remaining = deadline - self.clock.monotonic()
             if leased is None:          # no free slot on this node: nothing to wait for
@@ -106,8 +110,8 @@ class Tasks:
         with self.store.tx() as tx:
             if not self.accepting():       # checked under the store lock that role changes also take
                 return []
-            info = self._node_info(tx, node)
-            if info.get("_state") != "alive":     # a stale node must heartbeat before it gets work
+            info, state = self._node_info(tx, node)
+            if state != "alive":     # a stale node must heartbeat before it gets work
                 return []
             active = tx.one("SELECT COUNT(*) AS c FROM tasks WHERE node=? AND state IN ('leased','running')",
                             (node,))["c"]
@@ -147,19 +151,19 @@ class Tasks:
                 self.seen_written[node] = now
         out = []
         for row in leased:
-            t = task_dict(row)
-            out.append({"id": t["id"], "kind": t["kind"], "payload": t["payload"], "attempt": t["attempts"],
-                        "fence": t["fence"], "timeout": t["timeout"], "expects": t["expects"],
-                        "trace_id": t["trace_id"], "lease_deadline": t["lease_deadline"]})
-            self.log.info("task_leased", task=t["id"], node=node, fence=t["fence"], attempt=t["attempts"],
-                          trace_id=t["trace_id"])
+            tid, expects = task_id(row["n"]), row["expects"]
+            out.append({"id": tid, "kind": row["kind"], "payload": json.loads(row["payload"]),
+                        "attempt": row["attempts"], "fence": row["fence"], "timeout": row["timeout"],
+                        "expects": None if expects is None else json.loads(expects),
+                        "trace_id": row["trace_id"], "lease_deadline": row["lease_deadline"]})
+            self.log.info("task_leased", task=tid, node=node, fence=row["fence"], attempt=row["attempts"],
+                          trace_id=row["trace_id"])
         return out
 
     def fleet_view(self, tx: Tx, now: float, with_nodes: bool = True) -> dispatch_rules.Fleet:
         """The plain-data view the dispatch predicates decide on."""
         fleet = dispatch_rules.Fleet(now=now, mode=self.mode, policy=self.policy)
-        for r in tx.all("SELECT kind, since, reason FROM kinds WHERE quarantined=1"):
-            fleet.quarantined[r["kind"]] = {"since": r["since"], "reason": r["reason"]}
+        fleet.quarantined.update(self._kinds(tx)[0])
         limited = [k for k, p in self.policy.kinds.items() if p.max_running or p.max_per_minute]
         if limited or with_nodes:
             for r in tx.all("SELECT kind, COUNT(*) AS c FROM tasks WHERE state IN ('leased','running') GROUP BY kind"):
@@ -178,11 +182,32 @@ class Tasks:
         return fleet
 
     @staticmethod
-    def _node_info(tx: Tx, node: str) -> dict:
-        row = tx.one("SELECT info, state FROM nodes WHERE name=?", (node,))
-        if row is None:
-            raise UnknownNode(f"unknown node {node!r}: send a heartbeat first")
-        return dict(json.loads(row["info"]), _state=row["state"])
+    def _node_info(tx: Tx, node: str) -> tuple:
+        """(info as the node last reported it, state), from the store's row cache (whoever
+        writes a node's info or state drops its copy: heartbeat, the brain's reaper)."""
+        got = tx.cache.get(("node", node))
+        if got is None:
+            row = tx.one("SELECT info, state FROM nodes WHERE name=?", (node,))
+            if row is None:
+                raise UnknownNode(f"unknown node {node!r}: send a heartbeat first")
+            got = tx.cache[("node", node)] = (json.loads(row["info"]), row["state"])
+        return got
+
+    @staticmethod
+    def _kinds(tx: Tx) -> tuple:
+        """({quarantined kind: {"since", "reason"}}, {kinds with failures in a row}), from the
+        store's row cache (every write to the kinds table drops it)."""
+        got = tx.cache.get("kinds")
+        if got is None:
+            quarantined, failing = {}, set()
+            for r in tx.all("SELECT kind, failures, quarantined, since, reason FROM kinds"
+                            " WHERE quarantined=1 OR failures>0"):
+                if r["quarantined"]:
+                    quarantined[r["kind"]] = {"since": r["since"], "reason": r["reason"]}
+                if r["failures"]:
+                    failing.add(r["kind"])
+            got = tx.cache["kinds"] = (quarantined, failing)
+        return got
 
     # -- start / results ----------------------------------------------------------
 
@@ -257,8 +282,11 @@ class Tasks:
         if transient:
             return
         if ok:
-            tx.execute("UPDATE kinds SET failures=0 WHERE kind=? AND failures>0", (kind,))
+            if kind in self._kinds(tx)[1]:
+                tx.execute("UPDATE kinds SET failures=0 WHERE kind=? AND failures>0", (kind,))
+                tx.cache.pop("kinds", None)
             return
+        tx.cache.pop("kinds", None)
         tx.execute("INSERT OR IGNORE INTO kinds(kind) VALUES(?)", (kind,))
         failures = tx.one("UPDATE kinds SET failures=failures+1 WHERE kind=? RETURNING failures, quarantined",
                           (kind,))
@@ -275,6 +303,7 @@ class Tasks:
             if row is None or not row["quarantined"]:     # a conflict with its state (409), not bad input
                 raise Conflict(f"kind {kind!r} is not quarantined; there is nothing to resume", kind=kind)
             tx.execute("UPDATE kinds SET quarantined=0, failures=0, since=NULL, reason=NULL WHERE kind=?", (kind,))
+            tx.cache.pop("kinds", None)
         self.log.info("kind_resumed", kind=kind, actor=actor)
         self._wake()
         return {"ok": True, "kind": kind, "quarantined": False}
@@ -327,6 +356,7 @@ class Tasks:
         running = body.get("running") or []
         with self.store.tx() as tx:
             prev = tx.one("SELECT state FROM nodes WHERE name=?", (node,))
+            tx.cache.pop(("node", node), None)
             tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen, state) VALUES(?,?,?,?, 'alive')"
                        " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen,"
                        " state='alive'", (node, json.dumps(info), now, now))
