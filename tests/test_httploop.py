@@ -15,7 +15,7 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from meshkit.adapters.httphead import HeadError, parse_fields, read_headers  # noqa: E402
+from meshkit.adapters.httphead import HeadError, _parse_lines, parse_fields, read_headers  # noqa: E402
 from meshkit.adapters.httpconn import MAX_HEAD, frame  # noqa: E402
 from meshkit.rules import auth  # noqa: E402
 from tests.helpers import Fleet, register  # noqa: E402
@@ -83,6 +83,29 @@ class HeaderBlock(unittest.TestCase):
         for block in blocks:
             self.assertEqual(self.outcome(parse_fields, block),
                              self.outcome(lambda b: read_headers(io.BytesIO(b).readline), block), block[:60])
+
+
+    def test_fast_path_same_as_line_by_line(self):
+        """parse_fields reads plain blocks with one regex: same fields, lookups and refusals
+        as its line-by-line reading (which reads every other block)."""
+        def lookups(parse, block):
+            try:
+                h = parse(block)
+                return h.items(), {n: (h.get(n), h.get_all(n)) for n in ("a", "B", "content-length")}
+            except HeadError as e:
+                return e.status
+        r = random.Random(4)
+        pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"\xc3\xa9: 8", b"", b"H: a:b", b"a: x",
+                  b"A:  \t ", b"X: a\rb", b"\r", b"Content-Length: 5", b"content-length: 6", b"x:\x0b\x85 ", b"\tB: 1",
+                  b"B: 1 \t x \t", b"K:" + b" " * 10]
+        seps = [b"\r\n", b"\n", b"\r\n", b"\r\r\n"]
+        blocks = [b"".join(b"H%d: %d\r\n" % (i, i) for i in range(n)) + b"\r\n" for n in (99, 100, 101)]
+        blocks += [b"X: " + b"a" * n + b"\r\n\r\n" for n in (65527, 65528, 65536)]
+        blocks += [b"".join(r.choice(pieces) + r.choice(seps) for _ in range(r.randrange(7))) +
+                   r.choice([b"\r\n", b"\n", b"", b"\nA: 1\n"]) for _ in range(3000)]
+        for block in blocks:
+            self.assertEqual(lookups(parse_fields, block),
+                             lookups(lambda b: _parse_lines(b.decode("iso-8859-1")), block), block[:60])
 
 
 def signed_request(fleet, kid, method, path, body: bytes, extra="") -> bytes:
