@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import unittest
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,6 +37,14 @@ class Json(unittest.TestCase):
         for obj in ({"a": [1, 2.5, None, True], "é": "\u2028"}, {"x": {1, 2}}, [float("nan")], "s", {1: 2}):
             raw = httpserver.encode_json(200, obj)
             self.assertEqual(raw.body, (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode())
+
+
+class Target(unittest.TestCase):
+    def test_split_as_urlsplit(self):
+        for target in ["/", "/health", "/v1/tasks?state=queued&limit=5", "/a?", "/a#", "/a#b?c", "/a?b#c", "/a?b?c",
+                       "/a#b#c", "/a:b?c:d", "/%2F?%23=1", "/a;p?q", "/@x", "/a/b/../c?x=/y"]:
+            url = urllib.parse.urlsplit(target)
+            self.assertEqual(httpserver.split_target(target), (url.path, url.query), target)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def _parse_lines(text: str) -> Headers:
 
 def parse_version(text: str):
     """(major, minor) of "HTTP/x.y" (RFC 2145: two whole numbers), or None."""
+    if text == "HTTP/1.1":
+        return 1, 1
     if not text.startswith("HTTP/"):
         return None
     parts = text[5:].split(".")
