@@ -14,13 +14,14 @@ MAX_HEAD = 256 << 10          # request line + header block; past it the handler
 
 class Conn:
     __slots__ = ("sock", "addr", "buf", "out", "deadline", "state", "close_after", "linger", "drained", "eof",
-                 "continued")
+                 "continued", "writing")
 
     def __init__(self, sock, addr, deadline):
         self.sock, self.addr, self.deadline = sock, addr, deadline
         self.buf, self.out = b"", b""
         self.state = "read"           # read | queued (whole request, this round) | busy (a thread has it) | write | linger
         self.close_after = self.linger = self.eof = self.continued = False
+        self.writing = False          # registered for EVENT_WRITE (an answer waits to be sent), not EVENT_READ
         self.drained = 0
 
 
@@ -40,6 +41,7 @@ class LoopHandler(Handler):
         self.linger = False
         self.deferred = None
         self.head = head                # (header fields, where the body starts), read by frame()
+        self.matched = None             # (method, path, app.match's answer) found by inline()
 
     def _read_head(self):
         if self.head is None:
@@ -47,6 +49,24 @@ class LoopHandler(Handler):
         headers, body_at = self.head
         self.rfile.seek(body_at)
         return headers
+
+    def inline(self, data: bytes) -> bool:
+        """Answered on the loop: a route marked serial (short, store-bound), and every request
+        that will be refused before any handler runs. The route found is kept for the handler."""
+        words = data[:data.find(b"\n")].split()
+        if len(words) != 3:
+            return True
+        method, path = words[0].decode("latin-1"), words[1].decode("latin-1").split("?")[0]
+        try:
+            self.matched = (method, path, self.server.app.match(method, path))
+        except MeshkitError:
+            return True
+        return self.matched[2][0].serial
+
+    def _match(self, method: str, path: str):
+        if self.matched is not None and self.matched[:2] == (method, path):
+            return self.matched[2]
+        return super()._match(method, path)
 
     def handle_expect_100(self) -> bool:
         return True             # the loop sent "100 Continue" before the body came (_continue)

@@ -207,7 +207,7 @@ class LoopServer(http.server.HTTPServer):
             with self.app.lock, self.app.batch():
                 for conn, data, head in ready:
                     handler = LoopHandler(conn, data, self, head)
-                    if not self._inline(data):
+                    if not handler.inline(data):
                         later.append((conn, handler, handler.handle_one_request, False))
                         continue
                     handler.handle_one_request()
@@ -236,18 +236,6 @@ class LoopServer(http.server.HTTPServer):
         for conn, _ in answered:
             self._process(conn)                             # pipelined requests: the next round
 
-    def _inline(self, data: bytes) -> bool:
-        """Answered on the loop: a route marked serial (short, store-bound), and every request
-        that will be refused before any handler runs."""
-        words = data[:data.find(b"\n")].split()
-        if len(words) != 3:
-            return True
-        try:
-            route, _ = self.app.match(words[0].decode("latin-1"), words[1].decode("latin-1").split("?")[0])
-        except MeshkitError:
-            return True
-        return route.serial
-
     def _on_thread(self, conn: Conn, handler: LoopHandler, work) -> None:
         try:
             work()
@@ -275,6 +263,7 @@ class LoopServer(http.server.HTTPServer):
             conn, handler = self._back.popleft()
             if conn in self._conns:
                 self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                conn.writing = False
                 self._answer(conn, handler)
                 self._process(conn)
 
@@ -295,11 +284,14 @@ class LoopServer(http.server.HTTPServer):
         except (BlockingIOError, InterruptedError):
             conn.deadline = self.app.clock.monotonic() + self.request_timeout
             self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            conn.writing = True
             return
         except OSError:
             self._close(conn)
             return
-        self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        if conn.writing:                # (most answers leave in one send: no selector change)
+            self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.writing = False
         if conn.close_after:
             if conn.linger:
                 self._start_linger(conn)

@@ -336,7 +336,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._respond(self._outcome(lambda: self._invoke(self._req.route, self._req, False)), start)
 
     def _parse_and_call(self):
-        app = self.server.app
         if not self.path.startswith("/"):
             # urlsplit is kept for what it raises: a ValueError (e.g. "http://[x") is answered 500.
             urllib.parse.urlsplit(self.path)
@@ -357,12 +356,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                 errors="strict")) if query else {}
         except UnicodeDecodeError:
             raise BadRequest("query parameters must be ASCII once percent-decoded") from None
-        route, params = app.match(self.command, path)
+        route, params = self._match(self.command, path)
         self._route_name = route.name
         req = self._req = Request(self.command, self.path, path, query, params, self.headers, body,
                                   self.client_address[0], route, may_wait=self.may_wait)
         req.sock = self.connection
         return self._invoke(route, req, True)
+
+    def _match(self, method: str, path: str):
+        return self.server.app.match(method, path)
 
     def _outcome(self, work):
         """The answer to send: work()'s result, or its error as JSON; None when the client is gone."""
