@@ -94,6 +94,19 @@ class ClaimsSeeEveryChange(RowCacheCase):
             self.tasks.lose_lease(tx, row, "lease expired", "test", self.clock.time())
         self.assertEqual([x["id"] for x in self.claim()], [tid])
 
+    def test_a_task_waiting_for_another_is_released(self):
+        self.heartbeat()
+        self.dispatch()
+        self.succeed(self.claim()[0])           # no task waits: the cache says so
+        first = self.dispatch()
+        second = intake.dispatch(self.tasks, {"kind": "a", "after": [first]}, "admin")[0]["id"]
+        self.assertEqual([x["id"] for x in self.claim(want=2)], [first])
+        self.succeed(self.store.task(first))
+        self.assertEqual([x["id"] for x in self.claim(want=2)], [second])
+
+    def succeed(self, t):
+        self.tasks.result({"task": t["id"], "fence": t["fence"], "node": "w1", "outcome": "succeeded"})
+
     def test_quarantine_and_resume_reach_the_claim(self):
         self.heartbeat()
         limit = self.cfg.get("tasks.quarantine_after")

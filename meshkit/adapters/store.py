@@ -33,6 +33,7 @@ DROP INDEX IF EXISTS tasks_fit;
 DROP INDEX IF EXISTS tasks_node;
 CREATE INDEX IF NOT EXISTS tasks_queued ON tasks(kind, requires, rank DESC) WHERE state='queued';
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks(node) WHERE state IN ('leased','running');
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(n) WHERE state='waiting';
 CREATE TABLE IF NOT EXISTS history(
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
   to_state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
@@ -127,18 +128,20 @@ class Store(Replicated):
 
     # -- transactions -------------------------------------------------------
 
-    @contextlib.contextmanager
     def tx(self, replication: bool = False):
         """One BEGIN IMMEDIATE transaction: all of it is stored, or none of it (inside a
         batch() of this thread: a savepoint of the batch's transaction).
         Commit hooks run after the store's lock is released (no lock-order traps).
         A transaction that changed rows asks write_guard before it commits (a supervisor that
         stopped accepting work meanwhile refuses it), unless it is replication's own."""
-        if self._batch is not None and self._batch[0] == threading.get_ident():
-            with self._in_batch(replication) as tx:
-                yield tx
-            return
-        with self.batch(), self._in_batch(replication) as tx:      # a batch of one
+        batch = self._batch
+        if batch is not None and batch[0] == threading.get_ident():
+            return Savepoint(self, replication)
+        return self._tx_alone(replication)
+
+    @contextlib.contextmanager
+    def _tx_alone(self, replication: bool):
+        with self.batch(), Savepoint(self, replication) as tx:      # a batch of one
             yield tx
 
     @contextlib.contextmanager
@@ -171,41 +174,6 @@ class Store(Replicated):
         if began:
             for hook in self.commit_hooks:
                 hook()
-
-    @contextlib.contextmanager
-    def _in_batch(self, replication: bool):
-        if self._batch[2] is not None:
-            raise self._batch[2]
-        cur = self._batch[1]
-        try:
-            if cur is None:
-                cur = self.db.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                self._batch[1] = cur
-            cur.execute("SAVEPOINT tx")
-            changes = self.db.total_changes
-        except sqlite3.Error as e:
-            raise store_error(e) from None
-        try:
-            yield Tx(cur, self.cache)
-            self._guard(replication, changes)
-            cur.execute("RELEASE tx")
-        except BaseException as e:
-            if self.db.total_changes != changes:
-                self.cache.clear()      # rows it read or reserved may be undone
-            try:
-                cur.execute("ROLLBACK TO tx")
-                cur.execute("RELEASE tx")
-            except sqlite3.Error:
-                pass
-            if isinstance(e, sqlite3.Error):
-                e = store_error(e)
-                if not self.db.in_transaction:
-                    # SQLite rolled the whole transaction back (disk full, I/O error): the
-                    # batch's earlier work is gone too; every request in it gets this error.
-                    self._batch[2] = e
-                raise e from None
-            raise
 
     def _guard(self, replication: bool, changes_before: int) -> None:
         if self.write_guard is not None and not replication and self.db.total_changes != changes_before:
@@ -316,3 +284,65 @@ class Store(Replicated):
             node.update(name=r["name"], first_seen=r["first_seen"], last_seen=r["last_seen"], state=r["state"])
             out.append(node)
         return out
+
+
+class Savepoint:
+    """One tx() inside the batch of this thread: a savepoint of the batch's transaction
+    (begun by the first one). A failed one is undone alone; a failure that made SQLite
+    roll the whole transaction back (disk full, I/O error) loses the batch: every
+    request in it gets that error. (A class, not a generator: it is on every request.)"""
+
+    __slots__ = ("store", "replication", "cur", "changes")
+
+    def __init__(self, store: Store, replication: bool):
+        self.store, self.replication = store, replication
+
+    def __enter__(self) -> Tx:
+        store = self.store
+        batch = store._batch
+        if batch[2] is not None:
+            raise batch[2]
+        cur = batch[1]
+        try:
+            if cur is None:
+                cur = store.db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                batch[1] = cur
+            cur.execute("SAVEPOINT tx")
+        except sqlite3.Error as e:
+            raise store_error(e) from None
+        self.cur, self.changes = cur, store.db.total_changes
+        return Tx(cur, store.cache)
+
+    def __exit__(self, etype, error, tb) -> bool:
+        if etype is None:
+            try:
+                self.store._guard(self.replication, self.changes)
+                self.cur.execute("RELEASE tx")
+                return False
+            except BaseException as e:      # refused by the guard, or RELEASE failed
+                error = e
+                self._undo()
+                if isinstance(e, sqlite3.Error):
+                    raise self._lost(e) from None
+                raise
+        self._undo()
+        if isinstance(error, sqlite3.Error):
+            raise self._lost(error) from None
+        return False
+
+    def _undo(self) -> None:
+        store = self.store
+        if store.db.total_changes != self.changes:
+            store.cache.clear()      # rows it read or reserved may be undone
+        try:
+            self.cur.execute("ROLLBACK TO tx")
+            self.cur.execute("RELEASE tx")
+        except sqlite3.Error:
+            pass
+
+    def _lost(self, e: sqlite3.Error) -> StoreError:
+        err = store_error(e)
+        if not self.store.db.in_transaction:
+            self.store._batch[2] = err
+        return err

@@ -50,7 +50,8 @@ def task_dict(row) -> dict:
 
 class RowCache(dict):
     """Copies of rows that the claim path reads on every request (a node's row, the kinds
-    table, the requirement sets of queued tasks) and a reserved block of fencing numbers,
+    table, the requirement sets of queued tasks, whether any task waits for others) and a
+    reserved block of fencing numbers,
     kept between transactions. Who changes such a row drops its copy in the same
     transaction; the store empties the whole cache whenever rows may have changed behind
     it: a rollback that undid changes, rows applied from the primary, a rejoin. (The
@@ -105,6 +106,13 @@ class Tx:
         block[0] += 1
         return block[0] - 1
 
+    def any_waiting(self) -> bool:
+        """Whether any task waits for others (the index of waiting tasks is empty, mostly)."""
+        got = self.cache.get("waiting")
+        if got is None:
+            got = self.cache["waiting"] = self.one("SELECT n FROM tasks WHERE state='waiting' LIMIT 1") is not None
+        return got
+
     def task_row(self, n: int):
         row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
         if row is None:
@@ -123,6 +131,8 @@ class Tx:
                          tuple(row.values())).lastrowid
         if state == "queued":
             self.cache.queued(row["kind"], row["requires"])
+        elif state == "waiting":
+            self.cache["waiting"] = True
         self._history(n, None, state, now, reason, actor, None, fields.get("trace_id"))
         return n
 
@@ -148,6 +158,8 @@ class Tx:
         self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
         if to == "queued":
             self.cache.queued(row["kind"], row["requires"])
+        if frm == "waiting":
+            self.cache.pop("waiting", None)     # maybe the last one: ask again
         self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
 
     def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:

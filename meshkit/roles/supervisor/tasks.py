@@ -310,6 +310,8 @@ class Tasks:
 
     def _settle_dependents(self, tx: Tx, n: int, state: str, now: float) -> None:
         """A task ended: release or fail the tasks waiting for it (recursively for failures)."""
+        if not tx.any_waiting():
+            return
         for dep_row in tx.all("SELECT t.n FROM deps d JOIN tasks t ON t.n=d.task WHERE d.dep=? AND t.state='waiting'", (n,)):
             m = dep_row["n"]
             if state == "succeeded":
