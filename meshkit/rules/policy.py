@@ -38,6 +38,9 @@ class KindPolicy:
     quarantine_after: int | None = None       # None: tasks.quarantine_after; 0: never
 
 
+NO_KIND_POLICY = KindPolicy()       # a kind the file does not name (frozen: shared)
+
+
 @dataclass(frozen=True)
 class Policy:
     aging: float = 60.0
@@ -45,7 +48,7 @@ class Policy:
     kinds: dict = field(default_factory=dict)
 
     def kind(self, name: str) -> KindPolicy:
-        return self.kinds.get(name) or KindPolicy()
+        return self.kinds.get(name) or NO_KIND_POLICY
 
     def class_of(self, priority: int) -> str:
         for name in ("P0", "P1", "P2"):

@@ -81,24 +81,23 @@ class Tasks:
         wait = min(max(float(body.get("wait", 0)), 0.0), MAX_WAIT)
         if want < 1:
             raise BadRequest("claim: field 'max' must be at least 1", field="max")
+        if not may_wait:        # the event loop's pass: the request has just arrived
+            leased = self._claim_once(node, want) if self.accepting() else []
+            if leased is None:
+                return []
+            return leased if leased or wait <= 0 or self.draining else None
         deadline = self.clock.monotonic() + wait
-        first = True
         while True:
             with self.cond:
                 generation = self.generation
-            # A hung-up worker gets nothing (not asked on the event loop's first pass: the
-            # request has just arrived), nor does anyone once we were fenced meanwhile.
-            if (not (first and not may_wait) and not connected()) or not self.accepting():
+            if not connected() or not self.accepting():   # hung-up worker, or we were fenced meanwhile
                 return []
-            first = False
             leased = self._claim_once(node, want)
             remaining = deadline - self.clock.monotonic()
             if leased is None:          # no free slot on this node: nothing to wait for
                 return []
             if leased or remaining <= 0 or self.draining:
                 return leased
-            if not may_wait:
-                return None
             with self.cond:
                 if self.generation == generation and not self.draining:
                     self.cond.wait(remaining)
@@ -136,28 +135,26 @@ class Tasks:
                     if len(picked) >= room:
                         break
             candidates.close()
-            leased = []
+            out = []
             for n, attempts in picked:
                 row = tx.task_row(n)
-                lease = {"node": node, "fence": tx.next_fence(), "attempts": attempts,
-                         "lease_deadline": now + lease_ttl, "started_at": None, "hb_missing": 0}
+                fence, deadline = tx.next_fence(), now + lease_ttl
                 tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
-                              row=row, **lease)
-                leased.append(dict(row, **lease, state="leased", updated_at=now))
+                              row=row, node=node, fence=fence, attempts=attempts, lease_deadline=deadline,
+                              started_at=None, hb_missing=0)
+                expects = row["expects"]
+                out.append({"id": task_id(n), "kind": row["kind"], "payload": json.loads(row["payload"]),
+                            "attempt": attempts, "fence": fence, "timeout": row["timeout"],
+                            "expects": None if expects is None else json.loads(expects),
+                            "trace_id": row["trace_id"], "lease_deadline": deadline})
                 self.starts.add(row["kind"], now)
-            if leased and now - self.seen_written.get(node, 0) >= 1:
+            if out and now - self.seen_written.get(node, 0) >= 1:
                 # at most once a second: a busy node's row is not rewritten on every claim
                 tx.execute("UPDATE nodes SET last_seen=? WHERE name=?", (now, node))
                 self.seen_written[node] = now
-        out = []
-        for row in leased:
-            tid, expects = task_id(row["n"]), row["expects"]
-            out.append({"id": tid, "kind": row["kind"], "payload": json.loads(row["payload"]),
-                        "attempt": row["attempts"], "fence": row["fence"], "timeout": row["timeout"],
-                        "expects": None if expects is None else json.loads(expects),
-                        "trace_id": row["trace_id"], "lease_deadline": row["lease_deadline"]})
-            self.log.info("task_leased", task=tid, node=node, fence=row["fence"], attempt=row["attempts"],
-                          trace_id=row["trace_id"])
+        for t in out:
+            self.log.info("task_leased", task=t["id"], node=node, fence=t["fence"], attempt=t["attempt"],
+                          trace_id=t["trace_id"])
         return out
 
     def fleet_view(self, tx: Tx, now: float, with_nodes: bool = True) -> dispatch_rules.Fleet:
