@@ -84,20 +84,19 @@ class HeaderBlock(unittest.TestCase):
             self.assertEqual(self.outcome(parse_fields, block),
                              self.outcome(lambda b: read_headers(io.BytesIO(b).readline), block), block[:60])
 
-
     def test_fast_path_same_as_line_by_line(self):
-        """parse_fields reads plain blocks with one regex: same fields, lookups and refusals
-        as its line-by-line reading (which reads every other block)."""
+        """parse_fields reads plain blocks with one regex: same fields, lookups, ASCII verdict and
+        refusals as its line-by-line reading (which reads every other block)."""
         def lookups(parse, block):
             try:
                 h = parse(block)
-                return h.items(), {n: (h.get(n), h.get_all(n)) for n in ("a", "B", "content-length")}
+                return h.items(), h.isascii(), {n: (h.get(n), h.get_all(n)) for n in ("a", "B", "content-length")}
             except HeadError as e:
                 return e.status
         r = random.Random(4)
         pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"\xc3\xa9: 8", b"", b"H: a:b", b"a: x",
-                  b"A:  \t ", b"X: a\rb", b"\r", b"Content-Length: 5", b"content-length: 6", b"x:\x0b\x85 ", b"\tB: 1",
-                  b"B: 1 \t x \t", b"K:" + b" " * 10]
+                  b"A:  \t ", b"X: a\rb", b"\r", b"Content-Length: 5", b"content-length: 6", b"x:\x0b\x85 ",
+                  b"Y: caf\xe9", b"\tB: 1", b"B: 1 \t x \t", b"K:" + b" " * 10]
         seps = [b"\r\n", b"\n", b"\r\n", b"\r\r\n"]
         blocks = [b"".join(b"H%d: %d\r\n" % (i, i) for i in range(n)) + b"\r\n" for n in (99, 100, 101)]
         blocks += [b"X: " + b"a" * n + b"\r\n\r\n" for n in (65527, 65528, 65536)]

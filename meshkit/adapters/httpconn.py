@@ -40,15 +40,22 @@ class LoopHandler(Handler):
         self.close_connection = True
         self.linger = False
         self.deferred = None
-        self.head = head                # (header fields, where the body starts), read by frame()
+        self.head = head                # (header fields, where the body starts, method, body length) by frame()
         self.matched = None             # (method, path, app.match's answer) found by inline()
 
     def _read_head(self):
         if self.head is None:
             return super()._read_head()
-        headers, body_at = self.head
+        headers, body_at, _, _ = self.head
         self.rfile.seek(body_at)
         return headers
+
+    def _body(self) -> bytes:
+        if self.head is not None and self.head[2] == self.command:
+            # frame() measured it by the same rule (body_length) and holds all of it
+            self.linger = False
+            return self.rfile.read(self.head[3])
+        return super()._body()
 
     def inline(self, data: bytes) -> bool:
         """Answered on the loop: a route marked serial (short, store-bound), and every request
@@ -83,7 +90,8 @@ class LoopHandler(Handler):
 
 def frame(buf: bytes, max_body: int):
     """(request bytes, rest, head) once `buf` holds a whole request; None while it doesn't.
-    head: (its header fields, where its body starts), or None for the handler to read. A head
+    head: (its header fields, where its body starts, the method as read here, the body's
+    length), or None for the handler to read. A head
     the handler will refuse (bad fields, chunked, oversize body) is handed over without its
     body: the handler answers before reading one."""
     end = buf.find(b"\r\n\r\n")
@@ -100,9 +108,10 @@ def frame(buf: bytes, max_body: int):
         headers = parse_fields(head[first:])
     except HeadError:
         return head, b"", None
+    method = head[:first].split(b" ", 1)[0].decode("latin-1")
     try:
-        length = body_length(headers, head[:first].split(b" ", 1)[0].decode("latin-1"), max_body)
+        length = body_length(headers, method, max_body)
     except MeshkitError:
         return head, b"", None
     whole = end + sep + length
-    return (buf[:whole], buf[whole:], (headers, end + sep)) if len(buf) >= whole else None
+    return (buf[:whole], buf[whole:], (headers, end + sep, method, length)) if len(buf) >= whole else None

@@ -28,11 +28,17 @@ class Headers:
     """Header fields in the order sent; names match case-insensitively; the first of
     repeated fields is what get() answers (as email.message.Message does)."""
 
-    __slots__ = ("_fields", "_first")
+    __slots__ = ("_fields", "_first", "_ascii")
 
-    def __init__(self, fields: list):
+    def __init__(self, fields: list, ascii: bool = None):
         self._fields = fields
         self._first = {name.lower(): value for name, value in reversed(fields)}     # the first one wins
+        self._ascii = ascii             # all names and values ASCII, when the reader knows it
+
+    def isascii(self) -> bool:
+        if self._ascii is None:
+            self._ascii = all(k.isascii() and v.isascii() for k, v in self._fields)
+        return self._ascii
 
     def get(self, name: str, default=None):
         return self._first.get(name.lower(), default)
@@ -85,7 +91,7 @@ def parse_fields(block: bytes) -> Headers:
         # block is plain fields (the common case), read by one findall.
         fields = _FIELD_LINE.findall(text)
         if len(fields) == text.count("\n") - 1 and len(fields) <= MAX_FIELDS:
-            return Headers(fields)
+            return Headers(fields, text.isascii())      # (the rest of the block is ASCII: ":", " ", CR LF)
     return _parse_lines(text)       # the rest, and every refusal
 
 

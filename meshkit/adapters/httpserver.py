@@ -346,7 +346,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not self.path.isascii():
             self.close_connection = True
             raise BadRequest("the request target must be ASCII (percent-encode other characters)")
-        if not all(k.isascii() and v.isascii() for k, v in self.headers.items()):
+        if not self.headers.isascii():
             self.close_connection = True
             raise BadRequest("header names and values must be ASCII")
         body = self._body()
