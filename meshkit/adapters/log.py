@@ -35,6 +35,9 @@ class Logger:
         self._lock = threading.Lock()
 
     def log(self, level: str, event: str, **fields) -> None:
+        self._write(level, event, fields)
+
+    def _write(self, level: str, event: str, fields: dict) -> None:
         if LEVELS[level] < self.min:
             return
         now = self.clock.time()
@@ -80,7 +83,8 @@ class Logger:
         with self._lock:
             self._close_file()
 
-    def debug(self, event, **f): self.log("debug", event, **f)
-    def info(self, event, **f): self.log("info", event, **f)
-    def warning(self, event, **f): self.log("warning", event, **f)
-    def error(self, event, **f): self.log("error", event, **f)
+    # (the fields go on as one dict: `self.log(..., **f)` would build it again)
+    def debug(self, event, **f): self._write("debug", event, f)
+    def info(self, event, **f): self._write("info", event, f)
+    def warning(self, event, **f): self._write("warning", event, f)
+    def error(self, event, **f): self._write("error", event, f)
