@@ -95,7 +95,7 @@ def frame(buf: bytes, max_body: int):
     the handler will refuse (bad fields, chunked, oversize body) is handed over without its
     body: the handler answers before reading one."""
     end = buf.find(b"\r\n\r\n")
-    lf = buf.find(b"\n\n")
+    lf = buf.find(b"\n\n", 0, end if end >= 0 else len(buf))    # (only one before `end` matters)
     if end < 0 or 0 <= lf < end:
         end, sep = lf, 2
     else:
