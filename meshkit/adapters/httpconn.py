@@ -91,9 +91,9 @@ class LoopHandler(Handler):
 def frame(buf: bytes, max_body: int):
     """(request bytes, rest, head) once `buf` holds a whole request; None while it doesn't.
     head: (its header fields, where its body starts, the method as read here, the body's
-    length), or None for the handler to read. A head
-    the handler will refuse (bad fields, chunked, oversize body) is handed over without its
-    body: the handler answers before reading one."""
+    length), or None for the handler to read. A head the handler will refuse (bad fields,
+    chunked, oversize body) is handed over without its body: the handler answers before
+    reading one."""
     end = buf.find(b"\r\n\r\n")
     lf = buf.find(b"\n\n", 0, end if end >= 0 else len(buf))    # (only one before `end` matters)
     if end < 0 or 0 <= lf < end:
