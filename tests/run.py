@@ -34,7 +34,11 @@ def main(argv) -> int:
     suite = unittest.TestSuite(tests)
     start = time.monotonic()
     result = unittest.TextTestRunner(verbosity=2 if verbose else 1, stream=sys.stderr).run(suite)
-    bad = [t for t, _ in result.failures + result.errors] + list(result.unexpectedSuccesses)
+    bad = []            # failed tests, once each (a failed subtest stands for its test)
+    for t in [t for t, _ in result.failures + result.errors] + list(result.unexpectedSuccesses):
+        t = getattr(t, "test_case", t)
+        if all(t.id() != b.id() for b in bad):
+            bad.append(t)
     # Integration tests run real processes on 2 cores: one retry of a failed test, named
     # below, so a timing flake is visible without failing the run; twice failed is failed.
     retried, still_failed = [], []

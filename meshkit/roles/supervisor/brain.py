@@ -27,7 +27,8 @@ class Brain:
         self.policy_mtime = None
         self.policy_error = None
         self.policy_path = self.cfg.path("supervisor.priorities_file")
-        self.checked_until = 0.0     # the first check looks at every task
+        self.checked_seq = 0         # history rows up to here were checked (check_invariants)
+        self.checked_epoch = None
         self.memory_state = lambda: "ok"     # the memory guard's decision, set by the supervisor
         self._load_mode()
 
@@ -91,15 +92,28 @@ class Brain:
         """Record every violation (log at ERROR + invariant_violations.jsonl); repair where a rule covers it.
         Read from a snapshot on the store's second connection (under load thousands of rows
         change per cycle; reading them must not hold the lock every claim and result needs);
-        a repair happens only if the violation still holds in the repairing transaction."""
+        a repair happens only if the violation still holds in the repairing transaction.
+
+        Looked at: every task that holds a lease or is leased/running, and every task with a
+        history row after the highest one the last check saw. Every state change writes a
+        history row and this process is its database's only writer, so those rows are exactly
+        the changes since (a transaction still open at the last check adds rows after it);
+        a new epoch (a promotion) starts from the first row again."""
         now = self.clock.time()
-        since = self.checked_until - 5.0     # overlap: a change committed during the last check
+        epoch = self.store.meta("epoch")
+        if epoch != self.checked_epoch:
+            self.checked_epoch, self.checked_seq = epoch, 0
+        top = self.checked_seq
+        recent, last = {}, {}
         with self.store.snapshot() as view:
             rows = [dict(r) for r in view.all("SELECT * FROM tasks WHERE state IN ('leased','running')"
                                                " OR lease_deadline IS NOT NULL")]
-            recent = {r["n"]: r["state"] for r in view.all("SELECT n, state FROM tasks WHERE updated_at >= ?", (since,))}
-            all_states = recent | {r["n"]: r["state"] for r in rows}
-            last = self._last_states(view, all_states)
+            for r in view.all("SELECT h.seq, h.task, h.to_state, t.state FROM history h JOIN tasks t ON t.n=h.task"
+                              " WHERE h.seq > ? ORDER BY h.seq", (self.checked_seq,)):
+                last[r["task"]] = r["to_state"]         # the task's last row: any later one is here too
+                recent[r["task"]] = r["state"]
+                top = r["seq"]
+            last.update(self._last_states(view, [r["n"] for r in rows if r["n"] not in last]))
         rows_by_n = {r["n"]: r for r in rows}
         mismatched = [{"n": n, "state": st} for n, st in recent.items() if n not in rows_by_n]
         found = heal.invariant_violations(rows + mismatched, last)
@@ -108,7 +122,7 @@ class Brain:
                 for v in found:
                     if v["repair"]:
                         v["repaired"] = self._repair(tx, v, now)
-        self.checked_until = now
+        self.checked_seq = top
         for v in found:
             v["at"] = now
             self.log.error("invariant_violation", **{k: v[k] for k in ("invariant", "task", "detail")},
