@@ -130,13 +130,110 @@ class Signing(unittest.TestCase):
             self.verify(h, nonces=cache)
         self.assertIn("replay", cm.exception.message)
 
-    def test_nonce_cache_is_bounded_and_forgets_only_expired(self):
-        cache = auth.NonceCache(300, capacity=3)
-        for i in range(3):
-            self.assertTrue(cache.add(f"n{i}", 1000))
-        self.assertFalse(cache.add("n9", 1000))          # full of fresh nonces: refuse
-        self.assertTrue(cache.add("n10", 1000 + 601))     # old ones expired and forgotten
-        self.assertEqual(len(cache._seen), 1)
+    def test_same_nonce_with_another_timestamp_is_another_request(self):
+        # The signature covers the timestamp: a replay cannot move the request to another
+        # second, so a nonce needs to be unique only within its own timestamp.
+        cache = auth.NonceCache(300)
+        first, second = self.headers(ts=1000), self.headers(ts=1001)
+        self.assertNotEqual(first[auth.H_SIG], second[auth.H_SIG])
+        moved = dict(first, **{auth.H_TS: "1001"})            # an attacker moving a captured request
+        with self.assertRaises(Unauthorized) as cm:
+            self.verify(moved, nonces=cache, now=1001)
+        self.assertIn("bad signature", cm.exception.message)
+        self.assertEqual(self.verify(first, nonces=cache, now=1001), ("w1", "worker"))
+        self.assertEqual(self.verify(second, nonces=cache, now=1001), ("w1", "worker"))
+        for h in (first, second):
+            with self.subTest(ts=h[auth.H_TS]), self.assertRaises(Unauthorized) as cm:
+                self.verify(h, nonces=cache, now=1001)
+            self.assertIn("nonce already used (replay)", cm.exception.message)
+
+    def test_nonce_cache_steps(self):
+        """(step, nonce, request timestamp, server clock, expected refusal or ""), one cache a table."""
+        load = "older than the replay window the server can keep at this load"
+        clock_back = "older than the replay window the server keeps (its clock went back)"
+        tables = {
+            "replay and expiry": (300, 100, [
+                ("new", "a", 1000, 1000, ""),
+                ("replay", "a", 1000, 1000, "nonce already used (replay)"),
+                ("same nonce, next second", "a", 1001, 1001, ""),
+                ("replay at the edge of the window", "a", 1000, 1300, "nonce already used (replay)"),
+                ("future timestamp within the skew", "f", 1600, 1300, ""),
+                ("its replay just before it expires", "f", 1600, 1900, "nonce already used (replay)"),
+            ]),
+            "overload": (300, 3, [
+                ("1", "a", 1000, 1000, ""), ("2", "b", 1001, 1001, ""), ("3", "c", 1002, 1002, ""),
+                ("4: second 1000 forgotten early", "d", 1003, 1003, ""),
+                ("a fresh nonce below the floor", "e", 1000, 1003, load + " (2 s)"),
+                ("a replay below the floor", "a", 1000, 1003, load),
+                ("a replay above it", "c", 1002, 1003, "nonce already used (replay)"),
+                ("a fresh request", "e", 1003, 1003, ""),
+            ]),
+            "one second over capacity": (300, 2, [
+                ("1", "a", 1000, 1000, ""), ("2", "b", 1000, 1000, ""),
+                ("3: its own second forgotten", "c", 1000, 1000, ""),
+                ("replay of it", "c", 1000, 1000, load + " (0 s)"),
+                ("the next second works", "d", 1001, 1001, ""),
+            ]),
+            "clock ran an hour ahead, then put back": (300, 100, [
+                ("before", "a", 1000, 1000, ""),
+                ("ahead (a local client)", "b", 4600, 4600, ""),
+                ("still ahead", "c", 5000, 5000, ""),
+                ("put back: a request from before", "a", 1000, 1010, clock_back),
+                ("a fresh request", "d", 1010, 1010, ""),
+                ("its replay", "d", 1010, 1020, "nonce already used (replay)"),
+                ("a request signed ahead, once the clock reaches it", "b", 4600, 4600, clock_back),
+            ]),
+            "clock stepped back 5 s": (300, 100, [
+                ("1", "a", 1000, 1000, ""), ("back", "b", 995, 995, ""),
+                ("replays still refused", "a", 1000, 995, "nonce already used (replay)"),
+            ]),
+        }
+        for name, (window, capacity, steps) in tables.items():
+            cache = auth.NonceCache(window, capacity=capacity)
+            for step, nonce, ts, now, want in steps:
+                with self.subTest(table=name, step=step):
+                    got = cache.add(nonce, ts, now)
+                    if want:
+                        self.assertIn(want, got)
+                    else:
+                        self.assertEqual(got, "")
+                    self.assertLessEqual(cache.count, capacity)
+
+    def test_below_the_floor_through_verify(self):
+        cache = auth.NonceCache(300, capacity=2)
+        for i, ts in enumerate((1000, 1001, 1002)):
+            self.verify(self.headers(ts=ts, nonce=f"n{i:015d}"), nonces=cache, now=1002)
+        with self.assertRaises(Unauthorized) as cm:
+            self.verify(self.headers(ts=1000, nonce="x" * 16), nonces=cache, now=1002)
+        self.assertEqual(cm.exception.message, "timestamp older than the replay window the server can keep "
+                                               "at this load (1 s); sign with the current time")
+
+    def test_sustained_rate_never_locks_out_and_never_replays(self):
+        """4,000 signed requests/s for 15 simulated minutes into a cache of 40,000 (a 10 s
+        window at that rate; the old cache refused everyone after 10 s): every fresh request
+        is accepted, every replay refused, memory stays within the capacity."""
+        rate, seconds, capacity = 4000, 900, 40_000
+        cache = auth.NonceCache(300, capacity=capacity)
+        clock = FakeClock(1_000_000.0)
+        sent = []                                   # (nonce, ts) of one accepted request per second
+        for sec in range(seconds):
+            base = int(clock.time())
+            for i in range(rate):
+                # most clients sign just now; some 2 s ago (slow link); 1 in 100 runs 250 s ahead
+                ts = base + 250 if i % 100 == 0 else base - 2 if i % 10 == 0 else base
+                got = cache.add(f"{sec:06d}-{i:05d}-nonce", ts, clock.time())
+                if got:
+                    self.fail(f"second {sec}: fresh request {i} refused: {got}")
+            sent.append((f"{sec:06d}-{5:05d}-nonce", base))
+            for back in (0, 1, 5, 30, 299):         # replays of requests from `back` s ago
+                if back <= sec:
+                    nonce, ts = sent[sec - back]
+                    self.assertNotEqual(cache.add(nonce, ts, clock.time()), "", (sec, back))
+            self.assertLessEqual(cache.count, capacity)
+            clock.advance(1)
+        self.assertEqual(cache.count, sum(len(b) for b in cache._buckets.values()))
+        self.assertLessEqual(len(cache._gone), auth.NonceCache.MAX_RANGES)
+        self.assertLessEqual(len(cache._order), capacity)
 
     def test_roles(self):
         auth.require_role("admin", "worker")

@@ -8,11 +8,13 @@ X-Meshkit-Nonce (16-128 chars of [A-Za-z0-9_-]), X-Meshkit-Signature.
 Keys file: one key a line, `ID ROLE SECRET`; roles viewer < worker < admin.
 """
 
+import bisect
 import functools
 import hashlib
+import heapq
 import hmac
+import math
 import re
-from collections import OrderedDict
 
 from meshkit.core.errors import ConfigError, Forbidden, Unauthorized
 
@@ -92,31 +94,80 @@ def pick_key(keys: dict, key_id: str = "", at_most: str = "admin") -> tuple:
 
 
 class NonceCache:
-    """Nonces seen within the skew window; bounded, oldest forgotten first.
+    """The nonces of accepted requests, one set per request timestamp; bounded, never locks out.
 
-    A forgotten nonce is still safe when it is older than the skew window, since
-    its timestamp is refused anyway. When the cache is full of fresh nonces it
-    refuses new requests rather than forget a fresh one (no replay window opens).
+    The signature covers the timestamp, so a replay carries the very same timestamp: a nonce
+    is looked up only in its own timestamp's bucket, and the same nonce with another
+    timestamp is another signed request. A bucket is forgotten once its timestamp is older
+    than now - window (verify refuses such a timestamp anyway), or early, oldest first, when
+    more than `capacity` nonces are kept (a high sustained request rate). The timestamps of
+    forgotten buckets are remembered as a few ranges, and a request whose timestamp falls in
+    one is refused as too old rather than risk a replay: at overload the server keeps a
+    shorter window of recent timestamps, and requests signed with the current time keep
+    working. Ranges matter beyond the skew check only when the server's clock goes back;
+    timestamps that never had a bucket stay usable, so a clock that ran ahead and was put
+    back locks nobody out. Memory: at most `capacity` nonces (a 32-character nonce ~ 120
+    bytes with its set slot; 200,000 ~ 25 MB) plus one small bucket per timestamp held and
+    at most MAX_RANGES ranges. add() is O(1) amortized: each bucket is created once and
+    dropped once, from a heap of timestamps.
     """
+
+    MAX_RANGES = 32
 
     def __init__(self, window: float, capacity: int = 200_000):
         self.window = window
-        self.capacity = capacity
-        self._seen: OrderedDict = OrderedDict()
+        self.capacity = max(1, capacity)
+        self.count = 0                  # nonces held, over all buckets
+        self._buckets: dict = {}        # timestamp -> set of nonces
+        self._order: list = []          # heap of the buckets' timestamps
+        self._gone: list = []           # sorted, disjoint [lo, hi] timestamps of forgotten buckets
+        self._shed_hi = None            # highest timestamp forgotten early (the overload floor - 1)
 
-    def add(self, nonce: str, now: float) -> bool:
-        """False if the nonce was seen (a replay) or the cache is full of fresh ones."""
-        while self._seen:
-            oldest, at = next(iter(self._seen.items()))
-            if at >= now - 2 * self.window:
-                break
-            self._seen.popitem(last=False)
-        if nonce in self._seen:
-            return False
-        if len(self._seen) >= self.capacity:
-            return False
-        self._seen[nonce] = now
-        return True
+    def add(self, nonce: str, ts: int, now: float) -> str:
+        """"" when the request (nonce, its integer timestamp) is new and now remembered; else
+        why it is refused."""
+        order, buckets = self._order, self._buckets
+        while order and order[0] < now - self.window:
+            self._forget(heapq.heappop(order), early=False)
+        gone = self._gone
+        if gone and ts <= gone[-1][1] and self._is_gone(ts):
+            if self._shed_hi is not None and ts <= self._shed_hi:
+                return ("timestamp older than the replay window the server can keep at this load "
+                        f"({max(0, int(now) - self._shed_hi - 1)} s); sign with the current time")
+            return ("timestamp older than the replay window the server keeps (its clock went back); "
+                    "sign with the current time")
+        bucket = buckets.get(ts)
+        if bucket is None:
+            bucket = buckets[ts] = set()
+            heapq.heappush(order, ts)
+        elif nonce in bucket:
+            return "nonce already used (replay)"
+        bucket.add(nonce)
+        self.count += 1
+        while self.count > self.capacity:
+            self._forget(heapq.heappop(order), early=True)
+        return ""
+
+    def _forget(self, ts: int, early: bool) -> None:
+        self.count -= len(self._buckets.pop(ts))
+        if early and (self._shed_hi is None or ts > self._shed_hi):
+            self._shed_hi = ts
+        gone = self._gone
+        i = bisect.bisect_right(gone, [ts, math.inf])      # gone[i - 1] starts at or before ts
+        if i and gone[i - 1][1] + self.window >= ts:     # within a window of the range below: join it
+            gone[i - 1][1] = max(gone[i - 1][1], ts)
+            i -= 1
+        else:
+            gone.insert(i, [ts, ts])
+        if i + 1 < len(gone) and gone[i][1] + self.window >= gone[i + 1][0]:
+            gone[i][1] = max(gone[i][1], gone.pop(i + 1)[1])
+        if len(gone) > self.MAX_RANGES:                  # join the two oldest ranges (refuses more, never less)
+            gone[0][1] = gone.pop(1)[1]
+
+    def _is_gone(self, ts: int) -> bool:
+        gone = self._gone
+        i = bisect.bisect_right(gone, [ts, math.inf])
+        return bool(i) and gone[i - 1][1] >= ts
 
 
 def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: NonceCache,
@@ -136,8 +187,9 @@ def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: Non
     role, secret = keys[kid]
     if not hmac.compare_digest(sign(secret, method, path, ts, nonce, body), sig.lower()):
         raise Unauthorized("bad signature")
-    if not nonces.add(nonce, now):
-        raise Unauthorized("nonce already used (replay)")
+    refused = nonces.add(nonce, int(ts), now)
+    if refused:
+        raise Unauthorized(refused)
     return kid, role
 
 
