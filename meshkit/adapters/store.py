@@ -17,6 +17,9 @@ from meshkit.adapters.storetx import RowCache, Tx, store_error, task_dict, task_
 from meshkit.core.errors import NotFound, StoreError
 from meshkit.rules import fsm
 
+# results: the answer to each lease's result, for a result posted again. A fencing number
+# belongs to one lease of one task, so it alone is the key (the rowid: no second b-tree
+# to write per result; a database made before keeps its (task, fence) key, same answers).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks(
   n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,8 +51,7 @@ CREATE TABLE IF NOT EXISTS nodes(
   name TEXT PRIMARY KEY, info TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
   state TEXT NOT NULL DEFAULT 'alive');
 CREATE TABLE IF NOT EXISTS results(
-  task INTEGER NOT NULL, fence INTEGER NOT NULL, answer TEXT NOT NULL, at REAL NOT NULL,
-  PRIMARY KEY(task, fence));
+  fence INTEGER PRIMARY KEY, task INTEGER NOT NULL, answer TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases(
   name TEXT PRIMARY KEY, holder TEXT, token INTEGER NOT NULL, expires REAL NOT NULL,

@@ -137,9 +137,11 @@ class Tx:
         return n
 
     def transition(self, n: int, expect_from, to: str, reason: str, actor: str, now: float, row=None,
-                   **updates) -> None:
+                   returning: str = "", **updates):
         """Move task n from `expect_from` (a state or a set of states) to `to`; write its history row.
-        `row`: the task's row as read in this transaction, if the caller has it (saves a read).
+        `row`: the task's row as read in this transaction, if the caller has it (saves a read;
+        at least state, fence, trace_id, kind, requires). `returning`: columns of the changed
+        row to return (UPDATE ... RETURNING); else None.
 
         Raises InvalidTransition if the table forbids the move or the task is not in expect_from.
         """
@@ -155,12 +157,15 @@ class Tx:
                    for k, v in updates.items()}
         updates.update(state=to, updated_at=now)
         sets = ", ".join(f"{k}=?" for k in updates)
-        self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?", (*updates.values(), n, frm))
+        changed = self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?"
+                               + (f" RETURNING {returning}" if returning else ""), (*updates.values(), n, frm))
+        changed = changed.fetchone() if returning else None
         if to == "queued":
             self.cache.queued(row["kind"], row["requires"])
         if frm == "waiting":
             self.cache.pop("waiting", None)     # maybe the last one: ask again
         self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
+        return changed
 
     def note(self, n: int, state: str, reason: str, actor: str, now: float) -> None:
         """A history row for a change that is not a state change (e.g. a cancel request)."""

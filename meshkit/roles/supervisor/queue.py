@@ -17,7 +17,10 @@ from meshkit.adapters.storetx import Tx
 
 MAX_GROUPS = 16     # requirement sets per kind walked one cursor each; beyond that, one filtered walk
 
-_COLUMNS = "n, kind, requires, priority, attempts, not_before, rank"
+# What choosing needs, and what transition() needs to lease the chosen one without reading
+# its row again (the payload is read by the lease's UPDATE ... RETURNING, never for the
+# tasks walked past).
+_COLUMNS = "n, kind, requires, priority, attempts, not_before, rank, state, fence, trace_id"
 
 
 def candidates(tx: Tx, kinds: list, caps: list, now: float):

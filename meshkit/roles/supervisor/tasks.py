@@ -129,22 +129,22 @@ class Tasks:
                 task = {"kind": row["kind"], "requires": json.loads(row["requires"]), "priority": row["priority"],
                         "not_before": row["not_before"]}
                 if dispatch_rules.may_claim(task, node_view, fleet) is None:
-                    picked.append((row["n"], row["attempts"] + 1))
+                    picked.append(row)
                     fleet.running_by_kind[row["kind"]] = fleet.running_by_kind.get(row["kind"], 0) + 1
                     fleet.started_last_minute[row["kind"]] = fleet.started_last_minute.get(row["kind"], 0) + 1
                     if len(picked) >= room:
                         break
             candidates.close()
             out = []
-            for n, attempts in picked:
-                row = tx.task_row(n)
+            for row in picked:
+                n, attempts = row["n"], row["attempts"] + 1
                 fence, deadline = tx.next_fence(), now + lease_ttl
-                tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
-                              row=row, node=node, fence=fence, attempts=attempts, lease_deadline=deadline,
-                              started_at=None, hb_missing=0)
-                expects = row["expects"]
-                out.append({"id": task_id(n), "kind": row["kind"], "payload": json.loads(row["payload"]),
-                            "attempt": attempts, "fence": fence, "timeout": row["timeout"],
+                got = tx.transition(n, "queued", "leased", f"leased to {node} (attempt {attempts})", node, now,
+                                    row=row, returning="payload, expects, timeout", node=node, fence=fence,
+                                    attempts=attempts, lease_deadline=deadline, started_at=None, hb_missing=0)
+                expects = got["expects"]
+                out.append({"id": task_id(n), "kind": row["kind"], "payload": json.loads(got["payload"]),
+                            "attempt": attempts, "fence": fence, "timeout": got["timeout"],
                             "expects": None if expects is None else json.loads(expects),
                             "trace_id": row["trace_id"], "lease_deadline": deadline})
                 self.starts.add(row["kind"], now)
