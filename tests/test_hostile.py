@@ -197,6 +197,17 @@ class Attacks(unittest.TestCase):
         status, answer, _ = raw(self.port, b"GET /health HTTP/1.1\r\nhOsT: a\r\nConnection: close\r\n\r\n")
         self.assertEqual(status, 200)
 
+    def test_request_targets_that_are_not_paths(self):
+        # urlsplit raised ValueError on "http://[x" (an unclosed IPv6 bracket): it was answered 500
+        for target in ("http://[x", "http://[::1/v1/status", "https://]x[/", "http://127.0.0.1/v1/status", "*",
+                       "v1/status"):
+            with self.subTest(target=target):
+                answer = self.refused(f"request target {target}", f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"
+                                      .encode(), 400, "bad_request")
+                self.assertIn("must be a path", answer["error"]["message"])
+                status, _, _ = raw(self.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(status, 200)
+
 
 class ArtifactEscape(unittest.TestCase):
     """expects.path escaping the task directory: refused at dispatch (400, nothing stored) when the

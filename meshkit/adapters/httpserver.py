@@ -336,9 +336,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._respond(self._outcome(lambda: self._invoke(self._req.route, self._req, False)), start)
 
     def _parse_and_call(self):
-        if not self.path.startswith("/"):
-            # urlsplit is kept for what it raises: a ValueError (e.g. "http://[x") is answered 500.
-            urllib.parse.urlsplit(self.path)
+        if not self.path.startswith("/"):       # absolute-form ("http://[x" too), "*", or junk: a 400
             self.close_connection = True
             raise BadRequest("the request target must be a path")
         # Non-ASCII text reaches no handler: not in the target (percent-encode it), not in a
