@@ -44,6 +44,27 @@ class DailyFiles(unittest.TestCase):
         self.assertEqual([json.loads(x)["event"] for x in stream.getvalue().splitlines()],
                          ["task_dispatched", "late", "early"])
 
+    def test_held_lines_are_written_together_when_the_outermost_hold_ends(self):
+        clock = FakeClock(DAY1 + 86400 - 1)       # 23:59:59: the held lines straddle midnight
+        writes = []
+
+        class Stream(io.StringIO):
+            def write(self, text):
+                writes.append(text)
+                return super().write(text)
+        log = Logger("supervisor", stream=Stream(), clock=clock, log_dir=self.dir)
+        with log.hold():
+            log.info("a")
+            with log.hold():
+                clock.advance(2)
+                log.info("b")
+            self.assertEqual(writes, [], "nothing leaves while a hold is on")
+            log.info("c")
+        log.info("d")
+        self.assertEqual([[json.loads(x)["event"] for x in w.splitlines()] for w in writes], [["a", "b", "c"], ["d"]])
+        self.assertEqual([r["event"] for r in self.read("2025-11-24.jsonl")], ["a"])
+        self.assertEqual([r["event"] for r in self.read("2025-11-25.jsonl")], ["b", "c", "d"])
+
     def test_off_by_default_and_appends_across_restarts(self):
         clock = FakeClock(DAY1)
         Logger("w", stream=io.StringIO(), clock=clock).info("x")

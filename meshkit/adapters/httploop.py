@@ -14,6 +14,7 @@ request until it is whole, writing answers without blocking, cutting off clients
 """
 
 import collections
+import contextlib
 import http.server
 import selectors
 import socket
@@ -57,6 +58,8 @@ class LoopServer(http.server.HTTPServer):
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._next_check = 0.0
+        hold = getattr(app.logger, "hold", None)        # a round's log lines are written together
+        self._log_held = hold() if hold is not None else contextlib.nullcontext()
 
     @property
     def in_flight(self) -> int:
@@ -204,7 +207,7 @@ class LoopServer(http.server.HTTPServer):
         ready, self._ready = self._ready, []
         answered, later, failed = [], [], None
         try:
-            with self.app.lock, self.app.batch():
+            with self._log_held, self.app.lock, self.app.batch():     # its log lines: one write
                 for conn, data, head in ready:
                     handler = LoopHandler(conn, data, self, head)
                     if not handler.inline(data):

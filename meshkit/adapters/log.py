@@ -33,6 +33,14 @@ class Logger:
         self._file = None
         self._file_path = None
         self._lock = threading.Lock()
+        self._held = 0               # hold(): lines wait in _pending, written at once
+        self._pending = []
+
+    def hold(self) -> "Held":
+        """`with logger.hold():` lines logged inside (by any thread) are written together when
+        the outermost hold ends: one write instead of one per line (the supervisor's event
+        loop holds its log for a round of requests, a few milliseconds)."""
+        return Held(self)
 
     def log(self, level: str, event: str, **fields) -> None:
         self._write(level, event, fields)
@@ -48,12 +56,21 @@ class Logger:
                 rec[k] = v
         line = _ENCODER.encode(rec) + "\n"
         with self._lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
-            if self.log_dir:
+            if self._held:
+                self._pending.append((line, now))
+            else:
+                self._emit(line, ((line, now),))
+
+    def _emit(self, text: str, lines) -> None:
+        """Write `text` (one or more lines) to the stream, and each of `lines` ((line, time))
+        to its day's file. Called holding _lock."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        if self.log_dir:
+            for line, now in lines:
                 self._to_file(line, now)
 
     def _to_file(self, line: str, now: float) -> None:
@@ -88,3 +105,23 @@ class Logger:
     def info(self, event, **f): self._write("info", event, f)
     def warning(self, event, **f): self._write("warning", event, f)
     def error(self, event, **f): self._write("error", event, f)
+
+
+class Held:
+    __slots__ = ("logger",)
+
+    def __init__(self, logger: Logger):
+        self.logger = logger
+
+    def __enter__(self) -> None:
+        with self.logger._lock:
+            self.logger._held += 1
+
+    def __exit__(self, *exc) -> bool:
+        log = self.logger
+        with log._lock:
+            log._held -= 1
+            if not log._held and log._pending:
+                lines, log._pending = log._pending, []
+                log._emit("".join(line for line, _ in lines), lines)
+        return False
