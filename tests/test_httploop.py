@@ -77,12 +77,21 @@ class HeaderBlock(unittest.TestCase):
                   b" A: 1\r\n\r\n", b"NoColon\r\n\r\n", b"X: " + b"a" * 70000 + b"\r\n\r\n",
                   b"".join(b"H%d: %d\r\n" % (i, i) for i in range(101)) + b"\r\n", b"A: \xff\xfe\r\n\r\n",
                   b"A:\r\nB:x\r\n\r\n", b"A: 1\r\n B: folded\r\n\r\n", b"Content-Length: 5\r\ncontent-length: 6\r\n\r\n"]
+        # a bare CR (RFC 9112 2.2, RFC 9110 5.5): refused, also just before the CRLF
+        bare_cr = [b"A: 1\r\r\n\r\n", b"A: 1\r\r\nB: 2\r\n\r\n", b"A: 1\r\r\r\n\r\n", b"A: 1\rB: 2\r\n\r\n",
+                   b"A\r: 1\r\n\r\n", b"A: 1\r\n\r\r\n", b"A: 1\n\r\r\n"]
+        blocks += bare_cr
         r = random.Random(3)
-        pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"G-h_i.j: 7", b"\xc3\xa9: 8", b"", b"H: a:b"]
-        blocks += [b"\r\n".join(r.choice(pieces) for _ in range(r.randrange(6))) + b"\r\n\r\n" for _ in range(2000)]
+        pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"G-h_i.j: 7", b"\xc3\xa9: 8", b"", b"H: a:b",
+                  b"X: a\rb", b"Y: 1\r", b"\r"]
+        seps = [b"\r\n", b"\r\n", b"\n", b"\r\r\n"]
+        blocks += [b"".join(r.choice(pieces) + r.choice(seps) for _ in range(r.randrange(6))) + b"\r\n"
+                   for _ in range(3000)]
         for block in blocks:
             self.assertEqual(self.outcome(parse_fields, block),
                              self.outcome(lambda b: read_headers(io.BytesIO(b).readline), block), block[:60])
+        for block in bare_cr:
+            self.assertEqual(self.outcome(parse_fields, block), ("refused", 400), block)
 
     def test_fast_path_same_as_line_by_line(self):
         """parse_fields reads plain blocks with one regex: same fields, lookups, ASCII verdict and

@@ -5,13 +5,17 @@ messages): measured, about a fifth of the supervisor's Python time per request. 
 headers need much less: lines up to a CRLF, split at the first colon.
 This reads them into `Headers` with http.server's limits (a line of at most 64 KiB, at
 most 100 fields) and refuses what RFC 9112 says a server must refuse: whitespace before
-the colon and obsolete line folding (400), as well as a name that is not a token.
+the colon and obsolete line folding (400), as well as a name that is not a token, and a
+CR anywhere but just before the LF that ends a line (a bare CR: RFC 9112 section 2.2 and
+RFC 9110 section 5.5 let a recipient refuse it or read it as a space; a line ending in
+CR CR LF is refused, by both readers alike).
 """
 
 import re
 
 MAX_LINE = 65536
 MAX_FIELDS = 100
+BARE_CR = "a header line holds a bare CR (a CR is allowed only just before the LF that ends a line)"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a field name (RFC 9110 token)
 # One header line as read_headers reads it (NAME:VALUE, the value stripped of spaces and
 # tabs), when it holds no CR but the one before its LF: parse_fields' fast path.
@@ -74,7 +78,11 @@ def read_headers(readline) -> Headers:
             return Headers(fields)
         if len(fields) == MAX_FIELDS:
             raise HeadError(431, f"more than {MAX_FIELDS} header fields")
-        text = line.decode("iso-8859-1").rstrip("\r\n")
+        text = line.decode("iso-8859-1")
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+        if "\r" in text:
+            raise HeadError(400, BARE_CR)
         name, colon, value = text.partition(":")
         if not colon or not _TOKEN.fullmatch(name):
             raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
@@ -106,6 +114,8 @@ def _parse_lines(text: str) -> Headers:
             break
         if len(fields) == MAX_FIELDS:
             raise HeadError(431, f"more than {MAX_FIELDS} header fields")
+        if "\r" in line:
+            raise HeadError(400, BARE_CR)
         name, colon, value = line.partition(":")
         if not colon or not _TOKEN.fullmatch(name):
             raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
