@@ -183,6 +183,16 @@ class Signing(unittest.TestCase):
                 ("its replay", "d", 1010, 1020, "nonce already used (replay)"),
                 ("a request signed ahead, once the clock reaches it", "b", 4600, 4600, clock_back),
             ]),
+            "clock went back an hour with the cache full": (300, 3, [
+                ("1", "a", 5000, 5000, ""), ("2", "b", 5000, 5000, ""), ("3", "c", 5000, 5000, ""),
+                ("put back: the hour-ahead bucket goes first", "d", 1400, 1400, ""),
+                ("the same second keeps working", "e", 1400, 1400, ""),
+                ("and the next", "f", 1401, 1401, ""),
+                ("replays refused", "d", 1400, 1401, "nonce already used (replay)"),
+                ("the forgotten hour, once the clock gets there", "a", 5000, 5000, clock_back),
+                ("a fresh nonce in that second too", "g", 5000, 5000, clock_back),
+                ("the second after", "g", 5001, 5001, ""),
+            ]),
             "clock stepped back 5 s": (300, 100, [
                 ("1", "a", 1000, 1000, ""), ("back", "b", 995, 995, ""),
                 ("replays still refused", "a", 1000, 995, "nonce already used (replay)"),

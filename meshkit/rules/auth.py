@@ -106,7 +106,8 @@ class NonceCache:
     shorter window of recent timestamps, and requests signed with the current time keep
     working. Ranges matter beyond the skew check only when the server's clock goes back;
     timestamps that never had a bucket stay usable, so a clock that ran ahead and was put
-    back locks nobody out. Memory: at most `capacity` nonces (a 32-character nonce ~ 120
+    back locks nobody out, and at overload the buckets it left too far ahead to be usable
+    now are forgotten before current ones. Memory: at most `capacity` nonces (a 32-character nonce ~ 120
     bytes with its set slot; 200,000 ~ 25 MB) plus one small bucket per timestamp held and
     at most MAX_RANGES ranges. add() is O(1) amortized: each bucket is created once and
     dropped once, from a heap of timestamps.
@@ -122,6 +123,7 @@ class NonceCache:
         self._order: list = []          # heap of the buckets' timestamps
         self._gone: list = []           # sorted, disjoint [lo, hi] timestamps of forgotten buckets
         self._shed_hi = None            # highest timestamp forgotten early (the overload floor - 1)
+        self._top = -math.inf           # highest timestamp with a bucket (or had one, until a sweep)
 
     def add(self, nonce: str, ts: int, now: float) -> str:
         """"" when the request (nonce, its integer timestamp) is new and now remembered; else
@@ -140,13 +142,28 @@ class NonceCache:
         if bucket is None:
             bucket = buckets[ts] = set()
             heapq.heappush(order, ts)
+            if ts > self._top:
+                self._top = ts
         elif nonce in bucket:
             return "nonce already used (replay)"
         bucket.add(nonce)
         self.count += 1
         while self.count > self.capacity:
-            self._forget(heapq.heappop(order), early=True)
+            if self._top > now + self.window:
+                self._forget_unreachable(now)
+            else:
+                self._forget(heapq.heappop(self._order), early=True)
         return ""
+
+    def _forget_unreachable(self, now: float) -> None:
+        """After the server's clock went back: forget, first, the buckets of timestamps too far
+        ahead for any request to use now (their ranges refuse them if the clock gets there
+        again), rather than the current ones. One pass over the buckets, once per such jump."""
+        for ts in [t for t in self._buckets if t > now + self.window]:
+            self._forget(ts, early=False)
+        self._order = list(self._buckets)
+        heapq.heapify(self._order)
+        self._top = max(self._order, default=-math.inf)
 
     def _forget(self, ts: int, early: bool) -> None:
         self.count -= len(self._buckets.pop(ts))
