@@ -26,6 +26,7 @@ class Api:
         self.tasks = sup.tasks
         self._nonce_lock = threading.Lock()
         self.nonces = auth.NonceCache(sup.cfg.get("auth.max_skew"))
+        self._headers = (None, {})
         reg = self.registry = m.Registry()
         self.requests = reg.add(m.Counter("meshkit_http_requests_total", "HTTP requests by route and status",
                                           ("route", "status")))
@@ -115,7 +116,10 @@ class Api:
         auth.require_role(req.role, req.route.auth)
 
     def headers(self) -> dict:
-        return {"X-Meshkit-Epoch": str(self.sup.epoch)}
+        epoch = self.sup.epoch
+        if self._headers[0] != epoch:           # built once per epoch, not per answer
+            self._headers = (epoch, {"X-Meshkit-Epoch": str(epoch)})
+        return self._headers[1]
 
     def on_response(self, req, route: str, status: int, seconds: float) -> None:
         self.requests.inc(route, str(status))
