@@ -292,7 +292,7 @@ class Gen:
             method = r.choice(("GET", "POST"))
             target = r.choice(("*", "http://127.0.0.1/v1/status", "v1/status", "//v1//status", "/v1/../v1/status",
                                "/" + "a" * 70000, "/v1/tasks/\xb2", "/\xe9", "/v1/status#frag", "/v1/status?\xff",
-                               "/%", "/v1/%2e%2e/status", "/v1/tasks/t1/../../status", ""))
+                               "/%", "/v1/%2e%2e/status", "/v1/tasks/t1/../../status", "", "http://[x", "https://]x[/"))
             what += f"; target {target[:30]!r}"
         line = f"{method} {target} HTTP/1.1".encode("latin-1", "replace")
         if r.random() < 0.02:
