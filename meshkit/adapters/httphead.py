@@ -76,18 +76,9 @@ def read_headers(readline) -> Headers:
             raise HeadError(431, "a header line is longer than 65536 bytes")
         if line in (b"\r\n", b"\n", b""):
             return Headers(fields)
-        if len(fields) == MAX_FIELDS:
-            raise HeadError(431, f"more than {MAX_FIELDS} header fields")
         text = line.decode("iso-8859-1")
         text = text[:-1] if text.endswith("\n") else text
-        text = text[:-1] if text.endswith("\r") else text
-        if "\r" in text:
-            raise HeadError(400, BARE_CR)
-        name, colon, value = text.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
-                                 "colon and no folded continuation lines)")
-        fields.append((name, value.strip(" \t")))
+        fields.append(_field(text[:-1] if text.endswith("\r") else text, len(fields)))
 
 
 def parse_fields(block: bytes) -> Headers:
@@ -112,16 +103,22 @@ def _parse_lines(text: str) -> Headers:
         line = line[:-1] if line.endswith("\r") else line
         if not line:
             break
-        if len(fields) == MAX_FIELDS:
-            raise HeadError(431, f"more than {MAX_FIELDS} header fields")
-        if "\r" in line:
-            raise HeadError(400, BARE_CR)
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
-                                 "colon and no folded continuation lines)")
-        fields.append((name, value.strip(" \t")))
+        fields.append(_field(line, len(fields)))
     return Headers(fields)
+
+
+def _field(line: str, before: int) -> tuple:
+    """(name, value) of one header line without its line end, by RFC 9112's rules;
+    `before`: how many fields came before it."""
+    if before == MAX_FIELDS:
+        raise HeadError(431, f"more than {MAX_FIELDS} header fields")
+    if "\r" in line:
+        raise HeadError(400, BARE_CR)
+    name, colon, value = line.partition(":")
+    if not colon or not _TOKEN.fullmatch(name):
+        raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
+                             "colon and no folded continuation lines)")
+    return name, value.strip(" \t")
 
 
 def parse_version(text: str):
