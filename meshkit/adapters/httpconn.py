@@ -6,7 +6,8 @@ memory (the answer is collected, the loop writes it).
 import io
 
 from meshkit.adapters.httphead import HeadError, parse_fields
-from meshkit.adapters.httpserver import Handler, body_length, encode_json
+from meshkit.adapters.httpapp import body_length, encode_json
+from meshkit.adapters.httpserver import Handler
 from meshkit.core.errors import MeshkitError
 
 MAX_HEAD = 256 << 10          # request line + header block; past it the handler refuses it (414/431)

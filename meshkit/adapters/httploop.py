@@ -22,7 +22,7 @@ import threading
 import traceback
 
 from meshkit.adapters.httpconn import Conn, LoopHandler, frame
-from meshkit.adapters.httpserver import App
+from meshkit.adapters.httpapp import App
 from meshkit.core.errors import InternalError, MeshkitError
 
 LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)

@@ -5,7 +5,7 @@ import threading
 import urllib.parse
 
 from meshkit import __version__
-from meshkit.adapters.httpserver import App, Raw, Route, WouldWait, encode_json
+from meshkit.adapters.httpapp import App, Raw, Route, WouldWait, encode_json
 from meshkit.core import metrics as m
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Unauthorized

@@ -7,7 +7,7 @@ only a viewer key's secret is accepted as a bearer token (never worker or admin)
 Data goes into the DOM with textContent only, never as HTML.
 """
 
-from meshkit.adapters.httpserver import Raw
+from meshkit.adapters.httpapp import Raw
 from meshkit.adapters.storetx import task_id
 
 REFRESH_SECONDS = 5

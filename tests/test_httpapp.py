@@ -1,4 +1,4 @@
-"""Pieces of the supervisor's request handler (meshkit/adapters/httpserver.py) that keep a
+"""Pieces of the supervisor's request handling (meshkit/adapters/httpapp.py) that keep a
 stdlib function's answer with less work per request: each compared with that function."""
 
 import json
@@ -9,19 +9,19 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from meshkit.adapters import httpserver  # noqa: E402
+from meshkit.adapters import httpapp  # noqa: E402
 
 
 def loads(text):
     try:
-        return "ok", json.loads(text, parse_constant=httpserver._no_constant)
+        return "ok", json.loads(text, parse_constant=httpapp._no_constant)
     except ValueError as e:
         return "refused", str(e)
 
 
 def decode(text):
     try:
-        return "ok", httpserver._decode(text)
+        return "ok", httpapp._decode(text)
     except ValueError as e:
         return "refused", str(e)
 
@@ -35,7 +35,7 @@ class Json(unittest.TestCase):
 
     def test_encode_answers_as_json_dumps(self):
         for obj in ({"a": [1, 2.5, None, True], "é": "\u2028"}, {"x": {1, 2}}, [float("nan")], "s", {1: 2}):
-            raw = httpserver.encode_json(200, obj)
+            raw = httpapp.encode_json(200, obj)
             self.assertEqual(raw.body, (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode())
 
 
@@ -44,7 +44,7 @@ class Target(unittest.TestCase):
         for target in ["/", "/health", "/v1/tasks?state=queued&limit=5", "/a?", "/a#", "/a#b?c", "/a?b#c", "/a?b?c",
                        "/a#b#c", "/a:b?c:d", "/%2F?%23=1", "/a;p?q", "/@x", "/a/b/../c?x=/y"]:
             url = urllib.parse.urlsplit(target)
-            self.assertEqual(httpserver.split_target(target), (url.path, url.query), target)
+            self.assertEqual(httpapp.split_target(target), (url.path, url.query), target)
 
 
 if __name__ == "__main__":
