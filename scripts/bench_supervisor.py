@@ -6,7 +6,8 @@
 1. A real `python -m meshkit supervisor` process; N worker processes doing signed
    claim -> result cycles (real HTTP, keep-alive). Prints tasks/s and claim latency.
 2. The same N clients against a bare http.server handler that does the same signed
-   JSON round trip without SQLite (TCP_NODELAY, one write per answer): the ceiling.
+   JSON round trip without SQLite (TCP_NODELAY, one write per answer): the ceiling,
+   measured before and after the meshkit run (the ratio uses the mean of the two).
    Also the same bare handler with stdlib defaults, to show what the defaults cost.
 3. With --backlog N: claim latency with N queued tasks of mixed priorities and
    requirements, against the empty-queue figure.
@@ -197,7 +198,12 @@ def main():
     tps, p50, p99, done = run_meshkit(a.workers, a.seconds, a.tasks)
     print(f"meshkit supervisor, {a.workers} workers: {tps:.0f} tasks/s ({done} tasks), "
           f"claim p50 {ms(p50)}, p99 {ms(p99)}")
-    print(f"ratio: {tps / bare_rps:.0%} of the bare ceiling (limit 50%: two requests per task; goal >= 35%)")
+    # The bare ceiling moves by ~15 % from run to run on a small machine: measured again after
+    # the meshkit run, the ratio is taken against the mean of the two.
+    again, _, _ = run_bare(a.workers, a.seconds, tuned=True)
+    ceiling = (bare_rps + again) / 2
+    print(f"bare http.server (tuned) again: {again:.0f} req/s; ceiling {ceiling:.0f} req/s (the mean)")
+    print(f"ratio: {tps / ceiling:.0%} of the bare ceiling (limit 50%: two requests per task; goal >= 35%)")
     if a.backlog:
         btps, bl50, bl99, _ = run_meshkit(a.workers, a.seconds, a.tasks, backlog=a.backlog)
         print(f"with {a.backlog} queued tasks of mixed priority/requirements: {btps:.0f} tasks/s, "
