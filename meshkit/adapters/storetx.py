@@ -57,10 +57,20 @@ class RowCache(dict):
     it: a rollback that undid changes, rows applied from the primary, a rejoin. (The
     supervisor is the only writer of its database.)"""
 
+    @staticmethod
+    def node_key(name: str) -> tuple:
+        """The key of a node's (info, state) (roles/supervisor/tasks.py)."""
+        return ("node", name)
+
+    @staticmethod
+    def requires_key(kind: str) -> tuple:
+        """The key of a kind's requirement sets of queued tasks (roles/supervisor/queue.py)."""
+        return ("requires", kind)
+
     def queued(self, kind: str, requires: str) -> None:
         """A task of `kind` needing `requires` (JSON text) is queued now: the kind's cached
-        requirement sets (roles/supervisor/queue.py), if any, must include it."""
-        sets = self.get(("requires", kind))
+        requirement sets, if any, must include it."""
+        sets = self.get(self.requires_key(kind))
         if sets is not None and requires not in sets:
             sets.append(requires)
 

@@ -59,7 +59,7 @@ class Brain:
             for node in tx.all("SELECT name, last_seen FROM nodes WHERE state='alive' AND last_seen < ?",
                                (now - stale_after,)):
                 tx.execute("UPDATE nodes SET state='stale' WHERE name=?", (node["name"],))
-                tx.cache.pop(("node", node["name"]), None)
+                tx.cache.pop(tx.cache.node_key(node["name"]), None)
                 self.log.warning("node_stale", node=node["name"], silent_for=round(now - node["last_seen"], 1))
             rows = tx.all("SELECT t.*, n.state AS node_state, n.last_seen FROM tasks t"
                           " LEFT JOIN nodes n ON n.name=t.node"

@@ -53,7 +53,7 @@ def requirement_sets(tx: Tx, kind: str):
     index (one seek per distinct value), then every task that becomes queued adds its own
     (storetx.RowCache.queued), so the list may name sets no queued task has any more (an
     empty cursor) but never misses one; grown past MAX_GROUPS, it is found again."""
-    key = ("requires", kind)
+    key = tx.cache.requires_key(kind)
     found = tx.cache.get(key)
     if found is None or len(found) > MAX_GROUPS:
         found = _scan_requirement_sets(tx, kind)

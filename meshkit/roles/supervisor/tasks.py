@@ -182,12 +182,12 @@ class Tasks:
     def _node_info(tx: Tx, node: str) -> tuple:
         """(info as the node last reported it, state), from the store's row cache (whoever
         writes a node's info or state drops its copy: heartbeat, the brain's reaper)."""
-        got = tx.cache.get(("node", node))
+        got = tx.cache.get(tx.cache.node_key(node))
         if got is None:
             row = tx.one("SELECT info, state FROM nodes WHERE name=?", (node,))
             if row is None:
                 raise UnknownNode(f"unknown node {node!r}: send a heartbeat first")
-            got = tx.cache[("node", node)] = (json.loads(row["info"]), row["state"])
+            got = tx.cache[tx.cache.node_key(node)] = (json.loads(row["info"]), row["state"])
         return got
 
     @staticmethod
@@ -355,7 +355,7 @@ class Tasks:
         running = body.get("running") or []
         with self.store.tx() as tx:
             prev = tx.one("SELECT state FROM nodes WHERE name=?", (node,))
-            tx.cache.pop(("node", node), None)
+            tx.cache.pop(tx.cache.node_key(node), None)
             tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen, state) VALUES(?,?,?,?, 'alive')"
                        " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen,"
                        " state='alive'", (node, json.dumps(info), now, now))
