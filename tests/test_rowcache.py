@@ -133,6 +133,61 @@ class ClaimsSeeEveryChange(RowCacheCase):
             self.assertEqual(tx.one("SELECT failures FROM kinds WHERE kind='a'")["failures"], 0)
 
 
+class SlotsFollowLeases(RowCacheCase):
+    """A node's count of leased/running tasks is kept in the cache: every lease taken or
+    ended changes it, so a node with one slot gets work exactly when its slot is free."""
+
+    def test_steps(self):
+        self.heartbeat(slots=1)
+        for _ in range(6):
+            self.dispatch()
+        held = []
+
+        def lease():
+            held[:] = self.claim()
+            return len(held)
+
+        def end(outcome):
+            t = held.pop()
+            self.tasks.result({"task": t["id"], "fence": t["fence"], "node": "w1", "outcome": outcome,
+                               "ended_by": "exit", "exit_code": 0 if outcome == "succeeded" else 1})
+
+        def reap():
+            self.clock.advance(self.cfg.get("supervisor.lease_ttl") + 1)
+            self.brain.reap()
+            self.heartbeat(slots=1)
+            held.clear()
+
+        def rolled_back_lease():
+            end("succeeded")
+            with self.assertRaises(Boom), self.store.batch():
+                self.assertEqual(len(self.claim()), 1)      # leases (the count says 1)...
+                raise Boom()                                # ...and the whole batch is undone
+
+        def start():
+            self.tasks.start(held[0]["id"], {"node": "w1", "fence": held[0]["fence"]})
+
+        # (what happens, how many tasks the next claim by w1 gets)
+        steps = [
+            ("a lease fills the one slot", lease, 0),
+            ("started: still one task on w1", start, 0),
+            ("its success frees the slot", lambda: end("succeeded"), 1),
+            ("a failure (retried later) frees it too", lambda: end("failed"), 1),
+            ("a lease lost to the reaper frees it", reap, 1),
+            ("a lease in a batch that rolled back took nothing", rolled_back_lease, 1),
+            ("two slots now, one of them used", lambda: self.heartbeat(slots=2), 1),
+        ]
+        for what, change, expected in steps:
+            with self.subTest(step=what):
+                change()
+                got = self.claim()
+                self.assertEqual(len(got), expected)
+                held.extend(got)
+                with self.store.tx() as tx:     # the cached count is the table's
+                    self.assertEqual(self.store.cache.get(("active", "w1")), tx.one(
+                        "SELECT COUNT(*) AS c FROM tasks WHERE node='w1' AND state IN ('leased','running')")["c"])
+
+
 class Fences(RowCacheCase):
     def fences(self, n):
         with self.store.tx() as tx:

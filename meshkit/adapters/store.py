@@ -20,6 +20,10 @@ from meshkit.rules import fsm
 # results: the answer to each lease's result, for a result posted again. A fencing number
 # belongs to one lease of one task, so it alone is the key (the rowid: no second b-tree
 # to write per result; a database made before keeps its (task, fence) key, same answers).
+# history.seq is a plain rowid (max + 1), like the changelog's: history rows are only
+# deleted by a rejoin, whose rows the new primary sends again; AUTOINCREMENT would also
+# rewrite sqlite_sequence on every state change (two per task). Task numbers keep it: an
+# id, once handed out, never names another task. (A database made before keeps its table.)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks(
   n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,7 +42,7 @@ CREATE INDEX IF NOT EXISTS tasks_queued ON tasks(kind, requires, rank DESC) WHER
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks(node) WHERE state IN ('leased','running');
 CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks(n) WHERE state='waiting';
 CREATE TABLE IF NOT EXISTS history(
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, from_state TEXT,
+  seq INTEGER PRIMARY KEY, task INTEGER NOT NULL, from_state TEXT,
   to_state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,
   fence INTEGER, trace_id TEXT);
 CREATE INDEX IF NOT EXISTS history_task ON history(task, seq);

@@ -12,6 +12,7 @@ from meshkit.rules import fsm
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 FENCE_BLOCK = 1000      # fencing numbers reserved in meta per write (see Tx.next_fence)
+_UPDATES = {}           # transition()'s UPDATE statement per (columns set, RETURNING): built once
 
 
 def store_error(e: sqlite3.Error) -> StoreError:
@@ -50,8 +51,8 @@ def task_dict(row) -> dict:
 
 class RowCache(dict):
     """Copies of rows that the claim path reads on every request (a node's row, the kinds
-    table, the requirement sets of queued tasks, whether any task waits for others) and a
-    reserved block of fencing numbers,
+    table, the requirement sets of queued tasks, whether any task waits for others, how
+    many tasks each node holds) and a reserved block of fencing numbers,
     kept between transactions. Who changes such a row drops its copy in the same
     transaction; the store empties the whole cache whenever rows may have changed behind
     it: a rollback that undid changes, rows applied from the primary, a rejoin. (The
@@ -66,6 +67,19 @@ class RowCache(dict):
     def requires_key(kind: str) -> tuple:
         """The key of a kind's requirement sets of queued tasks (roles/supervisor/queue.py)."""
         return ("requires", kind)
+
+    @staticmethod
+    def active_key(node: str) -> tuple:
+        """The key of the number of tasks leased to or running on a node (tasks.py's claim)."""
+        return ("active", node)
+
+    def lease_moved(self, node, delta: int) -> None:
+        """A task entered (+1) or left (-1) the leased/running states on `node`: its cached
+        count, if any, follows (transition() calls this; no other write changes a state)."""
+        key = ("active", node)
+        count = self.get(key)
+        if count is not None:
+            self[key] = count + delta
 
     def queued(self, kind: str, requires: str) -> None:
         """A task of `kind` needing `requires` (JSON text) is queued now: the kind's cached
@@ -158,22 +172,32 @@ class Tx:
         if row is None:
             row = self.task_row(n)
         frm = row["state"]
-        allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from or ())
-        if allowed and frm not in allowed:
+        if frm != expect_from and expect_from and (isinstance(expect_from, str) or frm not in expect_from):
+            allowed = {expect_from} if isinstance(expect_from, str) else set(expect_from)
             raise InvalidTransition(f"task {task_id(n)} is {frm}, not {' or '.join(sorted(allowed))}",
                                     task=task_id(n), state=frm)
-        fsm.check(task_id(n), frm, to)
-        updates = {k: (json.dumps(v, separators=(",", ":")) if k in TASK_JSON_FIELDS and v is not None else v)
-                   for k, v in updates.items()}
-        updates.update(state=to, updated_at=now)
-        sets = ", ".join(f"{k}=?" for k in updates)
-        changed = self.execute(f"UPDATE tasks SET {sets} WHERE n=? AND state=?"
-                               + (f" RETURNING {returning}" if returning else ""), (*updates.values(), n, frm))
+        if (frm, to) not in fsm.TRANSITIONS:
+            fsm.check(task_id(n), frm, to)          # raises, with the words
+        for k in TASK_JSON_FIELDS:
+            if updates.get(k) is not None:
+                updates[k] = json.dumps(updates[k], separators=(",", ":"))
+        updates["state"], updates["updated_at"] = to, now
+        key = (tuple(updates), returning)
+        sql = _UPDATES.get(key)
+        if sql is None:
+            sql = _UPDATES[key] = (f"UPDATE tasks SET {', '.join(f'{k}=?' for k in updates)} WHERE n=? AND state=?"
+                                   + (f" RETURNING {returning}" if returning else ""))
+        changed = self.execute(sql, (*updates.values(), n, frm))
         changed = changed.fetchone() if returning else None
         if to == "queued":
             self.cache.queued(row["kind"], row["requires"])
         if frm == "waiting":
             self.cache.pop("waiting", None)     # maybe the last one: ask again
+        if (frm in fsm.ACTIVE) != (to in fsm.ACTIVE):
+            if to in fsm.ACTIVE:
+                self.cache.lease_moved(updates["node"] if "node" in updates else row["node"], 1)
+            else:
+                self.cache.lease_moved(row["node"], -1)
         self._history(n, frm, to, now, reason, actor, updates.get("fence", row["fence"]), row["trace_id"])
         return changed
 

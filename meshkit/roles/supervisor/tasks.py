@@ -112,8 +112,7 @@ class Tasks:
             info, state = self._node_info(tx, node)
             if state != "alive":     # a stale node must heartbeat before it gets work
                 return []
-            active = tx.one("SELECT COUNT(*) AS c FROM tasks WHERE node=? AND state IN ('leased','running')",
-                            (node,))["c"]
+            active = self._active_count(tx, node)
             room = min(want, max(0, int(info.get("slots", 1)) - active))
             if room <= 0:
                 return None
@@ -188,6 +187,17 @@ class Tasks:
             if row is None:
                 raise UnknownNode(f"unknown node {node!r}: send a heartbeat first")
             got = tx.cache[tx.cache.node_key(node)] = (json.loads(row["info"]), row["state"])
+        return got
+
+    @staticmethod
+    def _active_count(tx: Tx, node: str) -> int:
+        """Tasks leased to or running on `node`, from the row cache (counted once, then
+        transition() follows every lease taken or ended)."""
+        key = tx.cache.active_key(node)
+        got = tx.cache.get(key)
+        if got is None:
+            got = tx.cache[key] = tx.one("SELECT COUNT(*) AS c FROM tasks WHERE node=? AND state IN ('leased','running')",
+                                         (node,))["c"]
         return got
 
     @staticmethod
