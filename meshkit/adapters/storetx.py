@@ -137,8 +137,9 @@ class Tx:
             got = self.cache["waiting"] = self.one("SELECT n FROM tasks WHERE state='waiting' LIMIT 1") is not None
         return got
 
-    def task_row(self, n: int):
-        row = self.one("SELECT * FROM tasks WHERE n=?", (n,))
+    def task_row(self, n: int, columns: str = "*"):
+        """Task n's row (NotFound if there is none): every column, or those named."""
+        row = self.one(f"SELECT {columns} FROM tasks WHERE n=?", (n,))
         if row is None:
             raise NotFound(f"no task {task_id(n)}")
         return row

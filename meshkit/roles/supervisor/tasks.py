@@ -19,6 +19,8 @@ from meshkit.rules.policy import Policy, is_transient
 from meshkit.roles.supervisor import queue
 
 MAX_WAIT = 60.0
+# What a result needs of its task's row (and transition() with it): not the payload.
+_RESULT_COLUMNS = "n, kind, requires, state, fence, node, attempts, max_attempts, cancel_requested, trace_id"
 
 
 class StartWindow:
@@ -247,7 +249,7 @@ class Tasks:
         now = self.clock.time()
         n = task_n(tid)
         with self.store.tx() as tx:
-            row = tx.task_row(n)
+            row = tx.task_row(n, _RESULT_COLUMNS)
             if row["fence"] != fence or row["node"] != node or row["state"] not in fsm.ACTIVE:
                 # not the current lease: a result already recorded answers the same again
                 seen = tx.one("SELECT answer FROM results WHERE task=? AND fence=?", (n, fence))
