@@ -186,6 +186,7 @@ class Attacks(unittest.TestCase):
         for attack, line, status in (("space before the colon", "X-Meshkit-Key : admin-1", 400),
                                      ("folded continuation line", "X-A: 1\r\n  folded", 400),
                                      ("header line without a colon", "NoColonHere", 400),
+                                     ("NUL in a header value (RFC 9110 5.5)", "X-A: 1\x002", 400),
                                      ("header line of 70,000 bytes", "X-Long: " + "a" * 70000, 431)):
             data = ("GET /v1/status HTTP/1.1\r\nHost: x\r\n" + line + "\r\n\r\n").encode()
             self.refused(attack, data, status)

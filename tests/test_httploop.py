@@ -81,16 +81,18 @@ class HeaderBlock(unittest.TestCase):
         bare_cr = [b"A: 1\r\r\n\r\n", b"A: 1\r\r\nB: 2\r\n\r\n", b"A: 1\r\r\r\n\r\n", b"A: 1\rB: 2\r\n\r\n",
                    b"A\r: 1\r\n\r\n", b"A: 1\r\n\r\r\n", b"A: 1\n\r\r\n"]
         blocks += bare_cr
+        nul = [b"A: 1\x00\r\n\r\n", b"A: \x00\r\n\r\n", b"A:\x00 1\r\nB: 2\r\n\r\n", b"A\x00: 1\r\n\r\n"]
+        blocks += nul
         r = random.Random(3)
         pieces = [b"A: 1", b"B:2", b"C :3", b"D", b" E: 5", b"F: \t6\t", b"G-h_i.j: 7", b"\xc3\xa9: 8", b"", b"H: a:b",
-                  b"X: a\rb", b"Y: 1\r", b"\r"]
+                  b"X: a\rb", b"Y: 1\r", b"\r", b"Z: \x00"]
         seps = [b"\r\n", b"\r\n", b"\n", b"\r\r\n"]
         blocks += [b"".join(r.choice(pieces) + r.choice(seps) for _ in range(r.randrange(6))) + b"\r\n"
                    for _ in range(3000)]
         for block in blocks:
             self.assertEqual(self.outcome(parse_fields, block),
                              self.outcome(lambda b: read_headers(io.BytesIO(b).readline), block), block[:60])
-        for block in bare_cr:
+        for block in bare_cr + nul:       # RFC 9110 5.5: refused (400), by both readers
             self.assertEqual(self.outcome(parse_fields, block), ("refused", 400), block)
 
     def test_fast_path_same_as_line_by_line(self):

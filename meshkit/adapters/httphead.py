@@ -5,9 +5,10 @@ messages): measured, about a fifth of the supervisor's Python time per request. 
 headers need much less: lines up to a CRLF, split at the first colon.
 This reads them into `Headers` with http.server's limits (a line of at most 64 KiB, at
 most 100 fields) and refuses what RFC 9112 says a server must refuse: whitespace before
-the colon and obsolete line folding (400), as well as a name that is not a token, and a
-CR anywhere but just before the LF that ends a line (a bare CR: RFC 9112 section 2.2 and
-RFC 9110 section 5.5 let a recipient refuse it or read it as a space; a line ending in
+the colon and obsolete line folding (400), as well as a name that is not a token, a NUL
+in a value, and a CR anywhere but just before the LF that ends a line (RFC 9110 section
+5.5: a recipient of a CR, LF or NUL in a field value must refuse the message or replace
+it with a space; RFC 9112 section 2.2 says the same of a bare CR. A line ending in
 CR CR LF is refused, by both readers alike).
 """
 
@@ -16,10 +17,11 @@ import re
 MAX_LINE = 65536
 MAX_FIELDS = 100
 BARE_CR = "a header line holds a bare CR (a CR is allowed only just before the LF that ends a line)"
+NUL = "a header line holds a NUL character"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # a field name (RFC 9110 token)
 # One header line as read_headers reads it (NAME:VALUE, the value stripped of spaces and
 # tabs), when it holds no CR but the one before its LF: parse_fields' fast path.
-_FIELD_LINE = re.compile(r"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*\r?\n", re.M)
+_FIELD_LINE = re.compile(r"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n\0]*[^\r\n\0 \t])?)[ \t]*\r?\n", re.M)
 
 
 class HeadError(Exception):
@@ -114,6 +116,8 @@ def _field(line: str, before: int) -> tuple:
         raise HeadError(431, f"more than {MAX_FIELDS} header fields")
     if "\r" in line:
         raise HeadError(400, BARE_CR)
+    if "\0" in line:
+        raise HeadError(400, NUL)
     name, colon, value = line.partition(":")
     if not colon or not _TOKEN.fullmatch(name):
         raise HeadError(400, "malformed header line (a field is NAME: VALUE, with no space before the "
