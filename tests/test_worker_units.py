@@ -1,7 +1,6 @@
 """Worker decisions with a fake clock and a fake supervisor link: no processes, no sleeps."""
 
 import io
-import os
 import shutil
 import tempfile
 import unittest
@@ -14,7 +13,8 @@ from meshkit.core.errors import ApiError, ClientError, ConfigError
 from meshkit.roles.worker import results
 from meshkit.roles.worker.link import BreakerOpen, Link
 from meshkit.roles.worker.settings import Settings, effective_timeout, settings_from
-from meshkit.roles.worker.worker import Job, Worker
+from meshkit.roles.worker.jobs import Job
+from meshkit.roles.worker.worker import Worker
 from meshkit.rules.breaker import Breaker
 from meshkit.rules.config import Kind, parse_config
 

@@ -2,37 +2,27 @@
 
 Threads: the control loop (step(): heartbeat, outbox, cleanup, drain/abort), the claim
 loop (claim_step(): one long-poll claim for the free slots), and one thread per task
-(execute(): start call, subprocess, result into the outbox). Shared state is guarded
-by one condition; every step returns the delay to its next iteration.
+(execute(), in jobs.py: start call, subprocess, result into the outbox). Shared state is
+guarded by one condition; every step returns the delay to its next iteration.
 """
 
 import os
 import random
 import signal
 import threading
-from dataclasses import dataclass
 
 from meshkit import __version__
 from meshkit.adapters import runner, sysinfo
 from meshkit.adapters.wakeup import PipeEvent
-from meshkit.core.errors import ApiError, ClientError, MeshkitError
+from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.rules import backoff
 from meshkit.roles.worker.link import BreakerOpen
-from meshkit.roles.worker.results import Sender, build_result, refusal
-from meshkit.roles.worker.settings import Settings, effective_timeout
+from meshkit.roles.worker.jobs import Job, JobRunner
+from meshkit.roles.worker.results import Sender
+from meshkit.roles.worker.settings import Settings
 
-START_RETRY_FOR = 30.0       # seconds a task's start call is retried before the task is given up
-STORE_RETRY_FOR = 60.0       # seconds a result's outbox write is retried (disk full) before it is lost
 ABORT_WAIT = 5.0             # after an abort, seconds beyond the grace to wait for tasks to end
 MAX_RUNNING_LISTED = 1000    # wire.MAX_LIST
-
-
-@dataclass
-class Job:
-    task: dict
-    run: object = None            # runner.Run once the process is being started
-    stop: str | None = None       # why it must stop: "cancel", "signal" (worker stopping), "fenced"
-    thread: object = None
 
 
 def spawn_thread(target, *args) -> threading.Thread:
@@ -41,7 +31,7 @@ def spawn_thread(target, *args) -> threading.Thread:
     return t
 
 
-class Worker:
+class Worker(JobRunner):
     def __init__(self, s: Settings, link, outbox, clock, log, rand=random.random, spawn=spawn_thread,
                  proc: str = runner.PROC):
         self.s, self.link, self.outbox, self.clock, self.log = s, link, outbox, clock, log
@@ -190,105 +180,6 @@ class Worker:
                       attempt=task.get("attempt"), trace_id=task.get("trace_id"))
         self.wake.set()       # heartbeats go faster while tasks run
         job.thread = self.spawn(self.execute, job)
-
-    # ---- one task -------------------------------------------------------------------------
-
-    def execute(self, job: Job) -> None:
-        try:
-            body = self._attempt(job)
-        except Exception as e:     # a bug or an OS failure must not leave a slot taken forever
-            self.log.error("task_error", task=job.task["id"], error=f"{e.__class__.__name__}: {e}")
-            body = refusal(job.task, self.s.name, "error", f"worker error: {e.__class__.__name__}: {e}",
-                           self.clock.time())
-        self._finish(job, body)
-
-    def _attempt(self, job: Job):
-        task, node = job.task, self.s.name
-        kind = self.s.kinds.get(task.get("kind"))
-        if kind is None:
-            return refusal(task, node, "error", f"kind not allowed: {task.get('kind')}", self.clock.time())
-        if not self._start_call(job):
-            return None
-        timeout = effective_timeout(task.get("timeout"), kind)
-        task_dir = runner.prepare_dir(self.tasks_dir, runner.dir_name(task["id"], task.get("attempt", 0),
-                                                                       task["fence"]), task.get("payload"))
-        attempt = runner.Attempt(task["id"], task.get("attempt", 0), task.get("trace_id") or "", kind.argv,
-                                 task_dir, runner.new_marker(self.marker_prefix), timeout, kind.env)
-        run = runner.Run(attempt, self.s.grace, self.s.tail_bytes, self.clock, self.proc)
-        with self.cond:
-            job.run = run
-            if job.stop is not None:
-                run.cancel("signal" if job.stop == "signal" else "cancel")
-        self.log.info("task_started", task=task["id"], kind=task["kind"], fence=task["fence"],
-                      trace_id=task.get("trace_id"), dir=task_dir)
-        fin = run.run()
-        result, result_error = runner.read_result(task_dir, self.s.max_result_bytes)
-        artifact_error = None
-        if fin.ended_by == "exit" and fin.exit_code == 0 and not result_error:
-            artifact_error = runner.check_expects(task_dir, task.get("expects"))
-        stop_reason = "the worker is shutting down" if job.stop == "signal" else None
-        return build_result(task, node, fin, timeout, result, result_error, artifact_error, stop_reason)
-
-    def _start_call(self, job: Job) -> bool:
-        """Tell the supervisor the process starts; False if the lease is gone (do not run)."""
-        task = job.task
-        until = self.clock.monotonic() + START_RETRY_FOR
-        tries = 0
-        while True:
-            if job.stop == "fenced":
-                return False
-            try:
-                self.link.call("POST", f"/v1/tasks/{task['id']}/start", {"node": self.s.name, "fence": task["fence"]})
-                return True
-            except ApiError as e:
-                if e.status in (404, 409) and e.code != "not_active":
-                    self.log.warning("task_not_started", task=task["id"], fence=task["fence"], error=e.message)
-                    return False
-                err = e
-            except ClientError as e:
-                err = e
-            tries += 1
-            delay = err.retry_in if isinstance(err, BreakerOpen) else backoff.full_jitter(
-                tries, self.s.retry_base, self.s.retry_cap, self.rand())
-            if self.clock.monotonic() + delay > until or self.aborted is not None:
-                self.log.warning("task_not_started", task=task["id"], fence=task["fence"],
-                                 error=f"{err.message}; given up (its lease will expire)")
-                return False
-            self.clock.sleep(max(delay, 0.05))
-
-    def _store(self, body: dict):
-        """Put a result in the outbox; a failing disk is retried (bounded), never half-written."""
-        until = self.clock.monotonic() + STORE_RETRY_FOR
-        tries = 0
-        while True:
-            try:
-                return self.outbox.put(body)
-            except OSError as e:
-                tries += 1
-                delay = backoff.full_jitter(tries, self.s.retry_base, self.s.retry_cap, self.rand())
-                if self.clock.monotonic() + delay > until:
-                    self.log.error("result_lost", task=body["task"], fence=body["fence"],
-                                   error=f"cannot write the outbox: {e.strerror or e}")
-                    return None
-                self.log.error("outbox_write_failed", task=body["task"], error=e.strerror or str(e),
-                               retry_in=round(delay, 2))
-                self.clock.sleep(max(delay, 0.05))
-
-    def _finish(self, job: Job, body) -> None:
-        tid = job.task["id"]
-        if job.stop == "fenced":
-            self.log.warning("result_dropped", task=tid, fence=job.task["fence"],
-                             error="the lease is no longer ours (fenced)")
-        name = self._store(body) if body is not None and job.stop != "fenced" else None
-        with self.cond:
-            if name is not None:
-                self.unacked[name] = (body["task"], body["fence"])
-            self.jobs.pop(tid, None)
-        if body is not None:
-            self.log.info("task_finished", task=tid, outcome=body["outcome"], ended_by=body["ended_by"],
-                          error=body["error"], started_at=body["started_at"], trace_id=job.task.get("trace_id"))
-        self.slot_freed.set()
-        self.wake.set()
 
     # ---- the control loop -------------------------------------------------------------------
 
