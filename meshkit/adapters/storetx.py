@@ -12,7 +12,7 @@ from meshkit.rules import fsm
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 FENCE_BLOCK = 1000      # fencing numbers reserved in meta per write (see Tx.next_fence)
-_UPDATES = {}           # transition()'s UPDATE statement per (columns set, RETURNING): built once
+_UPDATES = {}           # transition()'s UPDATE statement per (columns set, RETURNING): one per call site
 
 
 def store_error(e: sqlite3.Error) -> StoreError:
@@ -76,7 +76,7 @@ class RowCache(dict):
     def lease_moved(self, node, delta: int) -> None:
         """A task entered (+1) or left (-1) the leased/running states on `node`: its cached
         count, if any, follows (transition() calls this; no other write changes a state)."""
-        key = ("active", node)
+        key = self.active_key(node)
         count = self.get(key)
         if count is not None:
             self[key] = count + delta
