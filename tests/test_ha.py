@@ -89,8 +89,14 @@ class Failover(unittest.TestCase):
         db = os.path.join(self.fleet.dir, "data", "meshkit.db")
         with sqlite3.connect(db) as c:
             rows = dict(c.execute("SELECT task, SUM(to_state='succeeded') FROM history GROUP BY task").fetchall())
+            fences = dict(c.execute("SELECT n, fence FROM tasks").fetchall())
         for tid in before + during + after:
             self.assertEqual(rows.get(int(tid[1:])), 1, tid)
+        # Each promotion's fencing numbers start above every earlier epoch's (epoch << 32).
+        for epoch, tids in ((1, before), (2, during), (3, after)):
+            low = 0 if epoch == 1 else epoch << 32
+            for tid in tids:
+                self.assertTrue(low < fences[int(tid[1:])] < (epoch + 1) << 32, (epoch, tid, fences[int(tid[1:])]))
         st = meshkit("watchdog", "status", "--config", self.wd_config, "--json")
         self.assertIn('"active": "primary"', st.stdout)
 

@@ -9,7 +9,7 @@ import unittest
 
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
-from meshkit.adapters.storetx import FENCE_BLOCK
+from meshkit.adapters.storetx import FENCE_BLOCK, FENCE_EPOCH_SHIFT
 from meshkit.core.clock import FakeClock
 from meshkit.core.errors import BadRequest
 from meshkit.roles.supervisor import intake
@@ -201,6 +201,8 @@ class Fences(RowCacheCase):
             ("a transaction that reserved a block and rolled back", self.rolled_back_reservation),
             ("a reopened store (a restart)", self.reopen),
             ("rows applied from a primary", self.apply_primary_fence),
+            ("promoted to epoch 2", lambda: self.floor(2)),
+            ("a floor below what was handed out", lambda: self.floor(1)),
         ]
         for what, change, in steps:
             with self.subTest(step=what):
@@ -211,6 +213,23 @@ class Fences(RowCacheCase):
                 seen.extend(got)
                 with self.store.tx() as tx:     # the database always covers what was handed out
                     self.assertGreaterEqual(int(tx.meta("fence_seq")), max(seen))
+
+    def floor(self, epoch):
+        with self.store.tx() as tx:
+            tx.fence_floor(epoch)
+
+    def test_a_promoted_supervisor_never_reuses_a_number_of_the_lost_window(self):
+        # The primary handed out numbers from a block whose reservation never reached its
+        # standby (asynchronous replication); promoted, the standby starts above them all.
+        primary = self.fences(1500)
+        standby = Store(os.path.join(self.dir.name, "standby.db"))
+        self.addCleanup(standby.close)
+        standby.apply_changes([{"table": "meta", "row": {"key": "fence_seq", "value": str(FENCE_BLOCK)}}], 1)
+        with standby.tx() as tx:
+            tx.fence_floor(2)
+            got = [tx.next_fence() for _ in range(3)]
+        self.assertGreater(min(got), max(primary))
+        self.assertEqual(got[0], (2 << FENCE_EPOCH_SHIFT) + 1)
 
     def rolled_back_reservation(self):
         self.store.cache.clear()

@@ -12,6 +12,7 @@ from meshkit.rules import fsm
 
 TASK_JSON_FIELDS = ("payload", "requires", "expects", "after", "result")
 FENCE_BLOCK = 1000      # fencing numbers reserved in meta per write (see Tx.next_fence)
+FENCE_EPOCH_SHIFT = 32  # a supervisor promoted to epoch E hands out numbers from E << 32 on (Tx.fence_floor)
 _UPDATES = {}           # transition()'s UPDATE statement per (columns set, RETURNING): one per call site
 
 
@@ -129,6 +130,15 @@ class Tx:
             block = self.cache["fence"] = [top - FENCE_BLOCK + 1, top]
         block[0] += 1
         return block[0] - 1
+
+    def fence_floor(self, epoch: int) -> None:
+        """This supervisor becomes primary at `epoch`: its fencing numbers from here on are
+        above every number an earlier epoch handed out, also those of leases its former
+        primary granted that never reached it (asynchronous replication), as long as one
+        epoch hands out fewer than 2^32. They still only grow (a higher count stays)."""
+        self.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) WHERE key='fence_seq'",
+                     (epoch << FENCE_EPOCH_SHIFT,))
+        self.cache.pop("fence", None)
 
     def any_waiting(self) -> bool:
         """Whether any task waits for others (the index of waiting tasks is empty, mostly)."""

@@ -87,6 +87,7 @@ class Ha:
                 tx.set_meta("promoted_from", self.promoted_base[0])
                 tx.set_meta("promoted_head", self.promoted_base[1])
                 tx.execute("DELETE FROM meta WHERE key='rejoin'")
+                tx.fence_floor(epoch)       # never a fencing number the former primary may have used
             # Changed while holding the store lock: a claim transaction sees the old role
             # and commits before this, or sees the new one; any other write is refused by
             # _write_guard from here on if we stopped being primary.
