@@ -9,7 +9,8 @@
    JSON round trip without SQLite (TCP_NODELAY, one write per answer): the ceiling,
    measured before and after each meshkit run (each run's ratio uses the mean of the
    two; with --repeat N runs, the median ratio is the figure). Also the same bare
-   handler with stdlib defaults, to show what the defaults cost.
+   handler with stdlib defaults, to show what the defaults cost. Each server's CPU time
+   per request (from /proc, Linux) is printed too: it moves much less than the rates.
 3. With --backlog N: claim latency with N queued tasks of mixed priorities and
    requirements, against the empty-queue figure.
 A claim -> result cycle is two requests, so tasks/s / ceiling req/s is at most 50%.
@@ -43,16 +44,26 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def run_clients(procs: list, out, seconds: float) -> tuple:
-    """Start the client processes; (their results, wall time)."""
-    t0 = time.monotonic()
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far; 0 where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run_clients(procs: list, out, seconds: float, server_pid: int) -> tuple:
+    """Start the client processes; (their results, wall time, the server's CPU seconds meanwhile)."""
+    t0, c0 = time.monotonic(), cpu_seconds(server_pid)
     for p in procs:
         p.start()
     results = [out.get(timeout=seconds + 60) for _ in procs]
-    wall = time.monotonic() - t0
+    wall, cpu = time.monotonic() - t0, cpu_seconds(server_pid) - c0
     for p in procs:
         p.join()
-    return results, wall
+    return results, wall, cpu
 
 
 # -- the meshkit run ------------------------------------------------------------------
@@ -113,13 +124,13 @@ def run_meshkit(workers, seconds, tasks, backlog=0):
             out = mp.Queue()
             procs = [mp.Process(target=worker_proc, args=(url, wk[0], wk[1], f"w{i}", seconds, WORKER_KINDS, [], out))
                      for i in range(workers)]
-            results, wall = run_clients(procs, out, seconds)
+            results, wall, cpu = run_clients(procs, out, seconds, proc.pid)
         finally:
             proc.terminate()
             proc.wait(20)
     done = sum(r[0] for r in results)
     lat = [x for r in results for x in r[1]]
-    return done / wall, pct(lat, 50), pct(lat, 99), done
+    return done / wall, pct(lat, 50), pct(lat, 99), done, cpu / max(1, 2 * done)
 
 
 # -- the bare ceiling --------------------------------------------------------------------
@@ -178,10 +189,11 @@ def run_bare(workers, seconds, tuned):
     port = q.get(timeout=10)
     out = mp.Queue()
     procs = [mp.Process(target=bare_client, args=(port, seconds, out)) for _ in range(workers)]
-    results, wall = run_clients(procs, out, seconds)
+    results, wall, cpu = run_clients(procs, out, seconds, server.pid)
     server.terminate()
     lat = [x for r in results for x in r[1]]
-    return sum(r[0] for r in results) / wall, pct(lat, 50), pct(lat, 99)
+    n = sum(r[0] for r in results)
+    return n / wall, pct(lat, 50), pct(lat, 99), cpu / max(1, n)
 
 
 def main():
@@ -193,26 +205,30 @@ def main():
     ap.add_argument("--backlog", type=int, default=0, help="also measure with this many unclaimable queued tasks")
     a = ap.parse_args()
     ms = lambda s: f"{s * 1000:.1f} ms"
-    raw_rps, rp50, rp99 = run_bare(a.workers, a.seconds, tuned=False)
+    us = lambda s: f"{s * 1e6:.0f} us" if s else "n/a"
+    raw_rps, rp50, rp99, _ = run_bare(a.workers, a.seconds, tuned=False)
     print(f"bare http.server (stdlib defaults), {a.workers} clients: {raw_rps:.0f} req/s, p50 {ms(rp50)}, p99 {ms(rp99)}")
     # The bare ceiling moves by ~15 % from one run to the next on a small machine: each meshkit
     # run is taken between two bare runs and compared with their mean; the median ratio is reported.
-    bare_rps, bp50, bp99 = run_bare(a.workers, a.seconds, tuned=True)
-    print(f"bare http.server (tuned), {a.workers} clients: {bare_rps:.0f} req/s, p50 {ms(bp50)}, p99 {ms(bp99)}")
+    # Server CPU per request (from /proc) is the steadier figure: what each server spends on one.
+    bare_rps, bp50, bp99, bcpu = run_bare(a.workers, a.seconds, tuned=True)
+    print(f"bare http.server (tuned), {a.workers} clients: {bare_rps:.0f} req/s, p50 {ms(bp50)}, p99 {ms(bp99)}, "
+          f"server CPU {us(bcpu)}/request")
     runs = []
     for i in range(max(1, a.repeat)):
-        tps, p50, p99, done = run_meshkit(a.workers, a.seconds, a.tasks)
-        after, _, _ = run_bare(a.workers, a.seconds, tuned=True)
+        tps, p50, p99, done, cpu = run_meshkit(a.workers, a.seconds, a.tasks)
+        after, _, _, bcpu = run_bare(a.workers, a.seconds, tuned=True)
         ceiling = (bare_rps + after) / 2
         runs.append((tps / ceiling, tps, p50, p99, ceiling))
         print(f"meshkit supervisor, {a.workers} workers: {tps:.0f} tasks/s ({done} tasks), claim p50 {ms(p50)}, "
-              f"p99 {ms(p99)}; bare again {after:.0f} req/s, ceiling {ceiling:.0f} (the mean): {tps / ceiling:.1%}")
+              f"p99 {ms(p99)}, server CPU {us(cpu)}/request; bare again {after:.0f} req/s ({us(bcpu)}/request), "
+              f"ceiling {ceiling:.0f} (the mean): {tps / ceiling:.1%}")
         bare_rps = after
     ratio, tps, p50, p99, ceiling = sorted(runs)[len(runs) // 2]
     print(f"ratio: {ratio:.0%} of the bare ceiling, the median of {len(runs)} run(s) "
           f"({', '.join(f'{r[0]:.0%}' for r in runs)}) (limit 50%: two requests per task; goal >= 35%)")
     if a.backlog:
-        btps, bl50, bl99, _ = run_meshkit(a.workers, a.seconds, a.tasks, backlog=a.backlog)
+        btps, bl50, bl99, _, _ = run_meshkit(a.workers, a.seconds, a.tasks, backlog=a.backlog)
         print(f"with {a.backlog} queued tasks of mixed priority/requirements: {btps:.0f} tasks/s, "
               f"claim p50 {ms(bl50)}, p99 {ms(bl99)} ({bl99 / p99:.2f}x the median run's p99; goal <= 2x)")
 
