@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 
 from meshkit.adapters import keyfile  # noqa: E402
 from meshkit.adapters.client import SignedClient  # noqa: E402
+from meshkit.adapters.sysinfo import process_cpu_seconds  # noqa: E402
 from meshkit.rules import auth  # noqa: E402
 from meshkit.rules.config import render_default_toml  # noqa: E402
 
@@ -44,23 +45,13 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process used so far; 0 where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def run_clients(procs: list, out, seconds: float, server_pid: int) -> tuple:
     """Start the client processes; (their results, wall time, the server's CPU seconds meanwhile)."""
-    t0, c0 = time.monotonic(), cpu_seconds(server_pid)
+    t0, c0 = time.monotonic(), process_cpu_seconds(server_pid) or 0.0
     for p in procs:
         p.start()
     results = [out.get(timeout=seconds + 60) for _ in procs]
-    wall, cpu = time.monotonic() - t0, cpu_seconds(server_pid) - c0
+    wall, cpu = time.monotonic() - t0, (process_cpu_seconds(server_pid) or 0.0) - c0      # 0: no /proc
     for p in procs:
         p.join()
     return results, wall, cpu
