@@ -6,16 +6,20 @@ head the successor catches up to."""
 import io
 import json
 import os
+import re
 import signal
+import tempfile
 import unittest
 
 from tests.helpers import Fleet, meshkit
 from tests.test_ha import free_port
 from tests.test_worker_harness import wait_for
 from meshkit.adapters.log import Logger
+from meshkit.adapters.store import Store
+from meshkit.adapters.storerepl import LOCAL_META, REPLICATED
 from meshkit.cli.common import load_config
-from meshkit.core.errors import NotActive
-from meshkit.roles.supervisor import intake
+from meshkit.core.errors import ApiError, NotActive
+from meshkit.roles.supervisor import intake, rejoin
 from meshkit.roles.supervisor.service import Supervisor
 from meshkit.rules import failover
 
@@ -111,10 +115,15 @@ class RejoinAfterAsyncLoss(Loopback):
         b, b_log = self.start("standby")
         wait_for(lambda: self.replication(self.p_url).get("fenced") is None, 10, "the primary to serve")
         replicated = [self.dispatch(self.p_url, f"kept{i}") for i in range(3)]
+        status, body = self.client(self.s_url).request("POST", "/v1/replicate/rows", {"rows": []})
+        self.assertEqual((status, body["error"]["code"]), (409, "not_active"))      # only the primary's rows
         wait_for(lambda: self.replication(self.s_url)["lag_changes"] == 0, 10, "the standby to catch up")
         b.send_signal(signal.SIGSTOP)                            # replication paused
         try:
             lost = [self.dispatch(self.p_url, f"lost{i}") for i in range(4)]     # async: acknowledged
+            # A row B already had, changed only on A: A must end with B's version of it, which
+            # is in none of the changes B made after its promotion (fetched by key at rejoin).
+            self.client(self.p_url).call("POST", f"/v1/tasks/{replicated[0]}/cancel", {})
             a.kill()
             a.wait(5)
         finally:
@@ -133,6 +142,10 @@ class RejoinAfterAsyncLoss(Loopback):
         self.assertEqual(len(discarded), 1, discarded)
         self.assertEqual(discarded[0]["level"], "warning")
         self.assertTrue(set(missing) <= set(discarded[0]["task_ids"]), discarded)
+        self.assertIn(replicated[0], discarded[0]["task_ids"])
+        # Only what B wrote since its promotion is pulled; the rows A dropped come by key.
+        self.assertGreater(discarded[0]["since"], 0, discarded)
+        self.assertGreaterEqual(discarded[0]["fetched"], 1, discarded)
         wait_for(lambda: events(a_log, "rejoin_lost_tasks"), 10, "the loss report")
         self.assertEqual(events(a_log, "rejoin_lost_tasks")[0]["task_ids"], missing[2:])  # the others are B's now
         want = self.tags(self.s_url)
@@ -199,10 +212,11 @@ class WriteGuard(unittest.TestCase):
 class Plans(unittest.TestCase):
     def test_rejoin_plan(self):
         cases = [  # own_head, promoted_from, promoted_head -> plan
-            (10, 10, 40, {"discard_after": None, "since": 40}),     # it held all we wrote
-            (12, 10, 40, {"discard_after": 10, "since": 0}),        # the async window: drop 11..12
-            (10, None, None, {"discard_after": 0, "since": 0}),     # it was never promoted: copy all
-            (5, 10, 40, {"discard_after": 0, "since": 0}),          # it held more than we have: copy all
+            (10, 10, 40, {"discard_after": None, "since": 40, "refetch": False}),  # it held all we wrote
+            (12, 10, 40, {"discard_after": 10, "since": 40, "refetch": True}),    # the async window: drop 11..12,
+                                                                                  # fetch its version of them
+            (10, None, None, {"discard_after": 0, "since": 0, "refetch": False}),   # never promoted: copy all
+            (5, 10, 40, {"discard_after": 0, "since": 0, "refetch": False}),        # it held more than we have
         ]
         for own, frm, head, want in cases:
             with self.subTest(own=own, frm=frm):
@@ -248,3 +262,94 @@ class Plans(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RowsByKey(unittest.TestCase):
+    """Store level: a former primary that drops its async window and takes the new primary's
+    version of those rows by key, then its changes since promotion, ends with the same rows,
+    also in tables whose rowids differ between the two (keyed by name, or by two columns)."""
+
+    def setUp(self):
+        d = tempfile.TemporaryDirectory()
+        self.addCleanup(d.cleanup)
+        self.a, self.b = Store(os.path.join(d.name, "a.db")), Store(os.path.join(d.name, "b.db"))
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+
+    @staticmethod
+    def write(store, *statements):
+        with store.tx() as tx:
+            for sql, args in statements:
+                tx.execute(sql, args)
+
+    @staticmethod
+    def task(n, kind):
+        return ("INSERT INTO tasks(n, kind, payload, requires, priority, timeout, max_attempts, state, created_at,"
+                " updated_at, trace_id) VALUES(?, ?, '{}', '[]', 0, 60, 3, 'queued', 1, 1, 'tr')", (n, kind))
+
+    @staticmethod
+    def pull(frm, to, since):
+        changes, last = frm.changes_since(since, 10000)
+        to.apply_changes(changes, last)
+
+    def rows(self, store):
+        out = {}
+        for table in REPLICATED:
+            cols = store._key_columns(table)
+            got = [dict(r) for r in store.read(f"SELECT * FROM {table} ORDER BY {', '.join(cols)}")]
+            out[table] = [r for r in got if table != "meta" or r["key"] not in LOCAL_META]
+        return out
+
+    def test_the_dropped_rows_come_back_as_the_new_primary_has_them(self):
+        node = "INSERT OR REPLACE INTO nodes(name, info, first_seen, last_seen) VALUES(?, ?, 1, 1)"
+        self.write(self.a, self.task(1, "x"), self.task(2, "x"), (node, ("n1", "{}")), (node, ("n2", "{}")),
+                   ("INSERT INTO deps(task, dep) VALUES(2, 1)", ()), ("INSERT INTO kinds(kind) VALUES('x')", ()),
+                   ("INSERT INTO meta VALUES('note', 'one')", ()))
+        self.pull(self.a, self.b, 0)
+        promoted_from, promoted_head = self.a.head_seq(), self.b.head_seq()
+        # A's async window: changes to rows B has, and rows B never saw.
+        self.write(self.a, ("UPDATE tasks SET state='cancelled' WHERE n=1", ()), (node, ("n2", '{"slots": 9}')),
+                   ("UPDATE kinds SET failures=2 WHERE kind='x'", ()), self.task(3, "lost"),
+                   ("INSERT INTO deps(task, dep) VALUES(3, 2)", ()), ("UPDATE meta SET value='two' WHERE key='note'", ()))
+        # B, promoted, writes on: a node A never had, a task that reuses number 3.
+        self.write(self.b, (node, ("n3", "{}")), self.task(3, "new"), ("UPDATE kinds SET failures=5 WHERE kind='x'", ()))
+
+        keys = self.a.changed_keys(promoted_from)
+        self.assertIn({"table": "nodes", "key": {"name": "n2"}}, keys)
+        self.assertIn({"table": "deps", "key": {"task": 3, "dep": 2}}, keys)
+        done = self.a.rejoin(promoted_from, promoted_head, self.b.rows_by_key(keys))
+        self.assertEqual(done["tasks"], [1, 3])
+        self.pull(self.b, self.a, promoted_head)
+        self.assertEqual(self.rows(self.a), self.rows(self.b))
+        self.assertEqual(self.a.read("SELECT state FROM tasks WHERE n=1")[0]["state"], "queued")
+        self.assertEqual(self.a.read("SELECT kind FROM tasks WHERE n=3")[0]["kind"], "new")
+
+    def test_a_request_for_rows_names_a_replicated_table_and_its_key(self):
+        self.write(self.b, self.task(1, "x"))
+        cases = [  # keys -> rows answered, or the ValueError's words
+            ([{"table": "tasks", "key": {"n": 1}}], ["tasks"]),
+            ([{"table": "tasks", "key": {"n": 2}}], []),                     # absent: left out
+            ([{"table": "meta", "key": {"key": "role"}}], []),               # local to each node: never sent
+            ([{"table": "changelog", "key": {"seq": 1}}], "not a replicated table"),
+            ([{"table": "tasks", "key": {"rowid": 1}}], "columns ['n']"),
+            ([{"table": "deps", "key": {"task": 1}}], "columns ['task', 'dep']"),
+        ]
+        for keys, want in cases:
+            with self.subTest(keys=keys):
+                if isinstance(want, str):
+                    with self.assertRaisesRegex(ValueError, re.escape(want)):
+                        self.b.rows_by_key(keys)
+                else:
+                    self.assertEqual([r["table"] for r in self.b.rows_by_key(keys)], want)
+
+    def test_a_peer_without_the_call_means_copying_its_whole_changelog(self):
+        class Peer:
+            def __init__(self, error):
+                self.error = error
+
+            def call(self, method, path, body):
+                raise self.error
+        self.assertIsNone(rejoin.fetch_rows(Peer(ApiError(404, "not_found", "no such endpoint")), [{"table": "x"}]))
+        self.assertEqual(rejoin.fetch_rows(Peer(None), []), [])
+        with self.assertRaises(ApiError):       # anything else: the pull loop retries
+            rejoin.fetch_rows(Peer(ApiError(409, "not_active", "a standby")), [{"table": "x"}])

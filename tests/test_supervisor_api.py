@@ -185,6 +185,29 @@ class SupervisorApi(unittest.TestCase):
         self.assertEqual((got, "replay" in answer["error"]["message"]), (401, True))
         self.assertEqual(self.count(), before + 1)
 
+    def test_rows_by_key_for_a_rejoin(self):
+        tid = self.admin.call("POST", "/v1/tasks", {"kind": "fetched"})["task"]["id"]
+        n = int(tid[1:])
+        got = self.admin.call("POST", "/v1/replicate/rows", {"rows": [{"table": "tasks", "key": {"n": n}},
+                                                                      {"table": "tasks", "key": {"n": n + 10**6}}]})
+        self.assertEqual([(r["table"], r["row"]["n"], r["row"]["kind"]) for r in got["rows"]], [("tasks", n, "fetched")])
+        cases = [  # body, key id -> status (and the field named)
+            ({"rows": [{"table": "tasks", "key": {"n": n}}]}, "worker-1", 403),
+            ({"rows": [{"table": "changelog", "key": {"seq": 1}}]}, "admin-1", 400),
+            ({"rows": [{"table": "tasks", "key": {"kind": "x"}}]}, "admin-1", 400),
+            ({"rows": [{"table": "tasks"}]}, "admin-1", 400),
+            ({"rows": [{"table": "tasks", "key": {"n": 1.5}}]}, "admin-1", 400),
+            ({}, "admin-1", 400),
+        ]
+        for body, kid, status in cases:
+            with self.subTest(body=body, kid=kid):
+                raw = json.dumps(body).encode()
+                got, answer = raw_request(self.url, "POST", "/v1/replicate/rows", raw,
+                                          self.signed("POST", "/v1/replicate/rows", raw, kid=kid))
+                self.assertEqual(got, status, answer)
+                if status == 400:
+                    self.assertEqual(answer["error"].get("field"), "rows", answer)
+
     # -- bad input -------------------------------------------------------------------
 
     def test_bad_input_gets_json_4xx_and_stores_nothing(self):

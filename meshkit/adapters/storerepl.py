@@ -1,7 +1,8 @@
 """Replication of the supervisor's store: SQLite triggers append every insert or update of
 the replicated tables to a changelog in the same transaction; a standby pulls the changed
 rows as they are now (changes_since) and stores them (apply_changes); a former primary
-about to follow another discards what the new primary never received (rejoin).
+about to follow another discards what the new primary never received and takes the new
+primary's version of those rows, fetched by key (changed_keys, rows_by_key, rejoin).
 Mixed into Store (store.py), whose lock, connection and tx() these use.
 """
 
@@ -65,24 +66,80 @@ class Replicated:
         """Store rows pulled from the primary (one transaction) and the position reached."""
         with self.tx(replication=True) as tx:
             self.cache.clear()         # rows change under the cached copies
-            for c in changes:
-                table, row = c.get("table"), c.get("row")
-                if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
-                    continue
-                cols = list(row)
-                if not set(cols) <= self._columns(table):
-                    raise StoreError(f"replication: unknown columns for {table}: {sorted(set(cols) - self._columns(table))}")
-                tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
-                           tuple(row[c] for c in cols))
+            self._apply_rows(tx, changes)
             tx.set_meta("replicated_seq", upto)
 
-    def rejoin(self, discard_after, since: int) -> dict:
+    def _apply_rows(self, tx, changes: list) -> None:
+        for c in changes:
+            table, row = c.get("table"), c.get("row")
+            if table not in REPLICATED or not isinstance(row, dict) or (table == "meta" and row.get("key") in LOCAL_META):
+                continue
+            cols = list(row)
+            if not set(cols) <= self._columns(table):
+                raise StoreError(f"replication: unknown columns for {table}: {sorted(set(cols) - self._columns(table))}")
+            tx.execute(f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES({', '.join('?' * len(cols))})",
+                       tuple(row[c] for c in cols))
+
+    def _key_columns(self, table: str) -> list:
+        """A table's primary-key columns: how a row is named between two nodes (a rowid is
+        the same on both only where it is the key: tasks.n, history.seq...)."""
+        got = self._column_cache.get(("key", table))
+        if got is None:
+            info = sorted((r for r in self.db.execute(f"PRAGMA table_info({table})") if r["pk"]), key=lambda r: r["pk"])
+            got = self._column_cache[("key", table)] = [r["name"] for r in info]
+        return got
+
+    def changed_keys(self, after: int) -> list:
+        """[{"table", "key": {column: value}}] of every row changed here after position `after`
+        of our changelog (local meta rows excepted): what a rejoin drops and asks the new
+        primary for."""
+        with self._lock:
+            try:
+                out = []
+                for e in self.db.execute("SELECT DISTINCT tbl, rid FROM changelog WHERE seq > ?", (after,)).fetchall():
+                    if e["tbl"] not in REPLICATED:
+                        continue
+                    cols = self._key_columns(e["tbl"])
+                    row = self.db.execute(f"SELECT {', '.join(cols)} FROM {e['tbl']} WHERE rowid=?", (e["rid"],)).fetchone()
+                    if row is not None and not (e["tbl"] == "meta" and row["key"] in LOCAL_META):
+                        out.append({"table": e["tbl"], "key": dict(row)})
+                return out
+            except sqlite3.Error as e:
+                raise store_error(e) from None
+
+    def rows_by_key(self, keys: list) -> list:
+        """The rows named by [{"table", "key"}] as they are now, as [{"table", "row"}]; a row
+        that does not exist is left out. ValueError for a table that is not replicated or a
+        key that is not the table's primary key."""
+        with self._lock:
+            try:
+                out = []
+                for k in keys:
+                    table, key = k["table"], k["key"]
+                    if table not in REPLICATED:
+                        raise ValueError(f"{table[:40]!r} is not a replicated table")
+                    cols = self._key_columns(table)
+                    if sorted(key) != sorted(cols):
+                        raise ValueError(f"a key of {table} has the columns {cols}")
+                    if table == "meta" and key["key"] in LOCAL_META:
+                        continue
+                    row = self.db.execute(f"SELECT * FROM {table} WHERE {' AND '.join(c + '=?' for c in cols)}",
+                                          tuple(key[c] for c in cols)).fetchone()
+                    if row is not None:
+                        out.append({"table": table, "row": dict(row)})
+                return out
+            except sqlite3.Error as e:
+                raise store_error(e) from None
+
+    def rejoin(self, discard_after, since: int, rows: list | None = None) -> dict:
         """A former primary about to follow another: delete every row changed here after
-        position `discard_after` of our own changelog (None: keep everything), then follow
-        from `since` (one transaction). Those rows are what the new primary never received;
-        a pull from 0 brings back its version of any it has. Meta rows are kept: the
-        primary's overwrite them. Returns {"rows": {table: n}, "tasks": [task n, ...]}."""
-        rows, tasks = {}, set()
+        position `discard_after` of our own changelog (None: keep everything), store `rows`
+        (the new primary's version of those it has: changed_keys, rows_by_key), then follow
+        from `since` (one transaction). The deleted rows are what the new primary never
+        received; without `rows`, a pull from 0 brings back its version of any it has. Meta
+        rows are not deleted: the primary's overwrite them. Returns {"rows": {table: n},
+        "tasks": [task n, ...]}."""
+        deleted, tasks = {}, set()
         with self.tx(replication=True) as tx:
             self.cache.clear()
             if discard_after is not None:
@@ -96,7 +153,8 @@ class Replicated:
                     if e["tbl"] in ("tasks", "history", "deps", "results"):
                         tasks.add(row["n"] if e["tbl"] == "tasks" else row["task"])
                     tx.execute(f"DELETE FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
-                    rows[e["tbl"]] = rows.get(e["tbl"], 0) + 1
+                    deleted[e["tbl"]] = deleted.get(e["tbl"], 0) + 1
+            self._apply_rows(tx, rows or [])
             tx.set_meta("replicated_seq", since)
             tx.execute("DELETE FROM meta WHERE key='rejoin'")
-        return {"rows": rows, "tasks": sorted(tasks)}
+        return {"rows": deleted, "tasks": sorted(tasks)}

@@ -2,7 +2,7 @@
 
 A schema maps field -> (type, required). Types: "str", "id" (task id tNNN), "name"
 (node/kind name), "int", "num", "bool", "strlist", "namelist", "idlist", "any", "obj",
-"running", "expects", "num3".
+"running", "expects", "num3", "rowkeys".
 
 The patterns below are also the OpenAPI document's (openapi.py), where they are read as
 ECMA-262 regexes: there `$` is the end of the text, while Python's `$` also matches before a
@@ -77,6 +77,11 @@ def _expects(v):
             is_inside_path(v.get("path")) and _list_of(_str)(v.get("keys", [])))
 
 
+def _row_key(v):
+    return (isinstance(v, dict) and set(v) == {"table", "key"} and _name(v["table"]) and isinstance(v["key"], dict)
+            and 0 < len(v["key"]) <= 4 and all(_name(c) and (_int(x) or _str(x)) for c, x in v["key"].items()))
+
+
 TYPES = {
     "str": ("a string", _str),
     "trace": ("1-128 characters of A-Z a-z 0-9 _ . : -", is_trace),
@@ -96,6 +101,7 @@ TYPES = {
     "objlist": ("a list of objects", lambda v: isinstance(v, list) and len(v) <= MAX_LIST and all(isinstance(x, dict) for x in v)),
     "optstr": ("a string or null", lambda v: v is None or _str(v)),
     "optint": ("a whole number or null", lambda v: v is None or _int(v)),
+    "rowkeys": ('a list of {"table": name, "key": {column: number or string}}', _list_of(_row_key)),
 }
 
 HEARTBEAT = {
@@ -124,6 +130,7 @@ GRAPH_TASK = dict(DISPATCH, after=("strlist", False))   # "after" may name tasks
 GRAPH = {"tasks": ("objlist", True)}
 MODE = {"mode": ("str", True), "reason": ("str", False)}
 PROMOTE = {"epoch": ("int", False)}
+REPLICATE_ROWS = {"rows": ("rowkeys", True)}
 DEMOTE = {"peer": ("str", False), "epoch": ("int", False), "hold": ("bool", False)}
 LEASE_ACQUIRE = {"holder": ("name", True), "ttl": ("num", False), "purpose": ("str", False)}
 LEASE_RENEW = {"holder": ("name", True), "token": ("int", True), "ttl": ("num", False)}

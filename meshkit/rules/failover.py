@@ -90,16 +90,18 @@ def rejoin_plan(own_head: int, promoted_from, promoted_head) -> dict:
     own_head: our changelog head. promoted_from: how far into our changelog the peer had
     replicated when it was promoted; promoted_head: its own changelog head then (None: the
     peer was never promoted, or does not say). Returns {"discard_after": position or None,
-    "since": where to start pulling the peer's changelog}:
+    "since": where to start pulling the peer's changelog, "refetch": whether to ask the peer
+    for its version of each discarded row first}:
     - it held all we wrote (own_head == promoted_from): keep everything, pull what it wrote
       since its promotion;
     - we wrote more (the async window, or work in flight when we died): discard what we
-      changed after promoted_from and pull everything again (the peer's version of a row
-      we changed is somewhere in its whole changelog);
+      changed after promoted_from, fetch the peer's version of those rows by key (it had
+      them as of promoted_from, or changed them since), and pull what it wrote since its
+      promotion. Without that fetch (a peer that can't answer it) the pull starts at 0;
     - unknown: discard every row we ever changed and copy everything.
     """
     if isinstance(promoted_from, int) and isinstance(promoted_head, int) and 0 <= promoted_from <= own_head:
         if promoted_from == own_head:
-            return {"discard_after": None, "since": promoted_head}
-        return {"discard_after": promoted_from, "since": 0}
-    return {"discard_after": 0, "since": 0}
+            return {"discard_after": None, "since": promoted_head, "refetch": False}
+        return {"discard_after": promoted_from, "since": promoted_head, "refetch": True}
+    return {"discard_after": 0, "since": 0, "refetch": False}

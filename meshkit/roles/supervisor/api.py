@@ -66,6 +66,7 @@ class Api:
             Route("POST", "/v1/leases/([^/]+)/release", "lease_release", self.lease_release),
             Route("GET", "/v1/leases", "leases", self.list_leases, auth="viewer"),
             Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin"),
+            Route("POST", "/v1/replicate/rows", "replicate_rows", self.replicate_rows, auth="admin"),
             Route("POST", "/v1/promote", "promote", self.promote, auth="admin"),
             Route("POST", "/v1/demote", "demote", self.demote, auth="admin"),
             Route("GET", "/v1/ha/check", "ha_check", self.ha_check, auth="admin"),
@@ -199,6 +200,10 @@ class Api:
         except ValueError:
             raise BadRequest("since and limit are whole numbers, wait a number of seconds") from None
         return self.sup.ha.feed(max(0, since), wait, min(max(1, limit), 10000))
+
+    def replicate_rows(self, req):
+        """Rows by key, as they are now: a former primary's rejoin asks for those it drops."""
+        return self.sup.ha.rows(wire.validate(req.json(), wire.REPLICATE_ROWS, "replicate rows")["rows"])
 
     def promote(self, req):
         return self.sup.ha.promote(wire.validate(req.json() if req.body else {}, wire.PROMOTE, "promote"), req.key_id)

@@ -13,7 +13,7 @@ Fencing rules, each enforced here:
 - a write that commits after the supervisor stopped accepting work (demoted, handing
   over) is refused: the store asks write_guard under the lock that role changes take;
 - a former primary that follows discards what it wrote that its new primary never
-  received (the async window) before it pulls (rejoin);
+  received (the async window) before it pulls (rejoin.py);
 - with supervisor.primary_lease > 0, a primary that has heard from neither the watchdog
   nor the standby for that long stops accepting work (the watchdog promotes the standby
   only after interval x failures, which must exceed the lease).
@@ -23,6 +23,7 @@ import threading
 
 from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ApiError, BadRequest, ClientError, MeshkitError, NotActive
+from meshkit.roles.supervisor import rejoin
 from meshkit.rules import failover
 from meshkit.rules.auth import pick_key
 
@@ -240,6 +241,16 @@ class Ha:
                 "epoch": self.sup.epoch, "time": self.clock.time(), "promoted_from": self.promoted_base[0],
                 "promoted_head": self.promoted_base[1]}
 
+    def rows(self, keys: list) -> dict:
+        """Rows by key as they are now (a former primary's rejoin asks for those it drops)."""
+        if self.sup.role != "primary":
+            raise NotActive(f"this supervisor is a standby; ask {self.peer or 'the primary'}", active=self.peer)
+        try:
+            rows = self.store.rows_by_key(keys)
+        except ValueError as e:
+            raise BadRequest(f"replicate rows: {e}", field="rows") from None
+        return {"rows": rows, "head": self.store.head_seq(), "epoch": self.sup.epoch}
+
     def acknowledge(self, may_wait: bool = True) -> bool:
         """Sync mode: return once the standby holds everything committed so far (bounded).
         False, at once, when that means waiting and `may_wait` is False."""
@@ -281,7 +292,7 @@ class Ha:
             try:
                 client = client if client and client.url == self.peer else self.client()
                 if self.store.meta("rejoin") is not None:
-                    self._rejoin(client)
+                    rejoin.rejoin(self, client, PULL_WAIT)
                     continue
                 since = int(self.store.meta("replicated_seq", "0"))
                 got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
@@ -294,7 +305,7 @@ class Ha:
                 if got["last"] >= got["head"]:
                     self.caught_up_at = self.clock.time()
                     if self.discarded:
-                        self._report_discarded()
+                        rejoin.report_discarded(self)
                 if got["epoch"] > self.sup.epoch and got["role"] == "primary":
                     with self.store.tx(replication=True) as tx:
                         tx.set_meta("peer_epoch", got["epoch"])
@@ -305,40 +316,6 @@ class Ha:
                     self.log.warning("replication_failed", peer=self.peer, error=message)
                 self.pull_error = message
                 self._stop.wait(1.0)
-
-    def _rejoin(self, client) -> None:
-        """First contact after we stopped being primary: drop what we wrote that the new
-        primary never received (it says how far it had replicated us), then follow it."""
-        got = client.call("GET", "/v1/replicate?since=0&wait=0&limit=1", timeout=PULL_WAIT + 10)
-        if self.sup.role != "standby":
-            return
-        head = self.store.head_seq()
-        plan = failover.rejoin_plan(head, got.get("promoted_from"), got.get("promoted_head"))
-        done = self.store.rejoin(plan["discard_after"], plan["since"])
-        self.discarded = done["tasks"]
-        fields = dict(peer=self.peer, own_head=head, promoted_from=got.get("promoted_from"),
-                      discard_after=plan["discard_after"], since=plan["since"], rows=done["rows"],
-                      tasks=len(done["tasks"]), task_ids=[f"t{n}" for n in done["tasks"][:200]])
-        if done["tasks"]:
-            self.log.warning("rejoin_discarded", reason="changes made here that the new primary never received "
-                             "(async window, or everything when it can't say) were dropped; its copy replaces them",
-                             **fields)
-        else:
-            self.log.info("rejoined", **fields)
-
-    def _report_discarded(self) -> None:
-        """Caught up after a rejoin: which dropped tasks the primary does not have (lost in the
-        async window) and how many it has in its own version."""
-        ns, self.discarded = self.discarded, []
-        have = set()
-        for i in range(0, len(ns), 500):
-            chunk = ns[i:i + 500]
-            have |= {r["n"] for r in self.store.read(f"SELECT n FROM tasks WHERE n IN ({','.join('?' * len(chunk))})",
-                                                     chunk)}
-        lost = [f"t{n}" for n in ns if n not in have]
-        log = self.log.warning if lost else self.log.info
-        log("rejoin_lost_tasks", lost=len(lost), task_ids=lost[:200], replaced=len(have),
-            reason="tasks this node had acknowledged or changed that the active supervisor never received")
 
     def promote(self, body: dict, actor: str) -> dict:
         """Standby -> primary with an epoch past every one seen."""

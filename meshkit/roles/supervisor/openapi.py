@@ -10,6 +10,7 @@ and a schema-invalid one is refused with a 4xx. Served at GET /v1/openapi.json.
 import re
 
 from meshkit import __version__
+from meshkit.adapters.storerepl import REPLICATED
 from meshkit.core import wire
 from meshkit.rules import auth, fsm
 
@@ -22,6 +23,7 @@ BODY_OF = {
     "heartbeat": "HEARTBEAT", "claim": "CLAIM", "start": "START", "results": "RESULT", "dispatch": "DISPATCH",
     "cancel": "CANCEL", "graph": "GRAPH", "mode": "MODE", "lease_acquire": "LEASE_ACQUIRE",
     "lease_renew": "LEASE_RENEW", "lease_release": "LEASE_RELEASE", "promote": "PROMOTE", "demote": "DEMOTE",
+    "replicate_rows": "REPLICATE_ROWS",
 }
 REQUEST_BODIES = {route: (name, getattr(wire, name)) for route, name in BODY_OF.items() if hasattr(wire, name)}
 OPTIONAL_BODY = {"cancel", "promote", "demote"}     # handlers that take no body at all as {}
@@ -116,6 +118,10 @@ def type_schema(typ: str) -> dict:
         "any": {"nullable": True},
         "objlist": listof({"type": "object"}),
         "optstr": dict(string, nullable=True), "optint": dict(integer, nullable=True),
+        "rowkeys": listof({"type": "object", "required": ["table", "key"], "additionalProperties": False,
+                           "properties": {"table": {"type": "string", "enum": list(REPLICATED)},
+                                          "key": {"type": "object", "minProperties": 1, "maxProperties": 4,
+                                                  "description": "the table's primary-key columns and values"}}}),
     }[typ]
 
 
