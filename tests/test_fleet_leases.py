@@ -75,7 +75,7 @@ class FleetLeases(unittest.TestCase):
             listed = subprocess.run([sys.executable, "-m", "meshkit", "locks", "list", "--fleet", "--config",
                                      self.fleet.config, "--supervisor", self.fleet.url],
                                     cwd=ROOT, env=env(), capture_output=True, text=True, timeout=30)
-            self.assertIn(f"train: held by", listed.stdout)
+            self.assertIn("train: held by", listed.stdout)
             os.killpg(holder.pid, signal.SIGKILL)     # the holder and its command die at once
             holder.wait(10)
             t0 = time.monotonic()

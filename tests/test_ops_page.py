@@ -2,7 +2,6 @@
 what a person sees in headless Chromium once the page's scripts ran."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
