@@ -20,6 +20,8 @@ def rejoin(ha, client, wait: float) -> None:
         rows = fetch_rows(client, ha.store.changed_keys(plan["discard_after"]))
         if rows is None:     # a peer that can't answer by key: its whole changelog again
             since = 0
+        if ha.sup.role != "standby":
+            return
     done = ha.store.rejoin(plan["discard_after"], since, rows)
     ha.discarded = done["tasks"]
     fields = dict(peer=ha.peer, own_head=head, promoted_from=got.get("promoted_from"),
