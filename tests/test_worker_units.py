@@ -123,6 +123,11 @@ class Heartbeats(WorkerCase):
         w.jobs["t1"] = Job(self.task())
         w.heartbeat()
         self.assertEqual(w.next_heartbeat - self.clock.monotonic(), 5)   # cancels arrive within a poll round
+        del w.jobs["t1"]
+        w.heartbeat()                       # idle again: the next one in 60 s...
+        self.clock.advance(10)
+        w.launch(self.task("t2"))           # ...until a task starts: a cancel must not wait 50 s more
+        self.assertEqual(w.next_heartbeat - self.clock.monotonic(), 5)
         cases = [(ClientError("down"), 0.5), (api(503, "unavailable"), 1.0), (BreakerOpen(42.0), 42.0)]
         for err, expected in cases:
             with self.subTest(err=err.message):

@@ -178,7 +178,10 @@ class Worker(JobRunner):
                 job.stop = "signal"
         self.log.info("task_claimed", task=task["id"], kind=task.get("kind"), fence=task["fence"],
                       attempt=task.get("attempt"), trace_id=task.get("trace_id"))
-        self.wake.set()       # heartbeats go faster while tasks run
+        # Heartbeats go faster while tasks run (a cancel arrives with one): the next one comes
+        # within poll_interval, not at the end of the idle period already scheduled.
+        self.next_heartbeat = min(self.next_heartbeat, self.clock.monotonic() + self.heartbeat_period())
+        self.wake.set()
         job.thread = self.spawn(self.execute, job)
 
     # ---- the control loop -------------------------------------------------------------------
