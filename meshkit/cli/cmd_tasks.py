@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, load_config, print_json
+from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail, load_config, print_json
 from meshkit.cli.remote import client_parser, make_client
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
@@ -61,11 +61,11 @@ def _payload(text):
             with open(text[1:], encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            raise ClientError(f"--payload: cannot read {text[1:]}: {e.strerror}") from None
+            raise UsageError(f"--payload: cannot read {text[1:]}: {e.strerror}") from None
     try:
         return json.loads(text)
     except ValueError as e:
-        raise ClientError(f"--payload is not valid JSON: {e}") from None
+        raise UsageError(f"--payload is not valid JSON: {e}") from None
 
 
 def _expects(text):
@@ -116,7 +116,8 @@ def _wait(client, tid: str, clock=REAL) -> int:
     if report.get("result") is not None:
         print(json.dumps(report["result"], indent=2, sort_keys=True))
     elif report.get("stdout_tail"):
-        sys.stdout.write(report["stdout_tail"])
+        tail = report["stdout_tail"]
+        sys.stdout.write(tail if tail.endswith("\n") else tail + "\n")
     if task["state"] != "succeeded":
         return fail(f"task {tid} {task['state']}: {task.get('error') or task['history'][-1]['reason']}", EXIT_FAILED)
     return 0

@@ -60,8 +60,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+class UsageError(MeshkitError):
+    """A bad argument found before anything is sent (e.g. --payload that is not JSON)."""
+    code = "usage"
+    status = 0
+
+
 def exit_code_for(err: MeshkitError) -> int:
-    if isinstance(err, ConfigError):
+    # bad_request: the supervisor refused what the arguments said (a bad kind, an unknown
+    # --after task, an absolute --expects path): bad arguments, like argparse's own errors.
+    if isinstance(err, (ConfigError, UsageError)) or err.code == "bad_request":
         return EXIT_USAGE
     if err.code == "lock_held":
         return EXIT_LOCK_HELD
