@@ -16,6 +16,7 @@ class Quickstart(unittest.TestCase):
                          "$ meshkit status", "tasks: succeeded 5  failed 1", "quick-a", "quick-b",
                          "$ meshkit explain", "ended failed: timed out after 2 s", "quickstart fleet stopped"):
                 self.assertIn(text, out)
+            self.assertNotIn("keeps running", out)        # --exit: it says the fleet stops, not how to use it
 
 
 if __name__ == "__main__":

@@ -122,12 +122,14 @@ def run(args) -> int:
         cmd_tasks.status(common)
         print(f"\n$ meshkit explain {ids['too-slow']}")
         cmd_brain.explain(argparse.Namespace(**vars(common), id=ids["too-slow"]))
-        print(f"\nThe fleet keeps running. From another terminal:\n"
-              f"  export MESHKIT_CONFIG={config}\n"
-              f"  python3 -m meshkit dispatch fetch --payload '{{\"url\": \"x\", \"sleep\": 2}}' --wait\n"
-              f"  python3 -m meshkit status --watch\n"
-              f"Press Ctrl-C here to stop it.", flush=True)
-        if not args.exit:
+        if args.exit:
+            print(f"\nThe demo is done; the fleet stops now. Its files stay in {os.path.dirname(config)}.", flush=True)
+        else:
+            print(f"\nThe fleet keeps running. From another terminal:\n"
+                  f"  export MESHKIT_CONFIG={config}\n"
+                  f"  python3 -m meshkit dispatch fetch --payload '{{\"url\": \"x\", \"sleep\": 2}}' --wait\n"
+                  f"  python3 -m meshkit status --watch\n"
+                  f"Press Ctrl-C here to stop it.", flush=True)
             stop = PipeEvent()       # set by signal handlers: takes no lock (adapters/wakeup.py)
             signal.signal(signal.SIGINT, lambda s, f: stop.set())
             signal.signal(signal.SIGTERM, lambda s, f: stop.set())
