@@ -181,6 +181,7 @@ class Brain(unittest.TestCase):
             self.assertEqual(self.claim("maint-node", wait=0.3), [])
             self.assertIn("mode `maintenance` dispatches nothing new", self.explain(tid)["reasons"])
             self.assertEqual(self.admin.call("GET", "/v1/status")["mode"], "maintenance")
+            self.assertEqual(self.admin.call("GET", "/v1/status")["mode_reason"], "operator: maintenance: test")
         finally:
             self.assertEqual(self.fleet.cli("mode", "normal").returncode, 0)
         self.assertEqual(wait_for(lambda: self.claim("maint-node", wait=1), 5)[0]["id"], tid)

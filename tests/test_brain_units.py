@@ -111,6 +111,13 @@ class Modes(unittest.TestCase):
             state = modes.next_mode(state, modes.wanted_mode(disk, errors, bool(shed and shed[0])), op)
             self.assertEqual(state.mode, want, f"step {i}: {state}")
 
+    def test_the_operators_reason_is_the_modes_reason(self):
+        cases = [("disk swap", "operator: maintenance: disk swap"), ("", "operator: maintenance")]
+        for given, want in cases:
+            with self.subTest(given=given):
+                state = modes.next_mode(modes.ModeState(), ("normal", "all checks good"), "maintenance", given)
+                self.assertEqual((state.mode, state.reason), ("maintenance", want))
+
 
 class HealAndInvariants(unittest.TestCase):
     def row(self, **kw):

@@ -34,11 +34,12 @@ def wanted_mode(disk_used_share: float | None, db_errors_in_a_row: int, memory_s
     return "normal", "all checks good"
 
 
-def next_mode(state: ModeState, wanted: tuple, operator: str | None) -> ModeState:
-    """One check. `operator` is "maintenance" while an operator holds the fleet."""
+def next_mode(state: ModeState, wanted: tuple, operator: str | None, operator_reason: str = "") -> ModeState:
+    """One check. `operator` is "maintenance" while an operator holds the fleet (with the
+    reason they gave, if any)."""
     want, why = wanted
     if operator == "maintenance":
-        return ModeState("maintenance", 0, "operator: maintenance")
+        return ModeState("maintenance", 0, "operator: maintenance" + (f": {operator_reason}" if operator_reason else ""))
     if state.mode == "maintenance":
         return ModeState(want, 0, f"operator ended maintenance; {why}")
     if SEVERITY[want] > SEVERITY[state.mode]:

@@ -160,6 +160,7 @@ class Brain:
 
     def _load_mode(self) -> None:
         self.operator_mode = self.store.meta("operator_mode", None)
+        self.operator_reason = self.store.meta("operator_reason", "")
         saved = self.store.meta("mode", "normal")
         self.mode_state = modes.ModeState(saved, 0, "restored at start")
         self.tasks.mode = saved
@@ -169,7 +170,7 @@ class Brain:
         before = self.mode_state.mode
         shed = self.memory_state() == "shed"
         self.mode_state = modes.next_mode(self.mode_state, modes.wanted_mode(used, self.db_errors, shed),
-                                          self.operator_mode)
+                                          self.operator_mode, self.operator_reason)
         self.tasks.mode = self.mode_state.mode
         if self.mode_state.mode != before:
             self.log.warning("mode_changed", mode=self.mode_state.mode, previous=before, reason=self.mode_state.reason)
@@ -185,9 +186,11 @@ class Brain:
         mode = body.get("mode")
         if mode not in OPERATOR_MODES:
             raise BadRequest(f"mode must be one of {', '.join(OPERATOR_MODES)}", field="mode")
+        reason = str(body.get("reason") or "")[:200]
         with self.store.tx() as tx:
             tx.set_meta("operator_mode", mode)
-        self.operator_mode = mode
+            tx.set_meta("operator_reason", reason)
+        self.operator_mode, self.operator_reason = mode, reason
         self.log.warning("operator_mode", mode=mode, actor=actor, reason=body.get("reason"))
         self.update_mode()
         return self.mode_view()
