@@ -2,19 +2,22 @@
 
 import unittest
 
-from meshkit.rules.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, allow, failed, retry_in, succeeded
+from meshkit.rules.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, allow, failed, probe, retry_in, succeeded
 
 
 def play(script, b=None):
     """Run a script of (now, event) and return [(allowed or None, state)] after each step.
 
-    events: "ask" (allow), "ok" (succeeded), "fail" (failed)."""
+    events: "ask" (allow), "probe" (probe), "ok" (succeeded), "fail" (failed)."""
     b = b or Breaker(threshold=3, cooldown=300)
     out = []
     for now, event in script:
         if event == "ask":
             ok, b = allow(b, now)
             out.append((ok, b.state))
+        elif event == "probe":
+            b = probe(b)
+            out.append((None, b.state))
         elif event == "ok":
             b = succeeded(b, now)
             out.append((None, b.state))
@@ -38,6 +41,14 @@ class BreakerTable(unittest.TestCase):
              [(None, CLOSED), (None, CLOSED), (None, OPEN), (False, OPEN), (True, HALF_OPEN)]),
             ("only one half-open try", [(0, "fail"), (0, "fail"), (0, "fail"), (300, "ask"), (300, "ask"), (301, "ask")],
              [(None, CLOSED), (None, CLOSED), (None, OPEN), (True, HALF_OPEN), (False, HALF_OPEN), (False, HALF_OPEN)]),
+            ("a probe before the cooldown ends: success closes",
+             [(0, "fail"), (0, "fail"), (0, "fail"), (5, "probe"), (5, "ok"), (6, "ask")],
+             [(None, CLOSED), (None, CLOSED), (None, OPEN), (None, HALF_OPEN), (None, CLOSED), (True, CLOSED)]),
+            ("a probe before the cooldown ends: failure opens it for a full cooldown from then",
+             [(0, "fail"), (0, "fail"), (0, "fail"), (5, "probe"), (5, "fail"), (304, "ask"), (305, "ask")],
+             [(None, CLOSED), (None, CLOSED), (None, OPEN), (None, HALF_OPEN), (None, OPEN), (False, OPEN),
+              (True, HALF_OPEN)]),
+            ("a probe of a closed breaker changes nothing", [(0, "probe")], [(None, CLOSED)]),
             ("probe success closes", [(0, "fail"), (0, "fail"), (0, "fail"), (300, "ask"), (301, "ok"), (302, "ask")],
              [(None, CLOSED), (None, CLOSED), (None, OPEN), (True, HALF_OPEN), (None, CLOSED), (True, CLOSED)]),
             ("probe failure reopens for a full cooldown",

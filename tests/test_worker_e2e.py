@@ -4,6 +4,7 @@ a worker killed with kill -9 mid-task loses its task to the other worker."""
 import signal
 import unittest
 
+from tests.test_ha import free_port
 from tests.test_worker_harness import (WorkerProc, close_fleet, dispatch, get_task, path_of, wait_for, wait_state,
                                        worker_fleet)
 
@@ -102,3 +103,18 @@ class FiftyTasks(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class WorkerFirst(unittest.TestCase):
+    def test_a_worker_started_before_its_supervisor_registers_within_poll_interval(self):
+        """systemd may start the worker first: its breaker opens (300 s cooldown) on the refused
+        connections, yet it registers within a poll_interval of the supervisor coming up."""
+        fleet = worker_fleet(worker__breaker_cooldown=300, worker__poll_interval=1, worker__retry_cap=30)
+        self.addCleanup(close_fleet, fleet)
+        port = free_port()
+        w = WorkerProc(fleet, "early", url=f"http://127.0.0.1:{port}").start(wait_registered=False)
+        w.wait_event("breaker_open", timeout=20)
+        fleet.start_supervisor(listen=f"127.0.0.1:{port}")
+        w.wait_event("registered", timeout=5)
+        tid = dispatch(fleet.client("admin"), "ok")
+        self.assertEqual(wait_state(fleet.client("admin"), tid, ("succeeded", "failed"))["state"], "succeeded")

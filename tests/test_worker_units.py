@@ -31,13 +31,15 @@ class FakeLink:
     def __init__(self, script=None):
         self.script = script or {}
         self.calls = []
+        self.probes = []
         self.healthy = True
 
     def retry_in(self):
         return 7.0
 
-    def call(self, method, path, body=None, timeout=None):
+    def call(self, method, path, body=None, timeout=None, probe=False):
         self.calls.append((path, body))
+        self.probes.append(probe)
         for prefix, answers in self.script.items():
             if path.startswith(prefix):
                 answer = answers.pop(0) if len(answers) > 1 else answers[0]
@@ -404,6 +406,37 @@ class LinkTest(unittest.TestCase):
         self.assertEqual(link.call("POST", "/x"), {"epoch": 1})
         self.assertTrue(link.healthy)
         self.assertEqual(a.calls, 4)
+
+
+    def test_a_probe_goes_through_an_open_breaker(self):
+        clock = FakeClock()
+        a = FakeClient("http://a", [ClientError("down")])
+        link = Link([a], Breaker(3, 300), clock)
+        for _ in range(3):
+            with self.assertRaises(ClientError):
+                link.call("POST", "/x")
+        clock.advance(5)
+        with self.assertRaises(ClientError):
+            link.call("POST", "/x", probe=True)         # sent (the 4th call), failed: open again
+        self.assertEqual((a.calls, link.retry_in()), (4, 300))
+        a.answers = [{"epoch": 1}]
+        self.assertEqual(link.call("POST", "/x", probe=True), {"epoch": 1})
+        self.assertTrue(link.healthy)
+
+
+class Unregistered(WorkerCase):
+    def test_until_registered_heartbeats_probe_and_retry_within_poll_interval(self):
+        w = self.worker({"/v1/heartbeat": [ClientError("refused")]}, retry_cap=60)
+        for _ in range(8):                  # the backoff alone would grow towards retry_cap (60 s)
+            w.heartbeat()
+            self.assertLessEqual(w.next_heartbeat - self.clock.monotonic(), 5)
+        self.assertTrue(all(w.link.probes))
+        w.link.script = {"/v1/heartbeat": [{"ok": True, "epoch": 1}]}
+        w.heartbeat()
+        self.assertTrue(w.registered.is_set())
+        w.link.script = {"/v1/heartbeat": [ClientError("refused")]}
+        w.heartbeat()                       # registered: an ordinary call, the breaker decides
+        self.assertEqual(w.link.probes[-1], False)
 
 
 class Stopping(WorkerCase):

@@ -31,6 +31,13 @@ def allow(b: Breaker, now: float) -> tuple:
     return False, b
 
 
+def probe(b: Breaker) -> Breaker:
+    """A caller that can't wait out the cooldown (a worker not registered yet: its supervisor
+    may just be starting) makes its call the half-open probe now; its outcome closes the
+    breaker or opens it again."""
+    return replace(b, state=HALF_OPEN) if b.state == OPEN else b
+
+
 def succeeded(b: Breaker, now: float) -> Breaker:
     return replace(b, state=CLOSED, failures=0)
 

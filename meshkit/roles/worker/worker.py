@@ -94,15 +94,20 @@ class Worker(JobRunner):
 
     def heartbeat(self) -> None:
         now = self.clock.monotonic()
+        # Not registered yet (just started, or the supervisor forgot us): it may be starting
+        # too, so look every poll_interval at most, through an open breaker as its probe,
+        # instead of waiting out a whole cooldown (300 s) with nothing to do.
+        unregistered = not self.registered.is_set()
         try:
-            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body())
+            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body(), probe=unregistered)
         except BreakerOpen as e:
             self.next_heartbeat = now + max(e.retry_in, 0.05)
             return
         except MeshkitError as e:
             self.hb_failures += 1
             delay = backoff.full_jitter(self.hb_failures, self.s.retry_base, self.s.retry_cap, self.rand())
-            self.next_heartbeat = now + min(self.s.heartbeat_interval, max(delay, 0.05))
+            cap = min(self.s.heartbeat_interval, self.s.poll_interval) if unregistered else self.s.heartbeat_interval
+            self.next_heartbeat = now + min(cap, max(delay, 0.05))
             self.log.warning("heartbeat_failed", error=e.message, retry_in=round(self.next_heartbeat - now, 2))
             return
         if self.hb_failures or not self.registered.is_set():
