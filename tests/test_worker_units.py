@@ -388,13 +388,18 @@ class LinkTest(unittest.TestCase):
             link.call("POST", "/x")
         self.assertEqual((b.calls, link.breaker.failures), (0, 0))
 
-    def test_breaker_stops_hammering_then_one_probe(self):
-        clock = FakeClock()
+    def tripped(self, clock):
+        """A link to one supervisor that is down, after the 3 failures that open its breaker."""
         a = FakeClient("http://a", [ClientError("down")])
         link = Link([a], Breaker(3, 300), clock)
         for _ in range(3):
             with self.assertRaises(ClientError):
                 link.call("POST", "/x")
+        return a, link
+
+    def test_breaker_stops_hammering_then_one_probe(self):
+        clock = FakeClock()
+        a, link = self.tripped(clock)
         for _ in range(5):
             with self.assertRaises(BreakerOpen):
                 link.call("POST", "/x")
@@ -410,11 +415,7 @@ class LinkTest(unittest.TestCase):
 
     def test_a_probe_goes_through_an_open_breaker(self):
         clock = FakeClock()
-        a = FakeClient("http://a", [ClientError("down")])
-        link = Link([a], Breaker(3, 300), clock)
-        for _ in range(3):
-            with self.assertRaises(ClientError):
-                link.call("POST", "/x")
+        a, link = self.tripped(clock)
         clock.advance(5)
         with self.assertRaises(ClientError):
             link.call("POST", "/x", probe=True)         # sent (the 4th call), failed: open again
