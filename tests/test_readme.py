@@ -7,6 +7,7 @@ import subprocess
 import unittest
 
 from tests.helpers import ROOT, Fleet
+from meshkit.rules.config import SCHEMA
 
 
 class ReadmeCurl(unittest.TestCase):
@@ -34,6 +35,14 @@ class ReadmeCurl(unittest.TestCase):
             self.assertEqual((task["payload"], task["state"]), ({"hello": 1}, "cancelled"))     # a POST without a body
         finally:
             fleet.close()
+
+
+class ReadmeKeys(unittest.TestCase):
+    def test_every_config_key_is_documented(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        missing = [k.name for k in SCHEMA if f"`{k.name}`" not in readme]
+        self.assertEqual(missing, [], "config keys the README does not name")
 
 
 if __name__ == "__main__":
