@@ -69,6 +69,7 @@ class Brain(unittest.TestCase):
             f.write("[kinds.important\npriority = 1\n")
         err = wait_for(lambda: self.admin.call("GET", "/v1/status")["priorities_error"], 5)
         self.assertIn("prio.toml", err)
+        self.assertIn(f"priorities file: {err}", self.fleet.cli("status").stdout)     # not only in --json
         self.assertEqual(self.task(self.dispatch("important"))["priority"], 25)
         with open(self.prio, "w") as f:
             f.write('[kinds.capped]\nmax_running = 1\n[kinds.important]\npriority = 26\n[kinds.flaky]\n'

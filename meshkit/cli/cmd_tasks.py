@@ -196,7 +196,10 @@ def status(args) -> int:
     if args.json:
         print_json(st)
         return 0
-    print(f"supervisor {st['url']}  role {st['role']}  epoch {st['epoch']}  mode {st['mode']}")
+    print(f"supervisor {st['url']}  role {st['role']}  epoch {st['epoch']}  mode {st['mode']}"
+          + (f" ({st['mode_reason']})" if st.get("mode") != "normal" and st.get("mode_reason") else ""))
+    if st.get("priorities_error"):
+        print(f"priorities file: {st['priorities_error']}")
     counts = "  ".join(f"{s} {c}" for s, c in st["tasks"].items() if c)
     print(f"tasks: {counts or 'none'}")
     print(f"{'NODE':<18} {'STATE':<6} {'SEEN':>5} {'RUN':>7} {'LOAD':>5} {'MEM':>6}  KINDS")
