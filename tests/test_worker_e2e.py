@@ -118,3 +118,18 @@ class WorkerFirst(unittest.TestCase):
         w.wait_event("registered", timeout=5)
         tid = dispatch(fleet.client("admin"), "ok")
         self.assertEqual(wait_state(fleet.client("admin"), tid, ("succeeded", "failed"))["state"], "succeeded")
+
+
+class CancelWhileIdleHeartbeat(unittest.TestCase):
+    def test_a_running_task_is_cancelled_within_poll_interval_not_the_idle_heartbeat(self):
+        """The worker was idle (next heartbeat 60 s away) when it claimed the task: the cancel
+        still reaches it with the next heartbeat, due within poll_interval of the start."""
+        fleet = worker_fleet(worker__heartbeat_interval=60, worker__poll_interval=1, supervisor__stale_after=120)
+        self.addCleanup(close_fleet, fleet)
+        fleet.start_supervisor()
+        admin = fleet.client("admin")
+        WorkerProc(fleet, "idle").start()
+        tid = dispatch(admin, "slow", {"sleep": 60})
+        wait_state(admin, tid, "running")
+        admin.call("POST", f"/v1/tasks/{tid}/cancel", {})
+        self.assertEqual(wait_state(admin, tid, ("cancelled", "succeeded", "failed"), timeout=10)["state"], "cancelled")
