@@ -133,3 +133,22 @@ class CancelWhileIdleHeartbeat(unittest.TestCase):
         wait_state(admin, tid, "running")
         admin.call("POST", f"/v1/tasks/{tid}/cancel", {})
         self.assertEqual(wait_state(admin, tid, ("cancelled", "succeeded", "failed"), timeout=10)["state"], "cancelled")
+
+
+class SupervisorBack(unittest.TestCase):
+    def test_the_fleet_is_back_within_poll_interval_of_a_restarted_supervisor(self):
+        """Down long enough for the worker's breaker to open (300 s cooldown): the heartbeat
+        probes every poll_interval, so work flows again within seconds of the restart."""
+        fleet = worker_fleet(worker__breaker_cooldown=300, worker__poll_interval=1, worker__heartbeat_interval=60,
+                             supervisor__stale_after=120)
+        self.addCleanup(close_fleet, fleet)
+        port = free_port()
+        fleet.start_supervisor(listen=f"127.0.0.1:{port}")
+        w = WorkerProc(fleet, "w", url=f"http://127.0.0.1:{port}").start()
+        fleet.supervisor.kill()
+        fleet.supervisor.wait(10)
+        w.wait_event("breaker_open", timeout=20)
+        fleet.start_supervisor(listen=f"127.0.0.1:{port}")
+        admin = fleet.client("admin")
+        tid = dispatch(admin, "ok")
+        self.assertEqual(wait_state(admin, tid, ("succeeded", "failed"), timeout=10)["state"], "succeeded")

@@ -86,8 +86,9 @@ class WorkerProcess(unittest.TestCase):
         time.sleep(max(0.0, 4.0 - (time.monotonic() - down_at)))
         failures = sum(w.count(e) for e in ("heartbeat_failed", "claim_failed", "result_retry", "task_not_started"))
         down_for = time.monotonic() - down_at
-        # closed: 3 failures open it; then at most one probe per cooldown (1 s) -- not one per retry_base (0.1 s)
-        self.assertLessEqual(failures, 3 + down_for / 1.0 + 3, w.tail(30))
+        # closed: 3 failures open it; then one heartbeat probe per poll_interval (0.5 s) and at
+        # most one other call per cooldown (1 s) -- not one per retry_base (0.1 s)
+        self.assertLessEqual(failures, 3 + down_for / 0.5 + down_for / 1.0 + 3, w.tail(30))
         self.fleet.start_supervisor(listen=f"127.0.0.1:{port}")
         for tid in ids:
             task = wait_state(self.admin, tid, ("succeeded", "failed"), 15)

@@ -425,8 +425,8 @@ class LinkTest(unittest.TestCase):
         self.assertTrue(link.healthy)
 
 
-class Unregistered(WorkerCase):
-    def test_until_registered_heartbeats_probe_and_retry_within_poll_interval(self):
+class Probing(WorkerCase):
+    def test_heartbeats_probe_and_retry_within_poll_interval_until_registered_or_the_breaker_closes(self):
         w = self.worker({"/v1/heartbeat": [ClientError("refused")]}, retry_cap=60)
         for _ in range(8):                  # the backoff alone would grow towards retry_cap (60 s)
             w.heartbeat()
@@ -436,8 +436,13 @@ class Unregistered(WorkerCase):
         w.heartbeat()
         self.assertTrue(w.registered.is_set())
         w.link.script = {"/v1/heartbeat": [ClientError("refused")]}
-        w.heartbeat()                       # registered: an ordinary call, the breaker decides
-        self.assertEqual(w.link.probes[-1], False)
+        for _ in range(8):
+            w.heartbeat()                   # registered, breaker closed: the usual backoff, up to 60 s
+        self.assertEqual(w.next_heartbeat - self.clock.monotonic(), 30)
+        w.link.healthy = False
+        w.heartbeat()                       # the breaker is open: look again within poll_interval
+        self.assertEqual(w.next_heartbeat - self.clock.monotonic(), 5)
+        self.assertTrue(all(w.link.probes))
 
 
 class Stopping(WorkerCase):

@@ -32,9 +32,9 @@ def allow(b: Breaker, now: float) -> tuple:
 
 
 def probe(b: Breaker) -> Breaker:
-    """A caller that can't wait out the cooldown (a worker not registered yet: its supervisor
-    may just be starting) makes its call the half-open probe now; its outcome closes the
-    breaker or opens it again."""
+    """A caller that looks for the other side coming back (a worker's heartbeat, every
+    poll_interval) makes its call the half-open probe now, before the cooldown ends; its
+    outcome closes the breaker or opens it again."""
     return replace(b, state=HALF_OPEN) if b.state == OPEN else b
 
 

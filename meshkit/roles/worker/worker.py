@@ -94,19 +94,23 @@ class Worker(JobRunner):
 
     def heartbeat(self) -> None:
         now = self.clock.monotonic()
-        # Not registered yet (just started, or the supervisor forgot us): it may be starting
-        # too, so look every poll_interval at most, through an open breaker as its probe,
-        # instead of waiting out a whole cooldown (300 s) with nothing to do.
-        unregistered = not self.registered.is_set()
+        # The heartbeat is the breaker's probe: while the breaker is open (claims and result
+        # sends wait) or we are not registered yet (just started: the supervisor may be
+        # starting too), it looks every poll_interval at most, so the fleet is back within
+        # that of the supervisor, not after a whole cooldown (300 s).
+        unregistered, was_open = not self.registered.is_set(), not self.link.healthy
         try:
-            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body(), probe=unregistered)
+            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body(), probe=True)
         except BreakerOpen as e:
             self.next_heartbeat = now + max(e.retry_in, 0.05)
             return
         except MeshkitError as e:
             self.hb_failures += 1
             delay = backoff.full_jitter(self.hb_failures, self.s.retry_base, self.s.retry_cap, self.rand())
-            cap = min(self.s.heartbeat_interval, self.s.poll_interval) if unregistered else self.s.heartbeat_interval
+            probe_every = min(self.s.heartbeat_interval, self.s.poll_interval)
+            if not self.link.healthy:        # the breaker is open: one probe per poll_interval, no faster
+                delay = probe_every
+            cap = probe_every if unregistered else self.s.heartbeat_interval
             self.next_heartbeat = now + min(cap, max(delay, 0.05))
             self.log.warning("heartbeat_failed", error=e.message, retry_in=round(self.next_heartbeat - now, 2))
             return
@@ -114,6 +118,8 @@ class Worker(JobRunner):
             self.log.info("registered", supervisor=self.link.url, epoch=answer.get("epoch"))
         self.hb_failures = 0
         self.registered.set()
+        if was_open:
+            self.slot_freed.set()     # the breaker closed: the claim loop stops waiting out its cooldown
         self.next_heartbeat = now + self.heartbeat_period()
         with self.cond:
             for tid in answer.get("cancel") or []:
@@ -163,6 +169,8 @@ class Worker(JobRunner):
                 self.wake.set()
                 return 0.0
             self.claim_failures += 1
+            if not self.link.healthy:
+                self.wake.set()      # the breaker opened: the control loop brings the heartbeat forward
             delay = backoff.full_jitter(self.claim_failures, self.s.retry_base, self.s.retry_cap, self.rand())
             self.log.warning("claim_failed", error=e.message, retry_in=round(delay, 2))
             return max(delay, 0.05)
@@ -196,6 +204,8 @@ class Worker(JobRunner):
         now = self.clock.monotonic()
         if self.aborted is not None or self.draining:
             return self._stopping_step(now)
+        if not self.link.healthy:      # the breaker is open: the heartbeat probes within poll_interval
+            self.next_heartbeat = min(self.next_heartbeat, now + self.s.poll_interval)
         if now >= self.next_heartbeat:
             self.heartbeat()
         delays = [self.next_heartbeat - now, self.sender.step()]
