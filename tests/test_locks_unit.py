@@ -125,6 +125,11 @@ class FileLockBasics(LockTestCase):
         self.assertIsNone(read_record(os.path.join(self.dir, "none.lock")))
         self.assertIn("unknown holder", describe_holder(None, 0))
         self.assertIn("pid 7", describe_holder({"host": "h", "pid": 7}, 0))
+        for held, ttl, past in ((10, 60, False), (61, 60, True), (61, None, False), (61, 0, False)):
+            with self.subTest(held=held, ttl=ttl):
+                text = describe_holder({"host": "h", "pid": 7, "acquired_at": 100, "ttl": ttl}, 100 + held)
+                self.assertIn(f"held {held}s", text)
+                self.assertEqual("past its TTL of 60s: `meshkit locks reap --kill` ends it" in text, past)
 
     def test_record_rewrite_is_in_place(self):
         with open(self.path, "w+b") as f:

@@ -241,6 +241,9 @@ class GuardRefusals(SyncCase):
         proc = self.sync(code=4)
         self.assertIn("does not exist", proc.stderr)
         self.assertIn("not mounted", proc.stderr)
+        self.assertIn(f"current still points to {self.first}", proc.stderr)
+        st = self.status()
+        self.assertEqual((st["last_result"], st["snapshot"], st["files"]), ("refused", self.first, len(self.good)))
         self.assert_nothing_changed()
 
     def test_mass_deletion(self):
@@ -337,12 +340,58 @@ class KilledAndLocked(SyncCase):
         self.assertFalse(os.path.exists(os.path.join(self.home, "sync", "memory.json")))
         self.sync()
 
+    def test_dest_lock_excludes_a_run_with_another_config(self):
+        """Cron's run and an operator's (another config, another locks.dir) share DEST:
+        the second one exits 75 naming the first and writes nothing there."""
+        good = self.make_agents(1, 1)
+        self.sync()
+        first = self.current()
+        write(os.path.join(self.src, "agent0", "memory", "note0.json"), '{"changed": 1}')
+        lock = FileLock(os.path.join(self.dest, ".meshkit-sync.lock"), purpose="a run with another config")
+        with lock.acquired(wait=0):
+            proc = self.sync(code=75)
+            self.assertIn("a run with another config", proc.stderr)
+            self.assertEqual((self.snapshots(), self.snapshots(".incomplete")), ([first], []))
+            self.assert_current(good, first)
+        self.sync()
+        self.assert_current(self.expected())
+
+    def test_lock_dir_that_cannot_be_made(self):
+        self.make_agents(1, 1)
+        self.sync()
+        first = self.current()
+        self.set_config('[locks]\ndir = "/dev/null/locks"\n')
+        proc = self.sync(code=5)
+        self.assertIn("/dev/null/locks", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        st = self.status()
+        self.assertEqual((st["last_result"], st["snapshot"]), ("failed", first))
+        self.assertEqual(self.current(), first)
+
+    def test_missing_current_adopts_the_newest_complete_snapshot(self):
+        """A run stopped between naming a validated snapshot and pointing current at it
+        (a full disk) leaves no current: the next run starts from that snapshot, not from
+        nothing (unchanged files are links to it, not a whole new copy)."""
+        self.make_agents(2, 2)
+        self.sync()
+        first = self.current()
+        os.unlink(os.path.join(self.dest, "current"))
+        write(os.path.join(self.src, "agent0", "memory", "note0.json"), '{"changed": 1}')
+        self.sync()
+        second = self.current()
+        self.assertNotEqual(second, first)
+        self.assert_current(self.expected())
+        same = os.path.join("agent1", "memory", "note1.json")
+        old, new = (os.path.join(self.dest, "snapshots", n, same) for n in (first, second))
+        self.assertEqual(os.stat(old).st_ino, os.stat(new).st_ino)
+
     def test_rsync_missing_and_vanished_warning(self):
         self.make_agents(1, 1)
         self.set_config('[sync]\nrsync = "/nonexistent/rsync"\n')
         proc = self.sync(code=5)
         self.assertIn("package `rsync`", proc.stderr)
         self.assertEqual(self.status()["last_result"], "failed")
+        self.assertEqual(self.status()["snapshot"], self.current())
         fake = os.path.join(self.tmp, "rsync24")
         write(fake, '#!/bin/sh\nrsync "$@"; rc=$?; [ $rc -eq 0 ] && exit 24; exit $rc\n')
         os.chmod(fake, 0o755)
@@ -363,3 +412,8 @@ class KilledAndLocked(SyncCase):
         self.sync()
         proc = self.sync("--job", "other", code=2)
         self.assertIn("holds the snapshots of job 'memory'", proc.stderr)
+        missing = os.path.join(self.tmp, "no-such-key")
+        proc = self.meshkit("sync", "memory", "--source", "someone@127.0.0.1:/srv", "--dest", self.dest,
+                            "--ssh-key", missing)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn(f"the ssh key {missing} (--ssh-key) does not exist", proc.stderr)

@@ -125,6 +125,9 @@ def describe_holder(rec, now: float) -> str:
     at = rec.get("acquired_at")
     if isinstance(at, (int, float)) and not isinstance(at, bool):
         extra.append(f"held {max(0, int(now - at))}s")
+        ttl = rec.get("ttl")
+        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 and now - at > ttl:
+            extra.append(f"past its TTL of {ttl:g}s: `meshkit locks reap --kill` ends it")
     if extra:
         parts.append("(" + ", ".join(extra) + ")")
     return " ".join(parts)

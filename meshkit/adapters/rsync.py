@@ -71,7 +71,8 @@ class RsyncRun(Record):
         said = [ln for ln in lines if not ln.startswith("rsync error:")][-2:] or lines[-1:]
         meaning = _EXPLAIN.get(self.code, "see `man rsync`, EXIT VALUES")
         over_ssh = any(isinstance(a, str) and a.startswith("ssh ") for a in self.argv)
-        text = f"rsync{' over ssh' if over_ssh else ''} exited {self.code}: {meaning}"
+        ended = f"was killed by signal {-self.code}" if self.code < 0 else f"exited {self.code}: {meaning}"
+        text = f"rsync{' over ssh' if over_ssh else ''} {ended}"
         return text + (": " + " | ".join(said) if said else "")
 
 

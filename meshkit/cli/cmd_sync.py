@@ -1,7 +1,9 @@
 """`meshkit sync memory|backup|list|restore|status`: validated rsync snapshots."""
 
 import argparse
+import contextlib
 import gc
+import os
 import sys
 
 from meshkit.adapters.locks import FileLock, hostname, lock_path
@@ -10,10 +12,11 @@ from meshkit.adapters.rsync import Rsync
 from meshkit.cli.common import (EXIT_FAILED, EXIT_LOCK_HELD, EXIT_OK, EXIT_USAGE, add_config_arg,
                                 fail, load_config, print_json)
 from meshkit.core.clock import REAL
-from meshkit.core.errors import BadRequest, ConfigError, LockHeld, NotFound, SyncError
+from meshkit.core.errors import BadRequest, ConfigError, LockHeld, MeshkitError, NotFound, SyncError
 from meshkit.roles.sync import views
 from meshkit.roles.sync.job import SyncJob
-from meshkit.rules.syncplan import JobSpec, job_problem
+from meshkit.roles.sync.store import SnapshotStore
+from meshkit.rules.syncplan import JobSpec, job_problem, parse_location
 from meshkit.rules.syncstatus import FAILURE
 
 EXIT_REFUSED = 4       # the deletion guard refused (source empty, missing, mass deletion)
@@ -141,7 +144,8 @@ def _ssh_args(q) -> None:
     q.add_argument("--ssh-port", type=_port, metavar="PORT", help="ssh port (config sync.ssh_port, 22)")
     q.add_argument("--ssh-key", metavar="PATH", help="ssh identity file (config sync.ssh_key)")
     q.add_argument("--ssh-option", action="append", metavar="OPT",
-                   help="extra ssh argument, e.g. -o UserKnownHostsFile=F (repeat; config sync.ssh_options)")
+                   help="extra ssh argument, written with = as it starts with a dash: "
+                        "--ssh-option=-oUserKnownHostsFile=F (repeat; config sync.ssh_options)")
 
 
 def _typed(conv, check, what):
@@ -173,13 +177,17 @@ def _pick(arg, cfg, key):
 
 def _rsync(args, cfg) -> Rsync:
     key = args.ssh_key if args.ssh_key is not None else cfg.path("sync.ssh_key")
+    remote = bool(getattr(args, "source", None)) and parse_location(args.source).remote
+    if remote and key and not os.path.isfile(key):      # ssh would warn, then say "Permission denied"
+        where = "--ssh-key" if args.ssh_key is not None else f"sync.ssh_key in {cfg.source or 'the config'}"
+        raise BadRequest(f"the ssh key {key} ({where}) does not exist or is not a file")
     return Rsync(program=cfg.get("sync.rsync"), ssh_port=_pick(args.ssh_port, cfg, "sync.ssh_port"),
                  ssh_key=key, ssh_options=list(cfg.get("sync.ssh_options")) + (args.ssh_option or []),
                  io_timeout=cfg.get("sync.io_timeout"), bwlimit=_pick(getattr(args, "bwlimit", None), cfg, "sync.bwlimit"))
 
 
 def _lock_path(cfg, job: str) -> str:
-    return lock_path(cfg.path("locks.dir"), f"sync-{job}", create_dir=True)
+    return lock_path(cfg.path("locks.dir"), f"sync-{job}")     # its directory: made by the run
 
 
 def _run(args, kind: str, fields) -> int:
@@ -270,22 +278,41 @@ def cmd_restore(args) -> int:
     cfg = load_config(args)
     try:
         owner = views.owner(args.dest)
-        lock = FileLock(_lock_path(cfg, owner.get("job", "restore")), ttl=cfg.get("locks.ttl"),
-                        purpose=f"sync restore {args.snapshot}")
-        with lock.acquired(wait=0):
+        purpose = f"sync restore {args.snapshot}"
+        lock = FileLock(lock_path(cfg.path("locks.dir"), f"sync-{owner.get('job', 'restore')}", create_dir=True),
+                        ttl=cfg.get("locks.ttl"), purpose=purpose)
+        with lock.acquired(wait=0), _dest_lock(args.dest, cfg.get("locks.ttl"), purpose):
             row, run = views.restore(_rsync(args, cfg), args.dest, args.snapshot, args.target,
                                      delete=args.delete, dry_run=args.dry_run, force=args.force)
     except (BadRequest, NotFound) as e:
         return fail(e.message, EXIT_USAGE)
     except LockHeld as e:
         return fail(f"a sync of {args.dest} is running: {e.message}", EXIT_LOCK_HELD)
-    except SyncError as e:
+    except (SyncError, MeshkitError) as e:
         return fail(f"restore failed: {e.message}", EXIT_COPY)
     if args.dry_run:
         sys.stdout.write(run.stdout.decode("utf-8", "replace"))
     print(f"{'would restore' if args.dry_run else 'restored'} {row.name} ({row.state}, {row.files} files) "
           f"to {args.target}")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _dest_lock(dest: str, ttl: float, purpose: str):
+    """DEST's own lock, so no run with another config rotates the snapshot away meanwhile; on
+    a DEST this machine cannot write (a read-only backup mount) no run can either: none."""
+    lock = FileLock(SnapshotStore(dest).lock_path(), ttl=ttl, purpose=purpose)
+    try:
+        lock.acquire(wait=0)
+    except LockHeld:
+        raise
+    except MeshkitError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def cmd_status(args) -> int:

@@ -25,7 +25,7 @@ import stat
 from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.rsync import run_alert
-from meshkit.core.errors import BadRequest, LockHeld, SyncError
+from meshkit.core.errors import BadRequest, LockHeld, MeshkitError, SyncError
 from meshkit.core.record import Record
 from meshkit.roles.sync.check import FirstCopy, validate
 from meshkit.roles.sync.store import SnapshotStore
@@ -88,29 +88,47 @@ class SyncJob:
     def step(self) -> Outcome:
         """One run. Raises LockHeld if another run of the job holds the lock."""
         start = self.clock.monotonic()
-        lock = FileLock(self.lock_path, ttl=self.lock_ttl,
-                        purpose=f"sync {self.spec.kind} {self.spec.job}", clock=self.clock)
-        try:
-            lock.acquire(wait=0)
-        except LockHeld as e:
-            self.log.warning("sync_run", job=self.spec.job, kind=self.spec.kind, result="lock_held",
-                             error=e.message, duration=round(self.clock.monotonic() - start, 3))
-            raise
+        purpose = f"sync {self.spec.kind} {self.spec.job}"
+        # The job's lock (in locks.dir, by name: `meshkit locks list` shows it) and DEST's own:
+        # two runs with different configs (cron's and an operator's) have different lock
+        # dirs, but they share DEST, and only one of them may write into it.
+        locks = [FileLock(path, ttl=self.lock_ttl, purpose=purpose, clock=self.clock)
+                 for path in (self.lock_path, self.store.lock_path())]
         try:
             try:
+                for lock in locks:
+                    os.makedirs(os.path.dirname(lock.path) or ".", exist_ok=True)
+                    _take(lock)
                 out = self._sync()
+            except LockHeld as e:
+                self.log.warning("sync_run", job=self.spec.job, kind=self.spec.kind, result="lock_held",
+                                 error=e.message, duration=round(self.clock.monotonic() - start, 3))
+                raise
             except (SyncError, OSError) as e:
                 out = Outcome("failed", error=getattr(e, "message", None) or _os_error(e))
+            if out.result in ("failed", "refused") and out.snapshot is None:
+                self._keeps_current(out)
             out.seconds = round(self.clock.monotonic() - start, 3)
             event = self._record(out)
         finally:
-            lock.release()
+            for lock in reversed(locks):
+                if lock.locked:
+                    lock.release()
         self._log(out)
         if event and self.alert:
             why = run_alert(self.alert, json.dumps(event, sort_keys=True).encode())
             if why:
                 self.log.warning("sync_alert_failed", job=self.spec.job, error=why)
         return out
+
+    def _keeps_current(self, out: Outcome) -> None:
+        """A run that failed before it looked at DEST still reports the copy current keeps."""
+        try:
+            out.snapshot = self.store.current()
+            if out.snapshot:
+                out.files = self._file_count(out.snapshot)
+        except (SyncError, OSError):
+            out.snapshot = None
 
     def _sync(self) -> Outcome:
         spec, store, loc = self.spec, self.store, self.loc
@@ -119,6 +137,8 @@ class SyncJob:
                                             "directory (not mounted?); refusing to sync")
         store.ensure(spec.owner())
         current = store.current()
+        if current is None:
+            current = self._adopt()
         names = store.names()
         resume, stale = incomplete_plan(names["incomplete"])
         filters, prune = filter_args(spec.include, spec.exclude, spec.kind == "memory")
@@ -226,6 +246,17 @@ class SyncJob:
         self._drop_invalid(names["invalid"], out)
         return out
 
+    def _adopt(self) -> str | None:
+        """No current but a complete snapshot (a run stopped between naming it and pointing
+        current at it, e.g. on a full disk): every complete snapshot was validated, so
+        current points at the newest one and this run goes on from there, not from nothing."""
+        name = self.store.newest_complete()
+        if name is not None:
+            self.store.point_current(name)
+            self.log.warning("sync_adopted", job=self.spec.job, snapshot=name,
+                             reason="current was missing; it now points at the newest complete snapshot")
+        return name
+
     def _count(self, work, current, linked: int, changes) -> tuple[int, int]:
         """(files, bytes) of a snapshot made by linking current and copying changes,
         from current's record and the changed paths, without walking 10,000 files."""
@@ -292,6 +323,17 @@ class SyncJob:
                      files=out.files, changed=out.changed, deleted=out.deleted, bytes=out.bytes,
                      duration=out.seconds, error=out.error, removed=out.removed or None,
                      warnings=out.warnings or None)
+
+
+def _take(lock: FileLock) -> None:
+    """Acquire without waiting: LockHeld if another run holds it, SyncError if the lock file
+    cannot be made (its directory is read-only or missing)."""
+    try:
+        lock.acquire(wait=0)
+    except LockHeld:
+        raise
+    except MeshkitError as e:
+        raise SyncError(e.message) from None
 
 
 def _os_error(e: OSError) -> str:

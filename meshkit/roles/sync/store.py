@@ -8,6 +8,7 @@
       invalid/20250102T035405Z/                  a copy that failed validation (evidence)
       invalid/20250102T035405Z.report.json       why
       .meshkit-sync.json                         which job owns DEST
+      .meshkit-sync.lock                         held by the run (or restore) using DEST
 
 A snapshot directory is renamed to its final name only after rsync succeeded
 and the copy was validated; `current` moves only after that.
@@ -23,6 +24,7 @@ from meshkit.core.errors import SyncError
 from meshkit.rules.syncrotate import INCOMPLETE, parse_name
 
 SNAPSHOTS, INVALID, CURRENT, MARKER = "snapshots", "invalid", "current", ".meshkit-sync.json"
+DEST_LOCK = ".meshkit-sync.lock"
 _NOFOLLOW, _NONBLOCK = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_NONBLOCK", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _NONBLOCK
 
@@ -131,6 +133,14 @@ class SnapshotStore:
                 if parse_name(name):
                     out[k].append(name)
         return out
+
+    def newest_complete(self) -> str | None:
+        """The newest complete (validated) snapshot, whether or not current points to it."""
+        return max(self.names()["complete"], key=parse_name, default=None)
+
+    def lock_path(self) -> str:
+        """DEST's own lock file: runs that share DEST exclude each other whatever their config."""
+        return os.path.join(self.dest, DEST_LOCK)
 
     def meta(self, name: str) -> dict | None:
         return _record(self.path(name) + ".json")
@@ -251,12 +261,16 @@ class SnapshotStore:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        os.symlink(f"{SNAPSHOTS}/{name}", tmp)
         try:
-            os.replace(tmp, self.link)
-        except OSError:
-            os.unlink(tmp)
-            raise
+            os.symlink(f"{SNAPSHOTS}/{name}", tmp)
+            try:
+                os.replace(tmp, self.link)
+            except OSError:
+                os.unlink(tmp)
+                raise
+        except OSError as e:
+            raise SyncError(f"cannot point {self.link} at {SNAPSHOTS}/{name}: {e.strerror or e}; the snapshot "
+                            "is complete and the next run points current at it") from None
         _fsync_dir(self.dest)
 
     def set_aside(self, name: str, report: dict) -> str:
