@@ -105,3 +105,21 @@ def rejoin_plan(own_head: int, promoted_from, promoted_head) -> dict:
             return {"discard_after": None, "since": promoted_head, "refetch": False}
         return {"discard_after": promoted_from, "since": promoted_head, "refetch": True}
     return {"discard_after": 0, "since": 0, "refetch": False}
+
+
+SETTLE_MARGIN = 1.0     # s past the former primary's lease (clock rates, the answer's way back)
+
+
+def settle_until(now: float, lease: float, pull_in_flight: bool, last_answer, started: float):
+    """A standby just promoted while its former primary may still be serving: until when it
+    must take no work, unless the former primary confirms it follows (monotonic time; None:
+    no wait). The former primary's lease (primary_lease) is renewed by each of our pulls
+    that reaches it, so it runs out `lease` after the last one: a pull still in flight may
+    arrive now; a pull that was answered arrived before its answer (last_answer); before our
+    first answer, a pull of our previous run arrived before we started. Without a lease
+    (0) nothing bounds the former primary: no wait (it stops when it hears the new epoch)."""
+    if lease <= 0:
+        return None
+    renewed = now if pull_in_flight else (last_answer if last_answer is not None else started)
+    until = renewed + lease + SETTLE_MARGIN
+    return until if until > now else None

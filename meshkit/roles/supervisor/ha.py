@@ -23,7 +23,7 @@ import threading
 
 from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ApiError, BadRequest, ClientError, MeshkitError, NotActive
-from meshkit.roles.supervisor import rejoin
+from meshkit.roles.supervisor import promotion, rejoin
 from meshkit.rules import failover
 from meshkit.rules.auth import pick_key
 
@@ -49,6 +49,11 @@ class Ha:
         self.handing_over = None        # primary: URL it is handing over to (takes no work, still feeds)
         self.fenced = None              # primary: why it started fenced (takes no work until settled)
         self.discarded = []             # standby: task numbers dropped at rejoin (logged once caught up)
+        self.settling = None            # primary just promoted: why it takes no work yet (promotion.py)
+        self.settle_deadline = None     # ... until this monotonic time at the latest
+        self.started = self.clock.monotonic()
+        self.pull_in_flight = False     # standby: a pull is on its way (it may renew the primary's lease)
+        self.pull_answered = None       # standby: monotonic time of the last pull the primary answered
         self.promoted_base = (self._meta_int("promoted_from"), self._meta_int("promoted_head"))
         self._stop = threading.Event()
         self._cond = threading.Condition()       # the standby's acknowledged position moved
@@ -68,7 +73,7 @@ class Ha:
 
     # -- identity ------------------------------------------------------------------
 
-    def set_identity(self, role: str, epoch: int, peer: str | None, why: str) -> None:
+    def set_identity(self, role: str, epoch: int, peer: str | None, why: str, settle=(None, None)) -> None:
         before = (self.sup.role, self.sup.epoch)
         with self.store.tx(replication=True) as tx:
             tx.set_meta("role", role)
@@ -94,6 +99,7 @@ class Ha:
             # _write_guard from here on if we stopped being primary.
             self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
             self.fenced = None
+            self.settling, self.settle_deadline = settle
             if role == "standby":
                 self.handing_over = None
         self.log.warning("role_changed", supervisor_role=role, epoch=epoch, previous=list(before), peer=peer,
@@ -160,8 +166,8 @@ class Ha:
         if self.handing_over:
             raise NotActive(f"this supervisor is handing over to {self.handing_over}; retry there",
                             active=self.handing_over)
-        if self.fenced:
-            raise NotActive(self.fenced, active=None)
+        if self.fenced or self.settling:
+            raise NotActive(self.fenced or self.settling, active=None)
         if self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease:
             raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
                             active=None)
@@ -169,7 +175,7 @@ class Ha:
     def accepting(self) -> bool:
         """May work be handed out now? A claim long-poll asks before every try, so a supervisor
         demoted, handing over or past its lease while the claim waits leases nothing."""
-        return (self.sup.role == "primary" and not self.handing_over and not self.fenced
+        return (self.sup.role == "primary" and not self.handing_over and not self.fenced and not self.settling
                 and not (self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease))
 
     def _write_guard(self) -> None:
@@ -200,8 +206,13 @@ class Ha:
 
     def cycle(self) -> None:
         """Primary with a peer: if the peer was promoted past us, follow it; if we started
-        fenced and the peer now answers as our standby, serve."""
-        if self.sup.role != "primary" or not self.peer:
+        fenced and the peer now answers as our standby, serve. Just promoted: serve once the
+        former primary follows us or its lease has run out (promotion.py)."""
+        if self.sup.role != "primary":
+            return
+        if self.settling and self.clock.monotonic() >= self.settle_deadline:
+            self.settled(self.sup.epoch, "the former primary's primary_lease has run out")
+        if not self.peer:
             return
         peer = self._peer_health()
         verdict = failover.peer_verdict(self.sup.epoch, peer)
@@ -210,6 +221,18 @@ class Ha:
                               f"peer {self.peer} is primary with higher epoch {peer['epoch']}")
         elif verdict == "serve" and self.fenced:
             self._unfence(f"peer {self.peer} answers as a standby at epoch {peer['epoch']}")
+        elif verdict == "serve" and self.settling:
+            self.settled(self.sup.epoch, f"the former primary {self.peer} answers as a standby at epoch {peer['epoch']}")
+
+    def settled(self, epoch: int, why: str) -> None:
+        """A promotion is settled: the former primary no longer takes work (promotion.py)."""
+        with self.store.tx():           # under the lock a claim or write takes
+            was = self.settling if self.sup.epoch == epoch else None
+            if was:
+                self.settling = self.settle_deadline = None
+        if was:
+            self.log.warning("promotion_settled", epoch=epoch, reason=why)
+            self.sup.tasks.wake_all()
 
     # -- primary side: the changelog feed --------------------------------------------------
 
@@ -295,8 +318,16 @@ class Ha:
                     rejoin.rejoin(self, client, PULL_WAIT)
                     continue
                 since = int(self.store.meta("replicated_seq", "0"))
-                got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
-                                  timeout=PULL_WAIT + 10)
+                self.pull_in_flight = True
+                try:
+                    got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
+                                      timeout=PULL_WAIT + 10)
+                    self.pull_answered = self.clock.monotonic()
+                except ApiError:
+                    self.pull_answered = self.clock.monotonic()     # it reached the primary
+                    raise
+                finally:
+                    self.pull_in_flight = False
                 if self.sup.role != "standby":
                     return
                 self.store.apply_changes(got["changes"], got["last"])
@@ -319,15 +350,25 @@ class Ha:
 
     def promote(self, body: dict, actor: str) -> dict:
         """Standby -> primary with an epoch past every one seen."""
-        if self.sup.role == "primary" and not self.fenced:
+        if self.sup.role == "primary" and (self.settling or not self.fenced):
             if self.handing_over:
                 self.log.warning("handover_cancelled", to=self.handing_over, actor=actor)
                 self.handing_over = None
             return self.view()
         # A standby, or a primary that started fenced: take the role past every epoch seen.
         seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
-        self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}")
+        settle = (None, None)
+        if self.sup.role == "standby" and self.peer:
+            now = self.clock.monotonic()
+            until = failover.settle_until(now, self.lease, self.pull_in_flight, self.pull_answered, self.started)
+            if until is not None:
+                settle = (f"just promoted: taking work once the former primary {self.peer} follows or its "
+                          f"primary_lease has run out (at most {until - now:.0f} s)", until)
+        was_standby = self.sup.role == "standby"
+        self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}", settle)
         self.contact()
+        if was_standby and self.peer:
+            promotion.start(self, seen + 1)
         return self.view()
 
     def demote(self, body: dict, actor: str) -> dict:
@@ -348,7 +389,8 @@ class Ha:
     def view(self) -> dict:
         now = self.clock.time()
         out = {"role": self.sup.role, "epoch": self.sup.epoch, "peer": self.peer, "replication": self.mode,
-               "head": self.store.head_seq(), "handing_over": self.handing_over, "fenced": self.fenced}
+               "head": self.store.head_seq(), "handing_over": self.handing_over, "fenced": self.fenced,
+               "settling": self.settling}
         if self.sup.role == "standby":
             have = int(self.store.meta("replicated_seq", "0"))
             lag = max(0, self.primary_head - have)

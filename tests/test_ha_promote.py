@@ -1,0 +1,84 @@
+"""A standby promoted while its former primary still serves (the watchdog lost sight of a
+healthy primary, or an operator promoted by hand): never two supervisors taking work.
+Real supervisor processes on loopback."""
+
+import os
+import signal
+import time
+import unittest
+
+from meshkit.rules import failover
+from tests.test_ha_modes import Pair
+from tests.test_worker_harness import wait_for
+
+LEASE = 3.0
+
+
+def dispatch_status(client) -> int:
+    return client.request("POST", "/v1/tasks", {"kind": "x"})[0]
+
+
+class SettleUntil(unittest.TestCase):
+    def test_table(self):
+        m = failover.SETTLE_MARGIN
+        cases = [  # now, lease, pull in flight, last answer, started -> until
+            (100.0, 0.0, True, 99.0, 0.0, None),             # no lease: nothing bounds the former primary
+            (100.0, 5.0, True, 99.0, 0.0, 100.0 + 5 + m),     # a pull on its way may renew it now
+            (100.0, 5.0, False, 98.0, 0.0, 98.0 + 5 + m),     # answered pulls arrived before their answer
+            (100.0, 5.0, False, 90.0, 0.0, None),             # its lease ran out already
+            (100.0, 5.0, False, None, 97.0, 97.0 + 5 + m),    # no answer yet: our previous run's pull
+            (100.0, 5.0, False, None, 50.0, None),
+        ]
+        for now, lease, flying, answered, started, want in cases:
+            with self.subTest(now=now, lease=lease, flying=flying, answered=answered, started=started):
+                self.assertEqual(failover.settle_until(now, lease, flying, answered, started), want)
+
+
+class PromotedWhilePrimaryServes(Pair):
+    primary_overrides = {"supervisor__primary_lease": LEASE}
+
+    def setUp(self):
+        super().setUp()
+        self.new = self.fleet.client(url=self.s_url)
+        wait_for(lambda: self.replication(self.p_url).get("lag_changes") == 0, 10, "the standby to attach")
+
+    def test_the_former_primary_is_told_to_follow_before_the_new_one_takes_work(self):
+        self.new.call("POST", "/v1/promote", {})
+        took = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            new, old = dispatch_status(self.new), dispatch_status(self.admin)
+            if took is None and new == 201:
+                took = time.monotonic()
+            if took is not None:
+                self.assertEqual(old, 409, "the former primary still took work after the new one did")
+                if time.monotonic() - took > 1.0:
+                    break
+        self.assertIsNotNone(took, "the promoted standby never took work")
+        self.assertEqual(self.health(self.p_url)["role"], "standby")
+
+    def test_a_former_primary_that_cannot_be_told_is_waited_out(self):
+        os.kill(self.p.pid, signal.SIGSTOP)        # up, holding the lease our pulls renewed, silent
+        try:
+            t0 = time.monotonic()
+            view = self.new.call("POST", "/v1/promote", {})
+            self.assertEqual(view["role"], "primary")
+            self.assertIn("just promoted", view["settling"])
+            status, body = self.new.request("POST", "/v1/tasks", {"kind": "x"})
+            self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+            epoch = view["epoch"]
+
+            def takes_work():       # as the watchdog would, name it active (renews its own lease)
+                self.new.call("GET", f"/v1/ha/check?active={epoch}")
+                return dispatch_status(self.new) == 201
+            wait_for(takes_work, LEASE + 8, "the promoted standby to take work")
+            self.assertGreaterEqual(time.monotonic() - t0, LEASE - 0.5)
+        finally:
+            os.kill(self.p.pid, signal.SIGCONT)
+        # the former primary's lease ran out while it was stopped: it takes nothing, then follows
+        self.assertEqual(dispatch_status(self.admin), 409)
+        wait_for(lambda: self.health(self.p_url)["role"] == "standby", 10, "the former primary to follow")
+
+
+if __name__ == "__main__":
+    unittest.main()
