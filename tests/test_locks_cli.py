@@ -9,6 +9,7 @@ import time
 import unittest
 
 from meshkit.adapters.locks import FileLock, hostname, kernel_says_held, read_record
+from meshkit.core.errors import LockHeld
 from tests.test_locks_procs import ROOT, ProcTestCase, read_line, wait_until
 
 SLEEPER = "import time; print('ready', flush=True); time.sleep(30)"
@@ -88,6 +89,13 @@ class LocksRun(ProcTestCase):
         p.wait(10)
         self.assertFalse(kernel_says_held(path))           # the kernel freed it at once
         self.assertEqual(read_record(path), before)         # the record stays for the reaper
+        # ... but the command still works under it: nobody else gets the lock meanwhile
+        r = self.meshkit("locks", "run", "--dir", self.locks, "--name", "job", "--wait", "0.3", "--", "true")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertIn(f"(pid {child}) still runs", r.stderr)
+        self.assertIn("locks reap --kill", r.stderr)
+        self.assertRaises(LockHeld, FileLock(path).acquire, 0)
+        self.assertEqual(read_record(path), before)         # not overwritten by the refused ones
         reaped, r = self.locks_json("reap")
         e = reaped["job"]
         self.assertEqual((e["state"], e["orphan"], e["action"]), ("stale-record", True, "alert"), e)

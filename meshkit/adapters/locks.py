@@ -23,6 +23,7 @@ import os
 
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest, LockHeld, MeshkitError
+from meshkit.rules import lockview
 from meshkit.rules.lockview import name_problem
 
 RECORD_VERSION = 1
@@ -133,6 +134,19 @@ def describe_holder(rec, now: float) -> str:
     return " ".join(parts)
 
 
+def orphaned_command(rec) -> int | None:
+    """The pid of the command a dead holder ran under this lock (`locks run`) if it is still
+    running on this host (same start time): it works as if it held the lock, so the lock is
+    not free until it ends. None otherwise (no record, no command, another host or boot)."""
+    child = rec.get("child") if lockview.is_local(rec, hostname(), boot_id()) else None
+    if not isinstance(child, dict) or not isinstance(child.get("pid"), int) or child["pid"] == os.getpid():
+        return None
+    pid = child["pid"]
+    alive = pid > 0 and pid_alive(pid)
+    return pid if lockview.same_process(child.get("start_time"), alive, process_start_time(pid) if alive else None) \
+        else None
+
+
 def write_record(fd: int, rec) -> None:
     """Overwrite the file's content in place (never a new inode): write, then cut."""
     data = b"" if rec is None else (json.dumps(rec, sort_keys=True) + "\n").encode()
@@ -239,15 +253,18 @@ class FileLock:
                 else:
                     got = try_flock(fd)
                 if got and _same_inode(fd, self.path):
-                    self._fd, fd = fd, None
-                    self._write_own_record()
-                    return self
+                    orphan = orphaned_command(read_record(self.path))
+                    if orphan is None:
+                        self._fd, fd = fd, None
+                        self._write_own_record()
+                        return self
+                    got = False     # the dead holder's command still works under this lock: held
             finally:
                 if fd is not None:
                     os.close(fd)
             if got:
                 continue    # the path was replaced under us: lock the file that is there now
-            left = deadline - self.clock.monotonic()
+            left = _POLL_MAX if deadline is None else deadline - self.clock.monotonic()
             if left <= 0:
                 raise self._held_error()
             self.clock.sleep(min(pause, left))
@@ -255,6 +272,11 @@ class FileLock:
 
     def _held_error(self) -> LockHeld:
         rec = read_record(self.path)
+        orphan = orphaned_command(rec)
+        if orphan is not None:
+            return LockHeld(f"lock {self.path} is free, but the command its holder ran (pid {orphan}) still runs: "
+                            f"its holder, {describe_holder(rec, self.clock.time())}, was killed; "
+                            "`meshkit locks reap --kill` ends the command", path=self.path, holder=rec)
         return LockHeld(f"lock {self.path} is held by {describe_holder(rec, self.clock.time())}",
                         path=self.path, holder=rec)
 
