@@ -8,6 +8,7 @@ import time
 import unittest
 
 from meshkit.rules import failover
+from tests.helpers import meshkit
 from tests.test_ha_modes import Pair
 from tests.test_worker_harness import wait_for
 
@@ -66,6 +67,9 @@ class PromotedWhilePrimaryServes(Pair):
             self.assertIn("just promoted", view["settling"])
             status, body = self.new.request("POST", "/v1/tasks", {"kind": "x"})
             self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+            r = meshkit("status", "--config", self.fleet.config, "--supervisor", self.s_url)
+            self.assertIn("not taking work yet: just promoted", r.stdout)
+            self.assertIn(f"peer {self.p_url}", r.stdout)
             epoch = view["epoch"]
 
             def takes_work():       # as the watchdog would, name it active (renews its own lease)

@@ -148,7 +148,7 @@ def show_task(args) -> int:
     print("history:")
     for h in task["history"]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"]))
-        print(f"  {stamp}  {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason'][:60]}")
+        print(f"  {stamp}  {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason']}")
     if task.get("result"):
         print("result:")
         print(json.dumps(task["result"], indent=2, sort_keys=True))
@@ -182,6 +182,20 @@ def cancel(args) -> int:
     return 0
 
 
+def _replication_lines(r: dict) -> list:
+    """What plain `status` says of HA: only when there is a peer or something is wrong."""
+    out = []
+    if r.get("peer"):
+        lag = r.get("lag_changes")
+        out.append(f"replication {r.get('replication', '?')}: peer {r['peer']}, "
+                   + (f"lag {lag} changes" if lag is not None else "lag unknown"))
+    for key, what in (("fenced", "FENCED"), ("settling", "not taking work yet"),
+                      ("handing_over", "handing over to"), ("replication_error", "replication error")):
+        if r.get(key):
+            out.append(f"{what}: {r[key]}")
+    return out
+
+
 def status(args) -> int:
     if getattr(args, "watch", None):
         while True:       # Ctrl-C ends it (main turns KeyboardInterrupt into exit 130)
@@ -200,6 +214,11 @@ def status(args) -> int:
           + (f" ({st['mode_reason']})" if st.get("mode") != "normal" and st.get("mode_reason") else ""))
     if st.get("priorities_error"):
         print(f"priorities file: {st['priorities_error']}")
+    for line in _replication_lines(st.get("replication") or {}):
+        print(line)
+    for q in st.get("quarantined") or []:
+        print(f"quarantined kind {q.get('kind')}: {q.get('reason') or 'failing'} "
+              f"(its tasks wait; meshkit kinds resume {q.get('kind')})")
     counts = "  ".join(f"{s} {c}" for s, c in st["tasks"].items() if c)
     print(f"tasks: {counts or 'none'}")
     print(f"{'NODE':<18} {'STATE':<6} {'SEEN':>5} {'RUN':>7} {'LOAD':>5} {'MEM':>6}  KINDS")
