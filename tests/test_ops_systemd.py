@@ -154,6 +154,8 @@ class Verify(unittest.TestCase):
             self.assertIn(os.path.join(out, "meshkit-supervisor.service"), printed)
             self.assertIn(f"ReadWritePaths={os.path.join(d, 'data')}",
                           open(os.path.join(out, "meshkit-supervisor.service")).read())
+            # the watchdog writes its state file (default: next to the config), nothing else
+            self.assertIn(f"ReadWritePaths={d} ", open(os.path.join(out, "meshkit-watchdog.service")).read())
             verify(self, printed)
 
 

@@ -32,7 +32,7 @@ PYTHON_RE = re.compile(r"^(Exec\w+=[-@:+!]*)(?:/usr/bin/env\s+)?(?:/usr(?:/local
 WRITABLE = {
     "supervisor": ("supervisor.data_dir",),
     "worker": ("worker.work_dir", "locks.dir"),
-    "watchdog": ("supervisor.data_dir",),
+    "watchdog": ("watchdog.state_file",),     # a file: its directory (written atomically)
     "sync-memory": ("sync.status_dir", "locks.dir"),
     "sync-backup": ("sync.status_dir", "locks.dir"),
 }
@@ -117,7 +117,8 @@ def render_unit(text: str, python: str, root: str, config: str | None, home: str
 
 
 def writable_dirs(role: str, cfg: Config) -> list:
-    dirs = [cfg.path(key) for key in WRITABLE[role]]
+    dirs = [os.path.dirname(cfg.path(key)) if key.endswith("_file") and cfg.path(key) else cfg.path(key)
+            for key in WRITABLE[role]]
     return list(dict.fromkeys(d for d in dirs if d))
 
 

@@ -8,6 +8,7 @@ from meshkit.adapters.log import Logger
 from meshkit.adapters.wakeup import PipeEvent
 from meshkit.cli.common import add_config_arg, load_config, print_json
 from meshkit.core.clock import REAL
+from meshkit.core.errors import ConfigError
 from meshkit.rules.auth import pick_key
 from meshkit.roles.watchdog.watchdog import Watchdog
 
@@ -71,6 +72,10 @@ def run(args) -> int:
             for k, v in out.items():
                 print(f"{k}: {v}")
         return 0 if out.get("lost", 0) == 0 else 1
+    problem = wd.writable_problem()
+    if problem:
+        raise ConfigError(wd.cfg.source, "watchdog.state_file", "a file the watchdog can write",
+                          f"{wd.state_path} ({problem})")
     stop = PipeEvent()       # set by signal handlers: takes no lock (adapters/wakeup.py)
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())

@@ -7,11 +7,12 @@ Its view lives in a state file written atomically, re-read every step, so a rest
 does not flap and `watchdog failback` from the CLI is seen at once."""
 
 import json
+import os
 import subprocess
 
 from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.client import SignedClient
-from meshkit.core.errors import ApiError, ClientError, MeshkitError
+from meshkit.core.errors import ApiError, ClientError, ConfigError, MeshkitError
 from meshkit.rules import failover
 
 CATCH_UP_TIMEOUT = 30.0
@@ -23,10 +24,13 @@ class Watchdog:
         self.urls = {"primary": cfg.get("watchdog.primary").rstrip("/"), "standby": cfg.get("watchdog.standby").rstrip("/")}
         for name, url in self.urls.items():
             if not url.startswith("http://"):
-                raise MeshkitError(f"{cfg.source or 'config'}: watchdog.{name}: expected a supervisor URL "
-                                   f"(http://HOST:PORT), found {url!r}")
+                raise ConfigError(cfg.source, f"watchdog.{name}", "a supervisor URL (http://HOST:PORT)", repr(url))
+        if self.urls["primary"] == self.urls["standby"]:
+            raise ConfigError(cfg.source, "watchdog.standby", "the other supervisor's URL, not the primary's",
+                              repr(self.urls["standby"]))
         self.keys = keys
         self.state_path = cfg.path("watchdog.state_file")
+        self._unsaved = None        # the view, when the state file could not be written
         self.interval = float(cfg.get("watchdog.interval"))
 
     def client(self, node: str, timeout: float | None = None) -> SignedClient:
@@ -39,6 +43,8 @@ class Watchdog:
     def state(self) -> dict:
         """The saved view; with none (first start, the file lost or unreadable) a new one from
         both supervisors' answers, so a stale former primary is never named active."""
+        if self._unsaved is not None:      # the file is behind: the view in memory is the truth
+            return dict(self._unsaved)
         try:
             saved = read_json(self.state_path)
         except (OSError, ValueError) as e:
@@ -52,7 +58,28 @@ class Watchdog:
         return state
 
     def save(self, state: dict) -> None:
-        write_json(self.state_path, state, mode=0o644)
+        """Write the view; if the file can't be written (disk full, read-only) keep watching with
+        the view in memory, say so, and write it at the next chance."""
+        try:
+            write_json(self.state_path, state, mode=0o644)
+        except OSError as e:
+            if self._unsaved is None:
+                self.log.error("state_unwritable", path=self.state_path, error=e.strerror or str(e),
+                               reason="keeping the view in memory; a restart now would rebuild it")
+            self._unsaved = dict(state)
+            return
+        if self._unsaved is not None:
+            self.log.warning("state_written", path=self.state_path)
+        self._unsaved = None
+
+    def writable_problem(self) -> str | None:
+        """Why the state file could not be written, checked before the loop starts."""
+        where = os.path.dirname(self.state_path) or "."
+        if not os.path.isdir(where):
+            return f"{where} is not a directory"
+        if not os.access(where, os.W_OK):
+            return f"{where} is not writable by this user (systemd: add it to ReadWritePaths)"
+        return None
 
     def check(self, node: str, timeout: float | None = None, active_epoch: int | None = None):
         """The node's deep check (answers, DB writable, role, epoch), or None. With active_epoch
