@@ -133,8 +133,10 @@ class RejoinAfterAsyncLoss(Loopback):
         # answer can carry several: it reads the rows when it wakes).
         missing = [tid for tid in lost if tid not in self.tags(self.s_url)]
         self.assertGreaterEqual(len(missing), 3, missing)
-        on_b = [self.dispatch(self.s_url, f"new{i}") for i in range(2)]         # reuses ids A gave the lost ones
-        self.assertEqual(on_b, missing[:2])
+        on_b = [self.dispatch(self.s_url, f"new{i}") for i in range(2)]
+        # ... with ids past every one A may have given out: the lost ones stay unknown (404)
+        self.assertTrue(all(int(tid[1:]) > 1_000_000 for tid in on_b), on_b)
+        self.assertEqual(self.client(self.s_url).request("GET", f"/v1/tasks/{missing[0]}")[0], 404)
 
         a, a_log = self.start("primary")                         # follows B, discarding what B never got
         self.assertEqual(self.replication(self.p_url)["role"], "standby")
@@ -148,7 +150,8 @@ class RejoinAfterAsyncLoss(Loopback):
         self.assertGreater(discarded[0]["since"], 0, discarded)
         self.assertGreaterEqual(discarded[0]["fetched"], 1, discarded)
         wait_for(lambda: events(a_log, "rejoin_lost_tasks"), 10, "the loss report")
-        self.assertEqual(events(a_log, "rejoin_lost_tasks")[0]["task_ids"], missing[2:])  # the others are B's now
+        report = events(a_log, "rejoin_lost_tasks")[0]
+        self.assertEqual((report["level"], report["task_ids"]), ("warning", missing))
         want = self.tags(self.s_url)
         self.assertEqual(self.tags(self.p_url), want)
 
@@ -170,6 +173,26 @@ class RejoinAfterAsyncLoss(Loopback):
         # B had all A wrote since B's promotion: it keeps its rows and pulls only what is new.
         self.assertIsNone(events(b_log, "rejoined")[-1].get("discard_after"))     # [0]: its first start
         self.assertEqual(events(b_log, "rejoin_discarded"), [])
+
+
+class LossReport(unittest.TestCase):
+    def test_an_id_that_names_another_task_now_counts_as_lost(self):
+        class Ha:           # what report_discarded reads: the store's tasks, the log
+            pass
+        rows = {1: "trace-a", 2: "other-trace", 4: "trace-d"}     # the primary's tasks, by number
+        ha = Ha()
+        ha.store = type("S", (), {"read": staticmethod(lambda sql, ns: [{"n": n, "trace_id": rows[n]}
+                                                                         for n in ns if n in rows])})()
+        out = io.StringIO()
+        ha.log = Logger("supervisor", stream=out)
+        # ours: t1 (the primary has it: replaced), t2 (the primary's t2 is another task: lost,
+        # the id reused), t3 (unknown there: lost), t4 (only its history changed: replaced)
+        ha.discarded = [(1, "trace-a"), (2, "trace-b"), (3, "trace-c"), (4, None)]
+        rejoin.report_discarded(ha)
+        line = json.loads(out.getvalue())
+        self.assertEqual((line["level"], line["lost"], line["task_ids"], line["reused_ids"], line["replaced"]),
+                         ("warning", 2, ["t2", "t3"], ["t2"], 2))
+        self.assertEqual(ha.discarded, [])
 
 
 class WriteGuard(unittest.TestCase):

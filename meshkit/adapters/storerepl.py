@@ -138,8 +138,8 @@ class Replicated:
         from `since` (one transaction). The deleted rows are what the new primary never
         received; without `rows`, a pull from 0 brings back its version of any it has. Meta
         rows are not deleted: the primary's overwrite them. Returns {"rows": {table: n},
-        "tasks": [task n, ...]}."""
-        deleted, tasks = {}, set()
+        "tasks": [task n, ...], "traces": {task n: trace id of the task row deleted}}."""
+        deleted, tasks, traces = {}, set(), {}
         with self.tx(replication=True) as tx:
             self.cache.clear()
             if discard_after is not None:
@@ -152,9 +152,11 @@ class Replicated:
                         continue
                     if e["tbl"] in ("tasks", "history", "deps", "results"):
                         tasks.add(row["n"] if e["tbl"] == "tasks" else row["task"])
+                    if e["tbl"] == "tasks":
+                        traces[row["n"]] = row["trace_id"]
                     tx.execute(f"DELETE FROM {e['tbl']} WHERE rowid=?", (e["rid"],))
                     deleted[e["tbl"]] = deleted.get(e["tbl"], 0) + 1
             self._apply_rows(tx, rows or [])
             tx.set_meta("replicated_seq", since)
             tx.execute("DELETE FROM meta WHERE key='rejoin'")
-        return {"rows": deleted, "tasks": sorted(tasks)}
+        return {"rows": deleted, "tasks": sorted(tasks), "traces": traces}

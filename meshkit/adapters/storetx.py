@@ -140,6 +140,15 @@ class Tx:
                      (epoch << FENCE_EPOCH_SHIFT,))
         self.cache.pop("fence", None)
 
+    def skip_task_ids(self, gap: int) -> None:
+        """This supervisor becomes primary: its next task numbers start `gap` past the highest
+        it has seen, so a task its former primary created in the async window (and this one
+        never received) is not given the same id as a new one here: that id stays unknown
+        (404), never names another task."""
+        self.execute("INSERT INTO sqlite_sequence(name, seq) SELECT 'tasks', COALESCE(MAX(n), 0) FROM tasks "
+                     "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='tasks')")
+        self.execute("UPDATE sqlite_sequence SET seq=seq+? WHERE name='tasks'", (gap,))
+
     def any_waiting(self) -> bool:
         """Whether any task waits for others (the index of waiting tasks is empty, mostly)."""
         got = self.cache.get("waiting")

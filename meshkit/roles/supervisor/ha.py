@@ -28,6 +28,7 @@ from meshkit.rules import failover
 from meshkit.rules.auth import pick_key
 
 PULL_WAIT = 5.0
+TASK_ID_GAP = 1_000_000     # task ids skipped at a promotion (storetx.skip_task_ids)
 
 
 class Ha:
@@ -94,6 +95,7 @@ class Ha:
                 tx.set_meta("promoted_head", self.promoted_base[1])
                 tx.execute("DELETE FROM meta WHERE key='rejoin'")
                 tx.fence_floor(epoch)       # never a fencing number the former primary may have used
+                tx.skip_task_ids(TASK_ID_GAP)   # nor a task id
             # Changed while holding the store lock: a claim transaction sees the old role
             # and commits before this, or sees the new one; any other write is refused by
             # _write_guard from here on if we stopped being primary.

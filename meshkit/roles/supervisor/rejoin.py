@@ -23,7 +23,7 @@ def rejoin(ha, client, wait: float) -> None:
         if ha.sup.role != "standby":
             return
     done = ha.store.rejoin(plan["discard_after"], since, rows)
-    ha.discarded = done["tasks"]
+    ha.discarded = [(n, done["traces"].get(n)) for n in done["tasks"]]
     fields = dict(peer=ha.peer, own_head=head, promoted_from=got.get("promoted_from"),
                   discard_after=plan["discard_after"], since=since, rows=done["rows"],
                   fetched=None if rows is None else len(rows),
@@ -53,13 +53,17 @@ def fetch_rows(client, keys: list):
 def report_discarded(ha) -> None:
     """Caught up after a rejoin: which dropped tasks the primary does not have (lost in the
     async window) and how many it has in its own version."""
-    ns, ha.discarded = ha.discarded, []
-    have = set()
+    dropped, ha.discarded = dict(ha.discarded), []
+    ns = list(dropped)
+    have = {}
     for i in range(0, len(ns), 500):
         chunk = ns[i:i + 500]
-        have |= {r["n"] for r in ha.store.read(f"SELECT n FROM tasks WHERE n IN ({','.join('?' * len(chunk))})",
-                                               chunk)}
-    lost = [f"t{n}" for n in ns if n not in have]
+        have.update((r["n"], r["trace_id"]) for r in ha.store.read(
+            f"SELECT n, trace_id FROM tasks WHERE n IN ({','.join('?' * len(chunk))})", chunk))
+    # Lost: the primary has no task by that number, or another task (another trace id) has it.
+    lost = [n for n in ns if n not in have or (dropped[n] is not None and dropped[n] != have[n])]
+    reused = [f"t{n}" for n in lost if n in have]
     log = ha.log.warning if lost else ha.log.info
-    log("rejoin_lost_tasks", lost=len(lost), task_ids=lost[:200], replaced=len(have),
+    log("rejoin_lost_tasks", lost=len(lost), task_ids=[f"t{n}" for n in lost][:200], reused_ids=reused[:200] or None,
+        replaced=len(ns) - len(lost),
         reason="tasks this node had acknowledged or changed that the active supervisor never received")
