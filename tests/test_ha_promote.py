@@ -84,5 +84,19 @@ class PromotedWhilePrimaryServes(Pair):
         wait_for(lambda: self.health(self.p_url)["role"] == "standby", 10, "the former primary to follow")
 
 
+class CorrectedPeer(Pair):
+    def test_a_peer_corrected_in_the_config_wins_over_the_remembered_one(self):
+        self.fleet.stop(self.s)
+        wrong = "http://127.0.0.1:1"
+        self.fleet.start_supervisor("--standby-of", wrong, config=self.s_config, listen=self.s_url[7:])
+        self.assertEqual(self.replication(self.s_url)["peer"], wrong)
+        self.fleet.stop(self.fleet.supervisor)
+        self.s = self.start("standby")          # its config names the right primary
+        self.assertEqual(self.replication(self.s_url)["peer"], self.p_url)
+        tid = self.admin.call("POST", "/v1/tasks", {"kind": "x"})["task"]["id"]
+        wait_for(lambda: self.fleet.client(url=self.s_url).request("GET", f"/v1/tasks/{tid}")[0] == 200, 10,
+                 "the standby to replicate from the corrected peer")
+
+
 if __name__ == "__main__":
     unittest.main()

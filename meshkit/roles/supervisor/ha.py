@@ -35,7 +35,9 @@ class Ha:
     def __init__(self, sup, peer: str | None):
         self.sup = sup
         self.store, self.cfg, self.clock, self.log = sup.store, sup.cfg, sup.clock, sup.log
-        self.peer = (peer or self.store.meta("peer") or self.cfg.get("supervisor.peer") or "").rstrip("/") or None
+        # --standby-of, else the config (an operator who corrects a wrong peer there is obeyed),
+        # else the one remembered (a config without a peer: the pair it was joined to).
+        self.peer = (peer or self.cfg.get("supervisor.peer") or self.store.meta("peer") or "").rstrip("/") or None
         self.mode = self.cfg.get("supervisor.replication")
         self.lease = float(self.cfg.get("supervisor.primary_lease"))
         self.last_contact = self.clock.monotonic()
