@@ -8,7 +8,9 @@ import time
 import unittest
 
 from meshkit.rules import failover
-from tests.helpers import meshkit
+from meshkit.adapters import keyfile
+from tests.helpers import Fleet, meshkit
+from tests.test_ha import free_port
 from tests.test_ha_modes import Pair
 from tests.test_worker_harness import wait_for
 
@@ -96,6 +98,27 @@ class CorrectedPeer(Pair):
         tid = self.admin.call("POST", "/v1/tasks", {"kind": "x"})["task"]["id"]
         wait_for(lambda: self.fleet.client(url=self.s_url).request("GET", f"/v1/tasks/{tid}")[0] == 200, 10,
                  "the standby to replicate from the corrected peer")
+
+
+class PeerWithOtherKeys(unittest.TestCase):
+    def test_a_standby_without_our_keys_does_not_lift_the_start_fence(self):
+        pp, ps = free_port(), free_port()
+        p_url, s_url = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{ps}"
+        fleet = Fleet(supervisor__cycle=0.2, supervisor__peer=s_url)
+        self.addCleanup(fleet.close)
+        other_keys = os.path.join(fleet.dir, "other.keys")
+        keyfile.create(other_keys)          # as from a separate `meshkit init`
+        s_config = fleet.other_config("standby", supervisor__role="standby", supervisor__peer=p_url,
+                                      auth__keys_file=other_keys)
+        fleet.start_supervisor(listen=p_url[7:])
+        fleet.start_supervisor(config=s_config, listen=s_url[7:])
+        admin = fleet.client(url=p_url)
+        time.sleep(1.5)                     # several cycles: the peer answers "standby" on /health
+        status, body = admin.request("POST", "/v1/tasks", {"kind": "x"})
+        self.assertEqual((status, body["error"]["code"]), (409, "not_active"))
+        self.assertIn("started fenced", body["error"]["message"])
+        log = open(os.path.join(fleet.dir, "supervisor-0.log")).read()
+        self.assertIn('"event":"peer_refuses_us"', log)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class Ha:
         self.started = self.clock.monotonic()
         self.pull_in_flight = False     # standby: a pull is on its way (it may renew the primary's lease)
         self.pull_answered = None       # standby: monotonic time of the last pull the primary answered
+        self._peer_error = None         # why the last signed check of the peer failed
         self.promoted_base = (self._meta_int("promoted_from"), self._meta_int("promoted_head"))
         self._stop = threading.Event()
         self._cond = threading.Condition()       # the standby's acknowledged position moved
@@ -152,11 +153,17 @@ class Ha:
             self.sup.tasks.wake_all()
 
     def _peer_health(self):
+        """The peer's role and epoch from its signed check (not the open /health: a node that
+        says "standby" but does not hold our keys, so could never replicate us, settles nothing)."""
         try:
-            status, body = self.client().request("GET", "/health", timeout=3)
-            return body if status == 200 and isinstance(body, dict) else None
-        except ClientError:
-            return None
+            body, error = self.client().call("GET", "/v1/ha/check", timeout=3), None
+        except (ApiError, ClientError) as e:
+            body, error = None, e.message
+            if isinstance(e, ApiError) and e.status in (401, 403) and error != self._peer_error:
+                self.log.warning("peer_refuses_us", peer=self.peer, error=error,
+                                 reason="the peer answers but refuses this supervisor's key: not the same keys file?")
+        self._peer_error = error
+        return body if isinstance(body, dict) else None
 
     # -- serving rules ----------------------------------------------------------------
 
