@@ -22,12 +22,12 @@ Fencing rules, each enforced here:
 import threading
 
 from meshkit.adapters.client import SignedClient
-from meshkit.core.errors import ApiError, BadRequest, ClientError, MeshkitError, NotActive
-from meshkit.roles.supervisor import promotion, rejoin
+from meshkit.core.errors import ApiError, BadRequest, ClientError, NotActive
+from meshkit.roles.supervisor import promotion, pull
+from meshkit.roles.supervisor.pull import PULL_WAIT
 from meshkit.rules import failover
 from meshkit.rules.auth import pick_key
 
-PULL_WAIT = 5.0
 TASK_ID_GAP = 1_000_000     # task ids skipped at a promotion (storetx.skip_task_ids)
 
 
@@ -317,47 +317,8 @@ class Ha:
     def _start_puller(self) -> None:
         if self._puller and self._puller.is_alive():
             return
-        self._puller = threading.Thread(target=self._pull_loop, name="replicate", daemon=True)
+        self._puller = threading.Thread(target=pull.pull_loop, args=(self,), name="replicate", daemon=True)
         self._puller.start()
-
-    def _pull_loop(self) -> None:
-        client = None
-        while not self._stop.is_set() and self.sup.role == "standby":
-            try:
-                client = client if client and client.url == self.peer else self.client()
-                if self.store.meta("rejoin") is not None:
-                    rejoin.rejoin(self, client, PULL_WAIT)
-                    continue
-                since = int(self.store.meta("replicated_seq", "0"))
-                self.pull_in_flight = True
-                try:
-                    got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
-                                      timeout=PULL_WAIT + 10)
-                    self.pull_answered = self.clock.monotonic()
-                except ApiError:
-                    self.pull_answered = self.clock.monotonic()     # it reached the primary
-                    raise
-                finally:
-                    self.pull_in_flight = False
-                if self.sup.role != "standby":
-                    return
-                self.store.apply_changes(got["changes"], got["last"])
-                self.primary_head = got["head"]
-                self.pulled_at = self.clock.monotonic()
-                if got["last"] >= got["head"]:
-                    self.caught_up_at = self.clock.time()
-                    if self.discarded:
-                        rejoin.report_discarded(self)
-                if got["epoch"] > self.sup.epoch and got["role"] == "primary":
-                    with self.store.tx(replication=True) as tx:
-                        tx.set_meta("peer_epoch", got["epoch"])
-                self.pull_error = None
-            except (MeshkitError, KeyError, TypeError, ValueError) as e:
-                message = getattr(e, "message", repr(e))
-                if message != self.pull_error:
-                    self.log.warning("replication_failed", peer=self.peer, error=message)
-                self.pull_error = message
-                self._stop.wait(1.0)
 
     def promote(self, body: dict, actor: str) -> dict:
         """Standby -> primary with an epoch past every one seen."""

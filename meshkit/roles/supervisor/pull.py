@@ -1,0 +1,49 @@
+"""The standby's side of replication: long-poll the primary's changelog and apply it (one
+thread, started by Ha while the role is standby). A former primary rejoins first (rejoin.py).
+Each pull also records whether it may have reached the primary (it renews that primary's
+lease: promotion.py counts from it)."""
+
+from meshkit.core.errors import ApiError, MeshkitError
+from meshkit.roles.supervisor import rejoin
+
+PULL_WAIT = 5.0
+
+
+def pull_loop(ha) -> None:
+    client = None
+    while not ha._stop.is_set() and ha.sup.role == "standby":
+        try:
+            client = client if client and client.url == ha.peer else ha.client()
+            if ha.store.meta("rejoin") is not None:
+                rejoin.rejoin(ha, client, PULL_WAIT)
+                continue
+            since = int(ha.store.meta("replicated_seq", "0"))
+            ha.pull_in_flight = True
+            try:
+                got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
+                                  timeout=PULL_WAIT + 10)
+                ha.pull_answered = ha.clock.monotonic()
+            except ApiError:
+                ha.pull_answered = ha.clock.monotonic()     # it reached the primary
+                raise
+            finally:
+                ha.pull_in_flight = False
+            if ha.sup.role != "standby":
+                return
+            ha.store.apply_changes(got["changes"], got["last"])
+            ha.primary_head = got["head"]
+            ha.pulled_at = ha.clock.monotonic()
+            if got["last"] >= got["head"]:
+                ha.caught_up_at = ha.clock.time()
+                if ha.discarded:
+                    rejoin.report_discarded(ha)
+            if got["epoch"] > ha.sup.epoch and got["role"] == "primary":
+                with ha.store.tx(replication=True) as tx:
+                    tx.set_meta("peer_epoch", got["epoch"])
+            ha.pull_error = None
+        except (MeshkitError, KeyError, TypeError, ValueError) as e:
+            message = getattr(e, "message", repr(e))
+            if message != ha.pull_error:
+                ha.log.warning("replication_failed", peer=ha.peer, error=message)
+            ha.pull_error = message
+            ha._stop.wait(1.0)
