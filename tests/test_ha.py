@@ -99,6 +99,7 @@ class Failover(unittest.TestCase):
                 self.assertTrue(low < fences[int(tid[1:])] < (epoch + 1) << 32, (epoch, tid, fences[int(tid[1:])]))
         st = meshkit("watchdog", "status", "--config", self.wd_config, "--json")
         self.assertIn('"active": "primary"', st.stdout)
+        self.assertEqual(st.returncode, 0, st.stderr)
 
 
 if __name__ == "__main__":

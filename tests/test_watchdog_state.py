@@ -42,6 +42,13 @@ class StateFile(unittest.TestCase):
             r = meshkit("watchdog", "status", "--config", config(d, **{"watchdog.primary": ""}), timeout=30)
             self.assertEqual(r.returncode, 2, r.stderr)
 
+    def test_status_exits_1_when_the_active_supervisor_does_not_answer(self):
+        with tempfile.TemporaryDirectory() as d:
+            meshkit("init", "--dir", d, "--force")
+            r = meshkit("watchdog", "status", "--config", config(d), timeout=30)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("primary  http://127.0.0.1:1: no answer", r.stdout)
+
     def test_a_state_file_that_stops_being_writable_keeps_the_view_in_memory(self):
         with tempfile.TemporaryDirectory() as d:
             path = config(d)

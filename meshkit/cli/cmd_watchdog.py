@@ -61,9 +61,12 @@ def run(args) -> int:
                   + ("  READY FOR FAILBACK" if st["ready_for_failback"] else ""))
             for node in ("primary", "standby"):
                 c = out[node]
-                what = f"{c['role']} epoch {c['epoch']}, lag {c.get('lag_changes')} changes" if c else "no answer"
+                lag = c.get("lag_changes") if c else None
+                what = (f"{c['role']} epoch {c['epoch']}" + (f", lag {lag} changes" if lag is not None else "")
+                        if c else "no answer")
                 print(f"  {node:<8} {wd.urls[node]}: {what}")
-        return 0
+        # For monitoring: 1 when the supervisor the watchdog considers active does not answer.
+        return 0 if out[out["state"]["active"]] else 1
     if args.action in ("failback", "drill"):
         out = wd.failback() if args.action == "failback" else wd.drill()
         if args.json:
