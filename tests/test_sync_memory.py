@@ -115,6 +115,12 @@ class FirstSyncAndChanges(SyncCase):
         self.assertEqual(report["checked"], report["files"])
         self.assertEqual(report["files"], len(self.expected()))
         self.assertIn("validation failed", proc.stderr)
+        # Still bad at the next runs: with no current each invalid copy is whole, so only
+        # the newest is kept (with a current they are links, and sync.keep_invalid are kept)
+        for _ in range(2):
+            self.sync(code=1)
+        [newest] = self.invalid()
+        self.assertGreater(newest, aside)
         for path in data:
             os.unlink(os.path.join(self.src, path))
         self.sync()

@@ -232,7 +232,9 @@ class SyncJob:
             out.error = (f"validation failed: {first['path']}: {first['problem']}"
                          + (f" (and {len(out.problems) - 1} more)" if len(out.problems) > 1 else "")
                          + f"; copy kept in {out.aside}")
-            self._drop_invalid(names["invalid"] + [name], out)
+            # Without a current copy each invalid one is a whole copy, not links to current:
+            # keep only the newest as evidence (a source that stays bad would fill the disk).
+            self._drop_invalid(names["invalid"] + [name], out, None if current else 1)
             return out
         store.commit(name, meta)
         store.point_current(name)
@@ -294,8 +296,9 @@ class SyncJob:
             return n
         return len(self.store.walk(self.store.path(name)))
 
-    def _drop_invalid(self, invalid, out) -> None:
-        for old in invalid_plan(invalid, self.spec.keep_invalid):
+    def _drop_invalid(self, invalid, out, keep: int | None = None) -> None:
+        keep = self.spec.keep_invalid if keep is None else min(keep, self.spec.keep_invalid)
+        for old in invalid_plan(invalid, keep):
             self.store.remove("invalid", old)
             out.removed.append(f"invalid/{old}")
 
