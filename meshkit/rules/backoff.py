@@ -11,3 +11,14 @@ def ceiling(attempt: int, base: float, cap: float) -> float:
 def full_jitter(attempt: int, base: float, cap: float, rand: float) -> float:
     """`rand` in [0, 1) is injected so the decision is a pure function."""
     return ceiling(attempt, base, cap) * min(max(rand, 0.0), 1.0)
+
+
+def wake_in(remaining: float, next_due, now: float, slack: float = 0.01) -> float:
+    """How long a claim that found nothing may wait: until its own deadline (`remaining` s),
+    or until the earliest backoff among the queued tasks it could take ends (`next_due`,
+    wall time like `now`; None: no task is backing off), plus `slack` so that the claim that
+    wakes finds the task due. Never negative."""
+    remaining = max(0.0, remaining)
+    if next_due is None:
+        return remaining
+    return min(remaining, max(0.0, next_due - now) + slack)

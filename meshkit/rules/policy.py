@@ -25,6 +25,9 @@ from meshkit.core.errors import ConfigError
 CLASS_NAMES = ("P0", "P1", "P2", "P3")
 DEFAULT_CLASSES = {"P0": 30, "P1": 20, "P2": 0}
 DEFAULT_TRANSIENT_PATTERNS = ("429", "connection reset", "Connection reset", "temporarily unavailable")
+# The error a worker reports (ended_by "signal") for the attempts it ends because it is itself
+# stopping: a second SIGTERM/Ctrl-C, or drain_timeout passed (roles/worker/jobs.py).
+WORKER_SHUTDOWN = "the worker is shutting down"
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,19 @@ def is_transient(ended_by: str, exit_code, output: str, error, kind: KindPolicy)
         return True
     text = (output or "") + "\n" + (error or "")
     return any(p and p in text for p in kind.transient_patterns)
+
+
+def stopped_by_worker(ended_by: str, error) -> bool:
+    """The attempt was ended by its own worker shutting down: nothing the kind did."""
+    return ended_by == "signal" and error == WORKER_SHUTDOWN
+
+
+def kind_verdict(outcome: str, ended_by: str, exit_code, output: str, error, kind: KindPolicy):
+    """What an attempt's end does to its kind's count of failures in a row (quarantine):
+    "reset" (it succeeded), "count" (a failure that is the kind's), or None: a transient
+    failure, or one its worker caused by shutting down, neither counts nor resets."""
+    if outcome == "succeeded":
+        return "reset"
+    if stopped_by_worker(ended_by, error) or is_transient(ended_by, exit_code, output, error, kind):
+        return None
+    return "count"

@@ -86,3 +86,18 @@ def _filtered(tx: Tx, kind: str, caps: list, now: float):
     return tx.cursor(f"SELECT {_COLUMNS} FROM tasks WHERE state='queued' AND kind=? AND not_before<=?"
                      " AND (requires='[]' OR NOT EXISTS (SELECT 1 FROM json_each(tasks.requires)"
                      f" WHERE value NOT IN ({cap_marks}))) ORDER BY rank DESC", (kind, now, *caps))
+
+
+def next_due(tx: Tx, kinds: list, now: float):
+    """The earliest `not_before` after `now` among queued tasks of these kinds, or None: when
+    a claim that found nothing must look again (a failed attempt requeued with a backoff
+    wakes the waiting claims while its backoff still runs, and nothing changes when it ends).
+    Asked only by a claim about to wait; it reads the queued tasks of the node's kinds (the
+    queue index), as the claim that found nothing has just done."""
+    kinds = list(dict.fromkeys(kinds))
+    if not kinds:
+        return None
+    marks = ",".join("?" * len(kinds))
+    row = tx.one(f"SELECT MIN(not_before) AS due FROM tasks WHERE state='queued' AND kind IN ({marks})"
+                 " AND not_before>?", (*kinds, now))
+    return None if row is None else row["due"]

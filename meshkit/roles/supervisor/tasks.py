@@ -15,10 +15,11 @@ from meshkit.core.errors import BadRequest, Conflict, InvalidTransition, StaleFe
 from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
-from meshkit.rules.policy import Policy, is_transient
+from meshkit.rules.policy import Policy, kind_verdict
 from meshkit.roles.supervisor import queue
 
 MAX_WAIT = 60.0
+CANCEL_NOTE = "cancel requested by "     # + actor [+ ": " + reason]: the history note of a running task's cancel
 # What a result needs of its task's row (and transition() with it): not the payload.
 _RESULT_COLUMNS = "n, kind, requires, state, fence, node, attempts, max_attempts, cancel_requested, trace_id"
 
@@ -100,9 +101,19 @@ class Tasks:
                 return []
             if leased or remaining <= 0 or self.draining:
                 return leased
+            timeout = self._wait_time(node, remaining)
             with self.cond:
                 if self.generation == generation and not self.draining:
-                    self.cond.wait(remaining)
+                    self.cond.wait(timeout)
+
+    def _wait_time(self, node: str, remaining: float) -> float:
+        """How long a claim that found nothing waits for a wake: at most `remaining`, and no
+        longer than until the earliest backoff of a queued task of its kinds ends (nothing
+        notifies when a `not_before` passes). Only on the path where the claim waits."""
+        now = self.clock.time()
+        with self.store.tx() as tx:
+            due = queue.next_due(tx, self._node_info(tx, node)[0].get("kinds", []), now)
+        return backoff.wake_in(remaining, due, now)
 
     def _claim_once(self, node: str, want: int):
         """The leased tasks (maybe none), or None when the node has no free slot."""
@@ -258,7 +269,12 @@ class Tasks:
                 row = self._fenced_row(tx, tid, node, fence)     # raises StaleFence
             to, reason = fsm.after_result(body["outcome"], ended_by, row["attempts"], row["max_attempts"],
                                           bool(row["cancel_requested"]))
-            if body.get("error"):
+            asked = self._cancel_reason(tx, n) if to == "cancelled" and row["cancel_requested"] else None
+            if asked:
+                reason += f": {asked}"
+                if body.get("error") and body["error"] != "cancelled":
+                    reason += f" (the attempt ended: {body['error'][:200]})"
+            elif body.get("error"):
                 reason += f": {body['error'][:200]}"
             report = {k: body.get(k) for k in ("outcome", "ended_by", "exit_code", "signal", "result", "error",
                                                 "stdout_tail", "stderr_tail", "started_at", "finished_at")}
@@ -275,9 +291,9 @@ class Tasks:
                 self._settle_dependents(tx, n, to, now)
             if to != "cancelled":
                 output = (body.get("stdout_tail") or "")[-4096:] + (body.get("stderr_tail") or "")[-4096:]
-                transient = body["outcome"] == "failed" and is_transient(
-                    ended_by, body.get("exit_code"), output, body.get("error"), self.policy.kind(row["kind"]))
-                self._count_kind(tx, row["kind"], body["outcome"] == "succeeded", transient, body.get("error"), now)
+                verdict = kind_verdict(body["outcome"], ended_by, body.get("exit_code"), output, body.get("error"),
+                                       self.policy.kind(row["kind"]))
+                self._count_kind(tx, row["kind"], verdict, body.get("error"), now)
             answer = {"ok": True, "task": tid, "state": to, "duplicate": False}
             tx.execute("INSERT INTO results(task, fence, answer, at) VALUES(?,?,?,?)",
                        (n, fence, json.dumps(answer), now))
@@ -286,11 +302,12 @@ class Tasks:
         self._wake()
         return answer
 
-    def _count_kind(self, tx: Tx, kind: str, ok: bool, transient: bool, error, now: float) -> None:
-        """Consecutive non-transient failures per kind; 3 in a row quarantine the kind."""
-        if transient:
+    def _count_kind(self, tx: Tx, kind: str, verdict, error, now: float) -> None:
+        """Consecutive failures per kind that are the kind's own (policy.kind_verdict: not
+        transient, not ended by a worker shutting down); 3 in a row quarantine the kind."""
+        if verdict is None:
             return
-        if ok:
+        if verdict == "reset":
             if kind in self._kinds(tx)[1]:
                 tx.execute("UPDATE kinds SET failures=0 WHERE kind=? AND failures>0", (kind,))
                 tx.cache.pop("kinds", None)
@@ -340,19 +357,32 @@ class Tasks:
         n = task_n(tid)
         with self.store.tx() as tx:
             row = tx.task_row(n)
-            why = (body or {}).get("reason") or f"cancelled by {actor}"
+            given = (body or {}).get("reason")
+            why = given or f"cancelled by {actor}"
             if row["state"] in ("waiting", "queued"):
                 tx.transition(n, row["state"], "cancelled", why, actor, now)
                 self._settle_dependents(tx, n, "cancelled", now)
             elif row["state"] in fsm.ACTIVE:
                 if not row["cancel_requested"]:
                     tx.execute("UPDATE tasks SET cancel_requested=1, updated_at=? WHERE n=?", (now, n))
-                    tx.note(n, row["state"], f"cancel requested by {actor}", actor, now)
+                    # The reason travels in this row: the task's end (result, lost lease) reads it back.
+                    tx.note(n, row["state"], f"{CANCEL_NOTE}{actor}" + (f": {given}" if given else ""), actor, now)
             else:
                 raise InvalidTransition(f"task {tid} already ended ({row['state']})", task=tid, state=row["state"])
             task = task_dict(tx.task_row(n))
         self._wake()
         return task
+
+    @staticmethod
+    def _cancel_reason(tx: Tx, n: int):
+        """The reason given with the cancel request of a running task (its history note
+        "cancel requested by ACTOR: REASON"), or None if it was given none. An actor is a key
+        id (no spaces), so the first ": " ends it. Read only when such a task ends."""
+        got = tx.one("SELECT reason FROM history WHERE task=? AND from_state=to_state AND reason LIKE ?"
+                     " ORDER BY seq DESC LIMIT 1", (n, CANCEL_NOTE + "%"))
+        if got is None:
+            return None
+        return got["reason"][len(CANCEL_NOTE):].partition(": ")[2] or None
 
     # -- heartbeats and reaping -----------------------------------------------------
 
@@ -394,6 +424,9 @@ class Tasks:
     def lose_lease(self, tx: Tx, row, why: str, actor: str, now: float) -> str:
         """A lease is gone (expired, node stale, heal rule): requeue, or end the task."""
         to, reason = fsm.after_lost_lease(why, row["attempts"], row["max_attempts"], bool(row["cancel_requested"]))
+        asked = self._cancel_reason(tx, row["n"]) if to == "cancelled" else None
+        if asked:
+            reason += f": {asked}"
         updates = {"lease_deadline": None, "hb_missing": 0}
         if to == "queued":
             updates["node"] = None
