@@ -5,18 +5,23 @@ import json
 import secrets
 import socket
 import threading
-import urllib.parse
 
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ApiError, ClientError
 from meshkit.rules.auth import signed_headers
+from meshkit.rules.config import URL_EXPECTED, split_http_url
+
+
+class BadUrl(ClientError):
+    """A supervisor URL that is not one (a bad argument: exit 2, not 3)."""
+    code = "bad_url"
 
 
 def split_url(url: str) -> tuple:
-    u = urllib.parse.urlsplit(url)
-    if u.scheme != "http" or not u.hostname:
-        raise ClientError(f"not an http:// URL: {url!r}")
-    return u.hostname, u.port or 80
+    hp = split_http_url(url)
+    if hp is None:
+        raise BadUrl(f"bad supervisor URL {url!r}: expected {URL_EXPECTED}")
+    return hp[0], hp[1] or 80
 
 
 class SignedClient:

@@ -46,14 +46,15 @@ class LoopServer(http.server.HTTPServer):
         self.running = 0         # handlers running (Handler counts itself)
         self._partial = 0        # connections holding part of a request (counted by _expire)
         self._count_lock = threading.Lock()
-        super().__init__(address, LoopHandler)
-        self.socket.setblocking(False)
+        # Before super().__init__: when bind fails, socketserver calls server_close(), which needs these.
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._back = collections.deque()       # (conn, handler) answered on a thread
         self._conns = set()
+        super().__init__(address, LoopHandler)
+        self.socket.setblocking(False)
         self._ready = []                       # (conn, request, head) whole, not answered yet
         self._stop = threading.Event()
         self._stopped = threading.Event()

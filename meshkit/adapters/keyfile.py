@@ -45,4 +45,20 @@ def load(path: str) -> dict:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(path, "auth.keys_file", "mode 0600 (readable by its owner only)",
                           f"mode {stat.S_IMODE(st.st_mode):04o}; run chmod 600 {path}")
-    return parse_keys(text, path)
+    keys = parse_keys(text, path)
+    _refuse_duplicates(text, path)
+    return keys
+
+
+def _refuse_duplicates(text: str, path: str) -> None:
+    """A key id listed twice is a mistake (a rotation half done, a paste): parse_keys would
+    keep the last one silently."""
+    first = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3 or parts[0].startswith("#"):
+            continue
+        if parts[0] in first:
+            raise ConfigError(path, f"line {n}", "a key id not used before",
+                              f"{parts[0]!r}, already on line {first[parts[0]]}")
+        first[parts[0]] = n

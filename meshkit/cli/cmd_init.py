@@ -5,7 +5,8 @@ import os
 
 from meshkit.adapters import keyfile
 from meshkit.adapters.atomic import write_text
-from meshkit.cli.common import EXIT_USAGE, fail, meshkit_home
+from meshkit.cli.common import EXIT_USAGE, fail, make_dir, meshkit_home
+from meshkit.core.errors import ConfigError
 from meshkit.rules.config import render_default_toml
 
 
@@ -27,14 +28,18 @@ def run(args) -> int:
     if existing and not args.force:
         return fail(f"{', '.join(existing)} already exists; use --force to overwrite (this replaces the keys)",
                     EXIT_USAGE)
-    os.makedirs(d, exist_ok=True)
-    write_text(toml, render_default_toml())
-    if os.path.exists(keys):
-        os.unlink(keys)
-    keyfile.create(keys)
+    where = "--dir" if args.dir else "$MESHKIT_HOME"
+    make_dir(d, None, where, "a directory init can create")
     token = os.path.join(d, "viewer.token")
-    viewer = [secret for role, secret in keyfile.load(keys).values() if role == "viewer"][0]
-    write_text(token, viewer + "\n", mode=0o640)
+    try:
+        write_text(toml, render_default_toml())
+        if os.path.exists(keys):
+            os.unlink(keys)
+        keyfile.create(keys)
+        viewer = [secret for role, secret in keyfile.load(keys).values() if role == "viewer"][0]
+        write_text(token, viewer + "\n", mode=0o640)
+    except OSError as e:     # a read-only directory, a full disk, a directory named keys
+        raise ConfigError(None, where, "a directory init can write", f'"{d}" ({e.strerror or e})') from None
     print(f"wrote {toml}")
     print(f"wrote {keys} (mode 0600; give workers only its worker line)")
     print(f"wrote {token} (the viewer bearer token, for Prometheus and the status page)")

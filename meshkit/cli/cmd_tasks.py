@@ -197,7 +197,10 @@ def _replication_lines(r: dict) -> list:
 
 
 def status(args) -> int:
-    if getattr(args, "watch", None):
+    watch = getattr(args, "watch", None)
+    if watch is not None and not watch > 0:          # (NaN too)
+        raise UsageError(f"--watch: expected a number of seconds > 0, found {watch:g}")
+    if watch:
         while True:       # Ctrl-C ends it (main turns KeyboardInterrupt into exit 130)
             sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
             print(time.strftime("%H:%M:%S") + f"  (every {args.watch:g} s; Ctrl-C to stop)")

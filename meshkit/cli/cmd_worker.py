@@ -11,16 +11,23 @@ import signal
 import socket
 import sys
 
+# As the lean worker process (`python -m meshkit.cli.cmd_worker`, below): Ctrl-C while the modules
+# below load exits 130 quietly, not with a KeyboardInterrupt traceback (as meshkit/__main__.py does).
+_QUIET_START = __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+if _QUIET_START:
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import meshkit
 from meshkit.adapters import keyfile
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
+from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config, make_dir
 from meshkit.cli.memwire import WorkerGuard
 from meshkit.core.clock import REAL
 from meshkit.cli.sdwire import wire_worker
-from meshkit.core.errors import MeshkitError
+from meshkit.core.errors import ConfigError, MeshkitError
 from meshkit.roles.worker import build, settings_from
 from meshkit.rules.auth import pick_key
+from meshkit.rules.config import URL_EXPECTED, describe, is_url
 
 EXAMPLE = """examples:
   python -m meshkit worker --config /etc/meshkit/meshkit.toml
@@ -100,10 +107,15 @@ def serve(args) -> int:
             return fail("--slots must be at least 1", EXIT_USAGE)
         overrides["worker__slots"] = args.slots
     if args.supervisor:
+        for url in args.supervisor:
+            if not is_url(url):
+                raise ConfigError(None, "--supervisor", URL_EXPECTED, describe(url))
         overrides["worker__supervisor"] = args.supervisor
     if args.work_dir:
         overrides["worker__work_dir"] = os.path.abspath(args.work_dir)
     s = settings_from(cfg.with_values(**overrides), socket.gethostname())
+    make_dir(s.work_dir, None if args.work_dir else cfg.source, "--work-dir" if args.work_dir else "worker.work_dir",
+             "a directory the worker can create")
     kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), "worker")
     log = Logger("worker", node=s.name, level=cfg.get("logging.level"), log_dir=cfg.path("logging.dir"))
     worker = build(s, kid, secret, log=log)
@@ -134,4 +146,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if _QUIET_START:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

@@ -46,6 +46,16 @@ def load_config(args) -> Config:
     return parse_config(text, path)
 
 
+def make_dir(path: str, file, key: str, what: str = "a directory meshkit can create") -> None:
+    """mkdir -p, or a ConfigError naming the key (or option) and the path: a file there or
+    on the way, no permission."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        found = "a file" if isinstance(e, FileExistsError) else e.strerror
+        raise ConfigError(file, key, what, f'"{path}" ({found})') from None
+
+
 def add_config_arg(parser) -> None:
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $MESHKIT_CONFIG, else $MESHKIT_HOME/meshkit.toml, else built-in defaults)")
@@ -69,7 +79,8 @@ class UsageError(MeshkitError):
 def exit_code_for(err: MeshkitError) -> int:
     # bad_request: the supervisor refused what the arguments said (a bad kind, an unknown
     # --after task, an absolute --expects path): bad arguments, like argparse's own errors.
-    if isinstance(err, (ConfigError, UsageError)) or err.code == "bad_request":
+    # bad_url: a supervisor URL that is not one (--supervisor, $MESHKIT_SUPERVISOR).
+    if isinstance(err, (ConfigError, UsageError)) or err.code in ("bad_request", "bad_url"):
         return EXIT_USAGE
     if err.code == "lock_held":
         return EXIT_LOCK_HELD

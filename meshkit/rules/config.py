@@ -5,8 +5,10 @@ or raises ConfigError naming the file, the key, what was expected and what was f
 Relative paths are resolved against the directory of the config file.
 """
 
+import math
 import os
 import tomllib
+import urllib.parse
 
 from meshkit.core.errors import ConfigError
 from meshkit.core.record import Frozen
@@ -37,21 +39,60 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _seconds(v):
+    return _is_num(v) and math.isfinite(v) and v >= 0
+
+
+def split_http_url(v):
+    """(host, port) of "http://HOST[:PORT][/]" (port None if not given), or None if v is not one."""
+    if not isinstance(v, str) or any(c.isspace() for c in v):
+        return None
+    try:
+        u = urllib.parse.urlsplit(v)
+        port = u.port
+    except ValueError:              # a port out of range or not a number, an unclosed [
+        return None
+    if u.scheme != "http" or not u.hostname or u.username is not None or u.path not in ("", "/") \
+            or u.query or u.fragment or port == 0:
+        return None
+    return u.hostname, port
+
+
+URL_EXPECTED = '"http://HOST:PORT" with a port from 1 to 65535'
+
+
+def is_url(v) -> bool:
+    """v is "http://HOST:PORT" (a trailing / allowed)."""
+    hp = split_http_url(v)
+    return hp is not None and hp[1] is not None
+
+
+# The server's own limits on a dispatch (roles/supervisor/intake.py prepare()): a default beyond
+# them would make every dispatch that relies on it fail with 400.
+MAX_TASK_TIMEOUT = 7 * 86400
+MAX_ATTEMPTS = 100
+
+
 CHECKS: dict[str, tuple] = {     # kind -> (what it must be, check(value) -> bool)
     "str": ("a string", lambda v: isinstance(v, str)),
     "path": ("a path (string)", lambda v: isinstance(v, str)),
     "int": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "posint": ("a whole number >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    "seconds": ("a number of seconds >= 0", lambda v: _is_num(v) and v >= 0),
+    "seconds": ("a number of seconds >= 0", _seconds),
+    "interval": ("a number of seconds > 0", lambda v: _seconds(v) and v > 0),
+    "task_timeout": (f"a number of seconds > 0 and at most {MAX_TASK_TIMEOUT} (7 days)",
+                     lambda v: _seconds(v) and 0 < v <= MAX_TASK_TIMEOUT),
+    "attempts": (f"a whole number from 1 to {MAX_ATTEMPTS}",
+                 lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_ATTEMPTS),
     "share": ("a number from 0 to 1", lambda v: _is_num(v) and 0 <= v <= 1),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "strlist": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "argv": ("a list of strings (argv)", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "intlist": ("a list of whole numbers", lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)),
     "hostport": ('"HOST:PORT" with a port from 0 to 65535', _hostport),
-    "urls": ("a URL or a list of URLs (http://HOST:PORT)",
-             lambda v: (isinstance(v, str) and v.startswith("http")) or
-             (isinstance(v, list) and all(isinstance(x, str) and x.startswith("http") for x in v))),
+    "url": (f'"" or {URL_EXPECTED}', lambda v: v == "" or is_url(v)),
+    "urls": (f"{URL_EXPECTED}, or a list of them",
+             lambda v: is_url(v) or (isinstance(v, list) and all(is_url(x) for x in v))),
     "durability": ('"normal" or "full"', lambda v: v in ("normal", "full")),
     "role": ('"primary" or "standby"', lambda v: v in ("primary", "standby")),
     "replication": ('"async" or "sync"', lambda v: v in ("async", "sync")),
@@ -70,16 +111,16 @@ SCHEMA: list[Key] = [
     Key("supervisor.request_timeout", "seconds", 30, "a client that sends nothing for this long is disconnected"),
     Key("supervisor.durability", "durability", "normal", '"normal" survives a killed process; "full" also a power cut (fsync per commit)'),
     Key("supervisor.role", "role", "primary", '"primary", or "standby" (replicates supervisor.peer, refuses work)'),
-    Key("supervisor.peer", "str", "", "URL of the other supervisor of an HA pair", commented=True),
+    Key("supervisor.peer", "url", "", "URL of the other supervisor of an HA pair", commented=True),
     Key("supervisor.replication", "replication", "async", '"async", or "sync": acknowledge dispatches and results once the standby holds them'),
     Key("supervisor.sync_timeout", "seconds", 2, "sync replication: wait this long for the standby, then fall back to async (keep it above primary_lease)"),
     Key("supervisor.primary_lease", "seconds", 0, "with HA: stop accepting work after this long without a watchdog check or standby pull (0 = off)"),
-    Key("supervisor.cycle", "seconds", 2, "how often the supervisor reaps leases and checks its state"),
+    Key("supervisor.cycle", "interval", 2, "how often the supervisor reaps leases and checks its state"),
     Key("supervisor.start_timeout", "seconds", 120, "a task leased but not started this long is requeued (heal rule)"),
     Key("supervisor.priorities_file", "path", "", "per-kind priorities, limits and retry rules (TOML or JSON); reloaded on change", commented=True),
     # tasks
-    Key("tasks.timeout", "seconds", 1800, "default task timeout"),
-    Key("tasks.max_attempts", "posint", 5, "default attempts before a task fails for good"),
+    Key("tasks.timeout", "task_timeout", 1800, "default task timeout"),
+    Key("tasks.max_attempts", "attempts", 5, "default attempts before a task fails for good"),
     Key("tasks.backoff_base", "seconds", 1, "retry backoff base (full jitter, doubles each attempt)"),
     Key("tasks.backoff_cap", "seconds", 60, "retry backoff cap"),
     Key("tasks.quarantine_after", "int", 3, "a kind failing this many times in a row (not transiently) is paused; 0 = never"),
@@ -87,20 +128,20 @@ SCHEMA: list[Key] = [
     Key("auth.keys_file", "path", "keys", "file of signing keys (id role secret), mode 0600"),
     Key("auth.key_id", "str", "", "key a client signs with; empty = the most capable key in keys_file", commented=True),
     Key("auth.viewer_token_file", "path", "viewer.token", "a file holding a viewer bearer token (for Prometheus and the status page)"),
-    Key("auth.max_skew", "seconds", 300, "requests whose timestamp is further off than this are refused"),
+    Key("auth.max_skew", "interval", 300, "requests whose timestamp is further off than this are refused"),
     # worker
     Key("worker.name", "str", "", "node name; empty = this machine's hostname", commented=True),
     Key("worker.supervisor", "urls", "http://127.0.0.1:8765", "supervisor URL, or a list of URLs (active one is found)"),
     Key("worker.capabilities", "strlist", [], "capabilities this node offers, e.g. [\"gpu\"]"),
     Key("worker.slots", "posint", 1, "tasks run at once"),
     Key("worker.work_dir", "path", "work", "task directories and the result outbox (relative to this file)"),
-    Key("worker.heartbeat_interval", "seconds", 60, "seconds between heartbeats"),
+    Key("worker.heartbeat_interval", "interval", 60, "seconds between heartbeats"),
     Key("worker.poll_wait", "seconds", 25, "how long an idle claim request is held open"),
     Key("worker.grace", "seconds", 10, "after SIGTERM, seconds before SIGKILL of a task's process group"),
     Key("worker.drain_timeout", "seconds", 60, "on SIGTERM, how long running tasks may finish"),
     Key("worker.tail_bytes", "posint", 16384, "bytes of stdout/stderr kept per attempt"),
     Key("worker.keep_dirs", "seconds", 86400, "task directories older than this are removed"),
-    Key("worker.poll_interval", "seconds", 5, "plain-poll fallback: claim retry delay, and heartbeat period while tasks run (cancel latency)"),
+    Key("worker.poll_interval", "interval", 5, "plain-poll fallback: claim retry delay, and heartbeat period while tasks run (cancel latency)"),
     Key("worker.max_result_bytes", "posint", 262144, "largest result.json attached to a result; a bigger one fails the attempt"),
     Key("worker.retry_base", "seconds", 1, "result resend backoff base (full jitter, doubles each try)"),
     Key("worker.retry_cap", "seconds", 60, "result resend backoff cap"),
@@ -127,9 +168,9 @@ SCHEMA: list[Key] = [
     Key("sync.keep_daily", "int", 7, "sync backup: newest snapshot of each of the last N days kept"),
     Key("sync.keep_invalid", "posint", 5, "snapshots that failed validation kept as evidence (newest)"),
     # watchdog (third node)
-    Key("watchdog.primary", "str", "", "URL of the primary supervisor", commented=True),
-    Key("watchdog.standby", "str", "", "URL of the standby supervisor", commented=True),
-    Key("watchdog.interval", "seconds", 30, "seconds between checks"),
+    Key("watchdog.primary", "url", "", "URL of the primary supervisor", commented=True),
+    Key("watchdog.standby", "url", "", "URL of the standby supervisor", commented=True),
+    Key("watchdog.interval", "interval", 30, "seconds between checks"),
     Key("watchdog.failures", "posint", 3, "consecutive failed checks of the active supervisor before failover"),
     Key("watchdog.recoveries", "posint", 3, "consecutive good checks of the old primary before failback"),
     Key("watchdog.failback", "failback", "manual", '"auto" hands back to the primary when it is healthy again; "manual": `watchdog failback`'),

@@ -32,8 +32,14 @@ class Supervisor:
         self.log = logger or Logger("supervisor", level=cfg.get("logging.level"), clock=clock,
                                     log_dir=cfg.path("logging.dir"))
         self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
+        self.listen_from = ("--listen", listen) if listen else ("supervisor.listen", cfg.get("supervisor.listen"))
         self.data_dir = cfg.path("supervisor.data_dir")
-        os.makedirs(self.data_dir, exist_ok=True)
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+        except OSError as e:      # a file there or on the way, no permission
+            found = "a file" if isinstance(e, FileExistsError) else e.strerror
+            raise ConfigError(cfg.source, "supervisor.data_dir", "a directory the supervisor can create",
+                              f'"{self.data_dir}" ({found})') from None
         # One supervisor per data dir: a second one on the same state refuses to start.
         self.dir_lock = FileLock(os.path.join(self.data_dir, "supervisor.lock"), ttl=10 * 365 * 86400,
                                  purpose="supervisor", clock=clock)
@@ -72,9 +78,10 @@ class Supervisor:
             self.server = httploop.start(host, port, self.api.app(),
                                            self.cfg.get("supervisor.max_connections"),
                                            self.cfg.get("supervisor.request_timeout"))
-        except OSError as e:
-            raise ConfigError(self.cfg.source, "supervisor.listen", "an address this machine can bind",
-                              f"{host}:{port} ({e.strerror})") from None
+        except OSError as e:      # in use, not this machine's, not an IPv4 address or name
+            key, value = self.listen_from
+            raise ConfigError(self.cfg.source if key == "supervisor.listen" else None, key,
+                              "an address this machine can bind", f'"{value}" ({e.strerror or e})') from None
         self.url = url_of(host, self.server.server_address[1])
         write_text(os.path.join(self.data_dir, "supervisor.url"), self.url + "\n")
         self.log.info("supervisor_started", url=self.url, data_dir=self.data_dir, epoch=self.epoch, supervisor_role=self.role)

@@ -1,0 +1,92 @@
+"""Config values the rest of meshkit cannot use are refused at load, naming file, key,
+expected and found: task defaults beyond what the supervisor accepts on a dispatch,
+intervals of 0 that make a loop spin, URLs that are not http://HOST:PORT."""
+
+import math
+import os
+import unittest
+
+from meshkit.core.errors import ConfigError
+from meshkit.rules.config import parse_config, render_default_toml
+from tests.helpers import Fleet, meshkit
+
+
+def parse(key: str, value):
+    return parse_config(render_default_toml({key: value}), "/etc/meshkit/meshkit.toml")
+
+
+class Bounds(unittest.TestCase):
+    def assertRefused(self, key: str, value, expected: str):
+        with self.assertRaises(ConfigError) as cm:
+            parse(key, value)
+        msg = cm.exception.message
+        self.assertTrue(msg.startswith(f"/etc/meshkit/meshkit.toml: {key}: expected {expected}"), msg)
+        self.assertIn("found", msg)
+
+    def test_task_defaults_within_what_a_dispatch_may_carry(self):
+        for value in (0, -1, 604800.5, 10 ** 9, math.inf):
+            with self.subTest(value=value):
+                self.assertRefused("tasks.timeout", value, "a number of seconds > 0 and at most 604800")
+        for value in (0, 101):
+            with self.subTest(value=value):
+                self.assertRefused("tasks.max_attempts", value, "a whole number from 1 to 100")
+        self.assertEqual(parse("tasks.timeout", 604800).get("tasks.timeout"), 604800)
+        self.assertEqual(parse("tasks.max_attempts", 100).get("tasks.max_attempts"), 100)
+
+    def test_loop_intervals_must_be_above_zero(self):
+        for key in ("supervisor.cycle", "worker.heartbeat_interval", "worker.poll_interval", "auth.max_skew",
+                    "watchdog.interval"):
+            for value in (0, -1, math.inf):
+                with self.subTest(key=key, value=value):
+                    self.assertRefused(key, value, "a number of seconds > 0")
+            self.assertEqual(parse(key, 0.5).get(key), 0.5)
+
+    def test_zero_stays_allowed_where_it_means_off(self):
+        for key in ("supervisor.primary_lease", "tasks.backoff_base", "sync.io_timeout", "worker.poll_wait"):
+            with self.subTest(key):
+                self.assertEqual(parse(key, 0).get(key), 0)
+        self.assertRefused("supervisor.stale_after", math.inf, "a number of seconds >= 0")
+
+    def test_url_keys(self):
+        for key in ("supervisor.peer", "watchdog.primary", "watchdog.standby"):
+            with self.subTest(key):
+                self.assertEqual(parse(key, "").get(key), "")          # not set: allowed, as before
+                self.assertEqual(parse(key, "http://10.0.0.2:8765/").get(key), "http://10.0.0.2:8765/")
+                self.assertEqual(parse(key, "http://[::1]:8765").get(key), "http://[::1]:8765")
+                for bad in ("10.0.0.2:8765", "http://10.0.0.2", "http://10.0.0.2:0", "http://10.0.0.2:65536",
+                            "http://10.0.0.2:abc", "http://[::1", "https://10.0.0.2:8765", "http://h:1/api",
+                            "http://a b:1", 8765):
+                    with self.subTest(key=key, bad=bad):
+                        self.assertRefused(key, bad, '"" or "http://HOST:PORT" with a port from 1 to 65535')
+        ok = ["http://10.0.0.1:8765", "http://10.0.0.2:8765"]
+        self.assertEqual(parse("worker.supervisor", ok).get("worker.supervisor"), ok)
+        for bad in ("", "http://10.0.0.1:99999", ["http://10.0.0.1:8765", "http://10.0.0.2"]):
+            with self.subTest(bad=bad):
+                self.assertRefused("worker.supervisor", bad, '"http://HOST:PORT" with a port from 1 to 65535')
+
+
+class Processes(unittest.TestCase):
+    def test_supervisor_refuses_a_task_timeout_it_could_never_dispatch(self):
+        fleet = Fleet(tasks__timeout=30 * 86400)
+        try:
+            r = meshkit("supervisor", "--config", fleet.config, "--listen", "127.0.0.1:0", timeout=30)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertEqual(r.stderr.strip().splitlines(),
+                             [f"meshkit: {fleet.config}: tasks.timeout: expected a number of seconds > 0 and at "
+                              f"most 604800 (7 days), found 2592000 (a number)"])
+            self.assertFalse(os.path.exists(os.path.join(fleet.dir, "data")))
+        finally:
+            fleet.close()
+
+    def test_the_largest_defaults_allowed_are_dispatchable(self):
+        fleet = Fleet(tasks__timeout=604800, tasks__max_attempts=100)
+        try:
+            fleet.start_supervisor()
+            task = fleet.client().call("POST", "/v1/tasks", {"kind": "job"})["task"]
+            self.assertEqual((task["timeout"], task["max_attempts"]), (604800, 100))
+        finally:
+            fleet.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
