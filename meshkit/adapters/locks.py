@@ -24,7 +24,6 @@ import os
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest, LockHeld, MeshkitError
 from meshkit.rules import lockview
-from meshkit.rules.lockview import name_problem
 
 RECORD_VERSION = 1
 MAX_RECORD = 65536          # bytes of a lock file read; a record is a few hundred
@@ -186,7 +185,7 @@ def kernel_says_held(path: str) -> bool | None:
 
 def lock_path(lock_dir: str, name: str, create_dir: bool = False) -> str:
     """lock_dir/NAME.lock for a validated name (BadRequest if it could escape lock_dir)."""
-    problem = name_problem(name)
+    problem = lockview.name_problem(name)
     if problem:
         raise BadRequest(problem)
     if create_dir:

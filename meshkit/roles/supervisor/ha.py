@@ -329,17 +329,17 @@ class Ha:
             return self.view()
         # A standby, or a primary that started fenced: take the role past every epoch seen.
         seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
+        from_standby = self.sup.role == "standby" and self.peer      # its former primary may still serve
         settle = (None, None)
-        if self.sup.role == "standby" and self.peer:
+        if from_standby:
             now = self.clock.monotonic()
             until = failover.settle_until(now, self.lease, self.pull_in_flight, self.pull_answered, self.started)
             if until is not None:
                 settle = (f"just promoted: taking work once the former primary {self.peer} follows or its "
                           f"primary_lease has run out (at most {until - now:.0f} s)", until)
-        was_standby = self.sup.role == "standby"
         self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}", settle)
         self.contact()
-        if was_standby and self.peer:
+        if from_standby:
             promotion.start(self, seen + 1)
         return self.view()
 

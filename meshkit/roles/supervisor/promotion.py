@@ -5,7 +5,7 @@ At promotion (Ha.promote) it holds work back until rules.failover.settle_until (
 primary's lease, renewed by our own pulls, has run out) and, at once, tells the former
 primary to follow it (POST /v1/demote with the new epoch, on a thread: the watchdog's
 promote call is not kept waiting). When that one answers as a standby, or its lease ran
-out (Ha.cycle), or its /health shows it follows, work is taken.
+out (Ha.cycle), or its signed check shows it follows (Ha.cycle), work is taken.
 """
 
 import threading
@@ -16,8 +16,7 @@ DEMOTE_TIMEOUT = 3.0
 
 
 def start(ha, epoch: int) -> None:
-    if ha.peer:
-        threading.Thread(target=_demote_former, args=(ha, epoch), name="demote-former", daemon=True).start()
+    threading.Thread(target=_demote_former, args=(ha, epoch), name="demote-former", daemon=True).start()
 
 
 def _demote_former(ha, epoch: int) -> None:
