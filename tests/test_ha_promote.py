@@ -37,6 +37,35 @@ class SettleUntil(unittest.TestCase):
                 self.assertEqual(failover.settle_until(now, lease, flying, answered, started), want)
 
 
+class NamesItself(unittest.TestCase):
+    def test_table(self):
+        cases = [  # peer host, peer port, listen host, listen port -> the peer is this supervisor
+            ("127.0.0.1", 8765, "127.0.0.1", 8765, True),
+            ("localhost", 8765, "0.0.0.0", 8765, True),
+            ("10.0.0.2", 8765, "10.0.0.2", 8765, True),
+            ("10.0.0.1", 8765, "10.0.0.2", 8765, False),     # the other machine, same port
+            ("10.0.0.1", 8765, "0.0.0.0", 8765, False),      # can't tell from the text: allowed
+            ("127.0.0.1", 8766, "127.0.0.1", 8765, False),
+            ("127.0.0.1", 0, "127.0.0.1", 0, False),         # port 0: a free port, never the same
+        ]
+        for ph, pp, lh, lp, want in cases:
+            with self.subTest(peer=(ph, pp), listen=(lh, lp)):
+                self.assertEqual(failover.names_itself(ph, pp, lh, lp), want)
+
+    def test_the_supervisor_refuses_to_follow_itself_or_a_bad_url(self):
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        port = free_port()
+        for extra, words in ((["--standby-of", f"http://127.0.0.1:{port}"], "--standby-of: expected the other"),
+                             (["--standby-of", "127.0.0.1:9"], "--standby-of: expected")):
+            with self.subTest(extra=extra):
+                r = meshkit("supervisor", "--config", fleet.config, "--listen", f"127.0.0.1:{port}", *extra,
+                            timeout=30)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(words, r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+
+
 class PromotedWhilePrimaryServes(Pair):
     primary_overrides = {"supervisor__primary_lease": LEASE}
 

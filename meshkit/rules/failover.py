@@ -123,3 +123,17 @@ def settle_until(now: float, lease: float, pull_in_flight: bool, last_answer, st
     renewed = now if pull_in_flight else (last_answer if last_answer is not None else started)
     until = renewed + lease + SETTLE_MARGIN
     return until if until > now else None
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def names_itself(peer_host: str, peer_port: int, listen_host: str, listen_port: int) -> bool:
+    """Does a peer URL's host:port name this supervisor's own listening address? (A standby
+    told to replicate itself waits forever.) Only what can be told from the text: the same
+    host, or loopback while listening on loopback or on every address; never for port 0."""
+    if listen_port == 0 or peer_port != listen_port:
+        return False
+    if peer_host == listen_host:
+        return True
+    return peer_host in _LOOPBACK and listen_host in _LOOPBACK + ("0.0.0.0", "::", "")
