@@ -46,13 +46,16 @@ class OutboxTest(unittest.TestCase):
         Outbox(self.d).close()
 
     def test_a_damaged_entry_is_set_aside_and_blocks_nothing(self):
-        ob = Outbox(self.d)
+        told = []
+        ob = Outbox(self.d, on_bad=lambda path, why: told.append((os.path.basename(path), why)))
         ob.put(body("t1", 1))
         for name, text in (("t9.9.json", "{not json"), ("t8.8.json", json.dumps([1, 2])), (".tmp-x", "partial")):
             with open(os.path.join(self.d, name), "w") as f:
                 f.write(text)
         self.assertEqual([n for n, _ in ob.pending()], ["t1.1.json"])
         self.assertEqual(sorted(n for n in os.listdir(self.d) if n.endswith(".bad")), ["t8.8.json.bad", "t9.9.json.bad"])
+        self.assertEqual(sorted(name for name, _ in told), ["t8.8.json.bad", "t9.9.json.bad"])   # the worker logs them
+        self.assertIn("not a result", dict(told)["t8.8.json.bad"])
         self.assertEqual(len(ob), 1)
         ob.close()
 

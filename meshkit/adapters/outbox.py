@@ -23,8 +23,9 @@ def entry_name(task, fence) -> str:
 
 
 class Outbox:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, on_bad=None):
         self.dir = directory
+        self.on_bad = on_bad or (lambda path, why: None)     # told of each entry set aside as *.bad
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -74,8 +75,9 @@ class Outbox:
                     raise ValueError("not a result")
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
                 os.replace(path, path + ".bad")
+                self.on_bad(path + ".bad", str(e)[:200])
                 continue
             out.append((name, result))
         out.sort(key=lambda e: (e[1].get("finished_at") or 0, e[0]))

@@ -21,5 +21,6 @@ def build(s: Settings, key_id: str, secret: str, clock=REAL, log: Logger | None 
     log = log or Logger("worker", node=s.name, clock=clock)
     clients = [SignedClient(url, key_id, secret, clock) for url in s.supervisors]
     link = Link(clients, Breaker(threshold=s.breaker_failures, cooldown=s.breaker_cooldown), clock, log)
-    outbox = Outbox(os.path.join(s.work_dir, "outbox"))
+    outbox = Outbox(os.path.join(s.work_dir, "outbox"), on_bad=lambda path, why: log.error(
+        "outbox_entry_unreadable", path=path, error=why, reason="set aside, not sent: look at it"))
     return Worker(s, link, outbox, clock, log)
