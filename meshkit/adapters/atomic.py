@@ -1,8 +1,11 @@
-"""Atomic files: write to a temp file in the same directory, fsync, rename."""
+"""Atomic files: write to a temp file in the same directory, fsync, rename; and mkdir -p with a
+clear error."""
 
 import json
 import os
 import tempfile
+
+from meshkit.core.errors import ConfigError
 
 
 def write_bytes(path: str, data: bytes, mode: int = 0o644, fsync: bool = True) -> None:
@@ -48,3 +51,13 @@ def create_exclusive(path: str, data: bytes, mode: int = 0o600) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def make_dir(path: str, file, key: str, what: str = "a directory meshkit can create") -> None:
+    """mkdir -p, or a ConfigError naming the key (or option) and the path: a file there or
+    on the way, no permission."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        found = "a file" if isinstance(e, FileExistsError) else e.strerror
+        raise ConfigError(file, key, what, f'"{path}" ({found})') from None

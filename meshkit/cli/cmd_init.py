@@ -4,8 +4,8 @@ import argparse
 import os
 
 from meshkit.adapters import keyfile
-from meshkit.adapters.atomic import write_text
-from meshkit.cli.common import EXIT_USAGE, fail, make_dir, meshkit_home
+from meshkit.adapters.atomic import make_dir, write_text
+from meshkit.cli.common import EXIT_USAGE, fail, meshkit_home
 from meshkit.core.errors import ConfigError
 from meshkit.rules.config import render_default_toml
 

@@ -19,8 +19,9 @@ if _QUIET_START:
 
 import meshkit
 from meshkit.adapters import keyfile
+from meshkit.adapters.atomic import make_dir
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config, make_dir
+from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
 from meshkit.cli.memwire import WorkerGuard
 from meshkit.core.clock import REAL
 from meshkit.cli.sdwire import wire_worker

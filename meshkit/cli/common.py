@@ -46,16 +46,6 @@ def load_config(args) -> Config:
     return parse_config(text, path)
 
 
-def make_dir(path: str, file, key: str, what: str = "a directory meshkit can create") -> None:
-    """mkdir -p, or a ConfigError naming the key (or option) and the path: a file there or
-    on the way, no permission."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        found = "a file" if isinstance(e, FileExistsError) else e.strerror
-        raise ConfigError(file, key, what, f'"{path}" ({found})') from None
-
-
 def add_config_arg(parser) -> None:
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $MESHKIT_CONFIG, else $MESHKIT_HOME/meshkit.toml, else built-in defaults)")

@@ -5,7 +5,7 @@ import threading
 
 from meshkit import __version__
 from meshkit.adapters import httploop, keyfile, syncstatus
-from meshkit.adapters.atomic import write_text
+from meshkit.adapters.atomic import make_dir, write_text
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
@@ -34,12 +34,7 @@ class Supervisor:
         self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
         self.listen_from = ("--listen", listen) if listen else ("supervisor.listen", cfg.get("supervisor.listen"))
         self.data_dir = cfg.path("supervisor.data_dir")
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as e:      # a file there or on the way, no permission
-            found = "a file" if isinstance(e, FileExistsError) else e.strerror
-            raise ConfigError(cfg.source, "supervisor.data_dir", "a directory the supervisor can create",
-                              f'"{self.data_dir}" ({found})') from None
+        make_dir(self.data_dir, cfg.source, "supervisor.data_dir", "a directory the supervisor can create")
         # One supervisor per data dir: a second one on the same state refuses to start.
         self.dir_lock = FileLock(os.path.join(self.data_dir, "supervisor.lock"), ttl=10 * 365 * 86400,
                                  purpose="supervisor", clock=clock)
