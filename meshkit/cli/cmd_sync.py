@@ -14,22 +14,26 @@ from meshkit.cli.common import (EXIT_FAILED, EXIT_LOCK_HELD, EXIT_OK, EXIT_USAGE
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest, ConfigError, LockHeld, MeshkitError, NotFound, SyncError
 from meshkit.roles.sync import views
-from meshkit.roles.sync.job import SyncJob
+from meshkit.roles.sync.job import StatusUnwritable, SyncJob
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import JobSpec, job_problem, parse_location
 from meshkit.rules.syncstatus import FAILURE
 
 EXIT_REFUSED = 4       # the deletion guard refused (source empty, missing, mass deletion)
 EXIT_COPY = 5          # rsync/ssh failed (or is missing), or the copy could not be written
+EXIT_UNRECORDED = 6    # the run did its work, but its status file could not be written
 EXIT_BY_RESULT = {"ok": EXIT_OK, "unchanged": EXIT_OK, "warning": EXIT_OK, "invalid": EXIT_FAILED,
                   "refused": EXIT_REFUSED, "failed": EXIT_COPY}
 
 EXIT_TEXT = """\
 exit codes: 0 synced (or nothing changed, or rsync said files vanished: exit 24,
 a warning); 1 validation failed (current unchanged, copy kept in DEST/invalid/);
-2 bad arguments or config; 4 refused by the deletion guard (source empty,
-missing, or too many deletions; nothing changed); 5 rsync/ssh failed or rsync
-is missing; 75 another run of the job holds its lock.
+2 bad arguments or config, or the status file (sync.status_dir) cannot be
+written: checked before anything is copied; 4 refused by the deletion guard
+(source empty, missing, or too many deletions; nothing changed); 5 rsync/ssh
+failed or rsync is missing; 6 synced, but the status file could not be written
+at the end (a failed run keeps its own code; both say so on stderr); 75 another
+run of the job holds its lock.
 """
 
 SYNC_HELP = """\
@@ -109,7 +113,7 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_restore)
 
     q = _sub(ss, "status", "last success, last failure and consecutive failures of each sync job",
-             "exit: 0 every job's last run succeeded, 1 one failed\n\n"
+             "exit: 0 every job's last run succeeded, 1 one failed, 2 sync.status_dir can't be read\n\n"
              "examples:\n  python -m meshkit sync status\n  python -m meshkit sync status memory --json\n")
     q.add_argument("job", nargs="?", metavar="JOB")
     q.add_argument("--json", action="store_true")
@@ -220,6 +224,25 @@ def _run(args, kind: str, fields) -> int:
         return fail(e.message, EXIT_USAGE)
     except LockHeld as e:
         return fail(f"sync {kind} ({args.job}) is already running: {e.message}", EXIT_LOCK_HELD)
+    except StatusUnwritable as e:       # found before anything ran: the watchdog's exit 2
+        return fail(f"sync {kind} not run, nothing was copied: {e.message}; check {_status_key(cfg)}",
+                    EXIT_USAGE)
+    code = _report(kind, args, out)
+    if out.unrecorded:
+        sys.stderr.write(f"meshkit: sync {kind} ({out.result}) is not recorded: the status file "
+                         f"{job.status_path} could not be written: {out.unrecorded}; `meshkit sync status` "
+                         f"and monitoring still show the run before; check {_status_key(cfg)}\n")
+        if code == EXIT_OK:
+            code = EXIT_UNRECORDED
+    return code
+
+
+def _status_key(cfg) -> str:
+    return f"sync.status_dir in {cfg.source}" if cfg.source else "sync.status_dir (the built-in default)"
+
+
+def _report(kind: str, args, out) -> int:
+    """The run's lines (failure on stderr, summary on stdout) and its exit code."""
     code = EXIT_BY_RESULT[out.result]
     if out.result in FAILURE:
         what = "" if out.result == "invalid" else f" {out.result}"
@@ -317,6 +340,12 @@ def _dest_lock(dest: str, ttl: float, purpose: str):
 
 def cmd_status(args) -> int:
     cfg = load_config(args)
+    try:
+        os.listdir(cfg.path("sync.status_dir"))     # none yet: no job has run; not a dir: say so
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return fail(f"{_status_key(cfg)}: cannot read {cfg.path('sync.status_dir')}: {e.strerror}", EXIT_USAGE)
     try:
         recs = views.read_statuses(cfg.path("sync.status_dir"), args.job)
     except NotFound as e:

@@ -14,13 +14,19 @@
     5. rename to snapshots/NAME, point `current` at it, then rotate old snapshots
     6. status file, one JSON log line, the alert command on failure and recovery
 
+Before step 1 the status file's directory is probed: a run that could not record its
+outcome refuses to start (StatusUnwritable). If the file still can't be written at the
+end (the disk filled meanwhile), the run's work stands and Outcome.unrecorded says why.
+
 SyncJob.step() is one run and returns its Outcome; the schedule belongs to cron or
 the systemd timer (there is no run loop: a sync is a oneshot).
 """
 
+import errno
 import json
 import os
 import stat
+import tempfile
 
 from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.locks import FileLock
@@ -38,15 +44,25 @@ from meshkit.rules.syncstatus import is_success, next_status
 MAX_REPORTED = 50       # problems kept in a report and the outcome
 
 
+class StatusUnwritable(MeshkitError):
+    """The run's status file cannot be written: the run refused to start (nothing copied)."""
+    code = "status_unwritable"
+    status = 0
+
+    def __init__(self, path: str, error: str):
+        super().__init__(f"the status file {path} cannot be written: {error}", path=path, error=error)
+        self.path, self.error = path, error
+
+
 class Outcome(Record):
     """What one run did."""
     __slots__ = ("result", "error", "snapshot", "files", "changed", "deleted", "bytes", "seconds",
-                 "problems", "aside", "removed", "warnings")
+                 "problems", "aside", "removed", "warnings", "unrecorded")
 
     def __init__(self, result: str, error: str | None = None, snapshot: str | None = None, files: int = 0,
                  changed: int = 0, deleted: int = 0, bytes: int = 0, seconds: float = 0.0,
                  problems: list | None = None, aside: str | None = None, removed: list | None = None,
-                 warnings: list | None = None):
+                 warnings: list | None = None, unrecorded: str | None = None):
         self.result = result            # see meshkit.rules.syncstatus
         self.error = error
         self.snapshot = snapshot        # the snapshot made, or current if none was made
@@ -59,6 +75,7 @@ class Outcome(Record):
         self.aside = aside              # where an invalid copy was kept
         self.removed = [] if removed is None else removed
         self.warnings = [] if warnings is None else warnings
+        self.unrecorded = unrecorded    # why the status file could not be written (the run's work stands)
 
 
 class SyncJob:
@@ -71,6 +88,7 @@ class SyncJob:
         self.loc = parse_location(spec.source)
         self.store = SnapshotStore(spec.dest)
         self.status_dir, self.alert = status_dir, list(alert)
+        self.status_path = os.path.join(status_dir, f"{spec.job}.json")
         self.lock_path, self.lock_ttl = lock_path, lock_ttl
         self.extra = dict(extra or {})
         if not self.loc.remote:
@@ -86,8 +104,10 @@ class SyncJob:
     # --- the run ---
 
     def step(self) -> Outcome:
-        """One run. Raises LockHeld if another run of the job holds the lock."""
+        """One run. Raises LockHeld if another run of the job holds the lock, StatusUnwritable
+        (having logged it and run the alert) if its status file cannot be written."""
         start = self.clock.monotonic()
+        self._check_status(start)
         purpose = f"sync {self.spec.kind} {self.spec.job}"
         # The job's lock (in locks.dir, by name: `meshkit locks list` shows it) and DEST's own:
         # two runs with different configs (cron's and an operator's) have different lock
@@ -115,11 +135,37 @@ class SyncJob:
                 if lock.locked:
                     lock.release()
         self._log(out)
+        self._alert(event)
+        return out
+
+    def _alert(self, event: dict | None) -> None:
         if event and self.alert:
             why = run_alert(self.alert, json.dumps(event, sort_keys=True).encode())
             if why:
                 self.log.warning("sync_alert_failed", job=self.spec.job, error=why)
-        return out
+
+    def _check_status(self, start: float) -> None:
+        """Refuse (StatusUnwritable) a run whose outcome could not be recorded: make the status
+        dir, create and remove a file in it as the final atomic write will (tens of µs; access()
+        checks the real uid and misses a full inode table). Logged and alerted, not recorded."""
+        d = self.status_dir or "."
+        try:
+            os.makedirs(d, exist_ok=True)
+            if os.path.isdir(self.status_path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.status_path)
+            fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=d)
+            os.close(fd)
+            os.unlink(probe)
+            return
+        except OSError as e:
+            err = StatusUnwritable(self.status_path, _status_error(e))
+        self.log.error("sync_run", job=self.spec.job, kind=self.spec.kind, result="status_unwritable",
+                       source=self.spec.source, dest=self.store.dest, error=err.message,
+                       duration=round(self.clock.monotonic() - start, 3))
+        _, event = next_status(self._previous(), self.spec.job, "failed",
+                               f"refused to run: {err.message}", self.clock.time(), self._extra(None))
+        self._alert(event)
+        raise err
 
     def _keeps_current(self, out: Outcome) -> None:
         """A run that failed before it looked at DEST still reports the copy current keeps."""
@@ -302,20 +348,27 @@ class SyncJob:
             self.store.remove("invalid", old)
             out.removed.append(f"invalid/{old}")
 
-    def _record(self, out: Outcome) -> dict | None:
-        path = os.path.join(self.status_dir, f"{self.spec.job}.json")
+    def _previous(self) -> dict | None:
         try:
-            prev = read_json(path)
+            return read_json(self.status_path)
         except (OSError, ValueError):
-            prev = None
-        extra = dict(self.extra, kind=self.spec.kind, source=self.spec.source,
-                     dest=self.store.dest, snapshot=out.snapshot, files=out.files,
-                     duration=out.seconds)
-        status, event = next_status(prev, self.spec.job, out.result, out.error, self.clock.time(), extra)
+            return None
+
+    def _extra(self, out: Outcome | None) -> dict:
+        extra = dict(self.extra, kind=self.spec.kind, source=self.spec.source, dest=self.store.dest)
+        if out is not None:
+            extra.update(snapshot=out.snapshot, files=out.files, duration=out.seconds)
+        return extra
+
+    def _record(self, out: Outcome) -> dict | None:
+        status, event = next_status(self._previous(), self.spec.job, out.result, out.error,
+                                    self.clock.time(), self._extra(out))
         try:
-            write_json(path, status)
+            write_json(self.status_path, status)
         except OSError as e:
-            self.log.error("sync_status_unwritable", job=self.spec.job, path=path, error=_os_error(e))
+            out.unrecorded = _status_error(e)
+            self.log.error("sync_status_unwritable", job=self.spec.job, path=self.status_path,
+                           error=out.unrecorded)
         return event
 
     def _log(self, out: Outcome) -> None:
@@ -342,3 +395,8 @@ def _take(lock: FileLock) -> None:
 def _os_error(e: OSError) -> str:
     where = f" ({e.filename})" if getattr(e, "filename", None) else ""
     return f"{e.strerror or e}{where}"
+
+
+def _status_error(e: OSError) -> str:
+    hint = ": a file, not a directory" if isinstance(e, FileExistsError) else ""    # makedirs
+    return _os_error(e) + hint
