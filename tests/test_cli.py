@@ -119,7 +119,7 @@ class Cli(unittest.TestCase):
             f.write('[supervisor]\nstale_after = "ten minutes"\n')
         r = meshkit("supervisor", "--config", bad)
         self.assertEqual(r.returncode, 2)
-        self.assertIn(f"{bad}: supervisor.stale_after: expected a number of seconds >= 0, found \"ten minutes\"", r.stderr)
+        self.assertIn(f"{bad}: supervisor.stale_after: expected a number of seconds > 0, found \"ten minutes\"", r.stderr)
         r = meshkit("status", MESHKIT_CONFIG=bad)
         self.assertEqual(r.returncode, 2)
 

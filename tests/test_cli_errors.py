@@ -56,6 +56,16 @@ class Listen(ErrorCase):
             r = meshkit("supervisor", "--config", cfg, timeout=30)
             self.assertOneLine(r, 2, cfg, "supervisor.listen", f"127.0.0.1:{port}", "in use")
 
+    def test_a_bad_listen_value_names_where_it_came_from(self):
+        for value in ("8765", "127.0.0.1:99999", ":8765", ""):
+            with self.subTest(value):
+                r = meshkit("supervisor", "--config", self.fleet.config, "--listen", value, timeout=30)
+                self.assertOneLine(r, 2, f"--listen: expected \"HOST:PORT\" with a port from 0 to 65535, found {value!r}")
+                self.assertNotIn("supervisor.listen", r.stderr)
+        cfg = self.config("bare-port.toml", {"supervisor.listen": "8765"})
+        r = meshkit("supervisor", "--config", cfg, timeout=30)
+        self.assertOneLine(r, 2, f"{cfg}: supervisor.listen: expected \"HOST:PORT\"", "found \"8765\"")
+
     def test_unbindable_addresses(self):
         for value in ["10.255.255.1:0", "300.1.1.1:80", "[::1]:0", "127.0.0.1:0:0", "host with space:80"]:
             with self.subTest(value):
@@ -71,6 +81,32 @@ class Urls(ErrorCase):
                 self.assertOneLine(r, 2, "supervisor URL", url)
         r = meshkit("tasks", "--config", self.fleet.config, MESHKIT_SUPERVISOR="garbage")
         self.assertOneLine(r, 2, "garbage")
+
+    def test_a_bad_supervisor_url_names_its_source(self):
+        data = os.path.join(self.dir, "src-data")
+        cfg = self.config("src.toml", {"supervisor.data_dir": data, "supervisor.listen": "127.0.0.1:0"})
+        url_file = os.path.join(data, "supervisor.url")
+        expected = "expected \"http://HOST:PORT\" with a port from 1 to 65535"
+        for cmd in ("status", "kinds", "tasks"):
+            with self.subTest(cmd):
+                r = meshkit(cmd, "--config", cfg, "--supervisor", "garbage")
+                self.assertOneLine(r, 2, f"bad supervisor URL 'garbage': {expected} (from --supervisor)")
+                r = meshkit(cmd, "--config", cfg, MESHKIT_SUPERVISOR="http://h:99999")
+                self.assertOneLine(r, 2, f"bad supervisor URL 'http://h:99999': {expected} (from $MESHKIT_SUPERVISOR)")
+        # no --supervisor, no $MESHKIT_SUPERVISOR, no supervisor.url: the config's supervisor.listen
+        r = meshkit("status", "--config", cfg)
+        self.assertOneLine(r, 2, "'http://127.0.0.1:0'", f"(from {cfg}: supervisor.listen '127.0.0.1:0'",
+                           f"a running supervisor's URL is in {url_file}")
+        os.makedirs(data, exist_ok=True)
+        with open(url_file, "w") as f:
+            f.write("http://127.0.0.1:abc\n")
+        r = meshkit("status", "--config", cfg)
+        self.assertOneLine(r, 2, f"bad supervisor URL 'http://127.0.0.1:abc': {expected} (from {url_file})")
+
+    def test_an_ipv6_listen_address_makes_a_url(self):
+        cfg = self.config("v6.toml", {"supervisor.data_dir": "v6-data", "supervisor.listen": "::1:1"})
+        r = meshkit("status", "--config", cfg)
+        self.assertOneLine(r, 3, "http://[::1]:1: ")          # asked there (nobody listens), not refused as a URL
 
     def test_worker_refuses_a_bad_supervisor_url(self):
         for url in BAD_URLS[:3]:

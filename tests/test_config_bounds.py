@@ -1,6 +1,7 @@
 """Config values the rest of meshkit cannot use are refused at load, naming file, key,
 expected and found: task defaults beyond what the supervisor accepts on a dispatch,
-intervals of 0 that make a loop spin, URLs that are not http://HOST:PORT."""
+intervals of 0 that make a loop spin, timeouts and TTLs of 0 that end everything at once,
+URLs that are not http://HOST:PORT."""
 
 import math
 import os
@@ -9,6 +10,13 @@ import unittest
 from meshkit.core.errors import ConfigError
 from meshkit.rules.config import parse_config, render_default_toml
 from tests.helpers import Fleet, meshkit
+
+
+ZERO_MEANS_NOTHING = ("supervisor.stale_after", "supervisor.lease_ttl", "supervisor.request_timeout",
+                      "supervisor.start_timeout", "supervisor.sync_timeout", "locks.ttl")
+
+
+SUPERVISOR = ["supervisor", "--listen", "127.0.0.1:0"]
 
 
 def parse(key: str, value):
@@ -45,7 +53,17 @@ class Bounds(unittest.TestCase):
         for key in ("supervisor.primary_lease", "tasks.backoff_base", "sync.io_timeout", "worker.poll_wait"):
             with self.subTest(key):
                 self.assertEqual(parse(key, 0).get(key), 0)
-        self.assertRefused("supervisor.stale_after", math.inf, "a number of seconds >= 0")
+        self.assertRefused("supervisor.stale_after", math.inf, "a number of seconds > 0")
+
+    def test_durations_that_mean_nothing_at_zero_must_be_above_zero(self):
+        # 0 would make every node stale at once, every lease expire at once, every connection time out
+        # at once, every leased task requeued before it can start, every sync-mode write give up on the
+        # standby at once, every held lock "hung" (and `locks reap --kill` end it).
+        for key in ZERO_MEANS_NOTHING:
+            for value in (0, 0.0, -1, math.inf, math.nan):
+                with self.subTest(key=key, value=value):
+                    self.assertRefused(key, value, "a number of seconds > 0")
+            self.assertEqual(parse(key, 0.5).get(key), 0.5)
 
     def test_url_keys(self):
         for key in ("supervisor.peer", "watchdog.primary", "watchdog.standby"):
@@ -66,17 +84,28 @@ class Bounds(unittest.TestCase):
 
 
 class Processes(unittest.TestCase):
-    def test_supervisor_refuses_a_task_timeout_it_could_never_dispatch(self):
-        fleet = Fleet(tasks__timeout=30 * 86400)
+    def assertRefusedAtStart(self, argv: list, key: str, value, line: str):
+        """`meshkit ARGV --config C` with key = value in C: exit 2, nothing on stdout, one line
+        on stderr (`meshkit: C: LINE`), no data dir made."""
+        fleet = Fleet(**{key.replace(".", "__"): value})
         try:
-            r = meshkit("supervisor", "--config", fleet.config, "--listen", "127.0.0.1:0", timeout=30)
-            self.assertEqual(r.returncode, 2, r.stderr)
-            self.assertEqual(r.stderr.strip().splitlines(),
-                             [f"meshkit: {fleet.config}: tasks.timeout: expected a number of seconds > 0 and at "
-                              f"most 604800 (7 days), found 2592000 (a number)"])
+            r = meshkit(*argv, "--config", fleet.config, timeout=30)
+            self.assertEqual((r.returncode, r.stdout), (2, ""), r.stderr)
+            self.assertEqual(r.stderr.strip().splitlines(), [f"meshkit: {fleet.config}: {line}"])
             self.assertFalse(os.path.exists(os.path.join(fleet.dir, "data")))
         finally:
             fleet.close()
+
+    def test_supervisor_refuses_a_task_timeout_it_could_never_dispatch(self):
+        self.assertRefusedAtStart(SUPERVISOR, "tasks.timeout", 30 * 86400,
+                                  "tasks.timeout: expected a number of seconds > 0 and at most 604800 (7 days), "
+                                  "found 2592000 (a number)")
+
+    def test_zero_durations_are_refused_by_the_commands_that_read_them(self):
+        for key in ZERO_MEANS_NOTHING:
+            with self.subTest(key):
+                self.assertRefusedAtStart(["locks", "list"] if key.startswith("locks.") else SUPERVISOR, key, 0,
+                                          f"{key}: expected a number of seconds > 0, found 0 (a number)")
 
     def test_the_largest_defaults_allowed_are_dispatchable(self):
         fleet = Fleet(tasks__timeout=604800, tasks__max_attempts=100)

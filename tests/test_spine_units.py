@@ -75,7 +75,7 @@ class Config(unittest.TestCase):
             ('[supervisor]\nlisten = 8765\n', "supervisor.listen", '"HOST:PORT"', "8765 (a number)"),
             ('[supervisor]\nlisten = "localhost:99999"\n', "supervisor.listen", "HOST:PORT", "localhost:99999"),
             ('[supervisor]\nstale_after = "10m"\n', "supervisor.stale_after", "seconds", '"10m" (a string)'),
-            ('[supervisor]\nstale_after = -1\n', "supervisor.stale_after", "seconds >= 0", "-1"),
+            ('[supervisor]\nstale_after = -1\n', "supervisor.stale_after", "seconds > 0", "-1"),
             ('[supervisor]\nlisen = "x:1"\n', "supervisor.lisen", "a known key", "an unknown key"),
             ('[worker.kinds.x]\nargv = "rm -rf /"\n', "worker.kinds.x.argv", "list of strings", "(a string)"),
             ('[worker.kinds.x]\nargv = ["a"]\ncmd = 1\n', "worker.kinds.x.cmd", "argv, timeout, env", "unknown"),

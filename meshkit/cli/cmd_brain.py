@@ -3,7 +3,7 @@
 import time
 import urllib.parse
 
-from meshkit.cli.common import EXIT_USAGE, fail, load_config, print_json
+from meshkit.cli.common import EXIT_USAGE, fail, load_config, print_json, table
 from meshkit.cli.remote import client_parser, make_client
 
 
@@ -40,7 +40,7 @@ def explain(args) -> int:
         print(f"  - {reason}")
     for h in d.get("history", []):
         stamp = time.strftime("%H:%M:%S", time.localtime(h["at"]))
-        print(f"  {stamp} {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason'][:50]}")
+        print(f"  {stamp} {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason']}")
     return 0
 
 
@@ -57,10 +57,10 @@ def kinds(args) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(f"{'KIND':<20} {'FAILS':>5}  STATE")
-    for k in rows:
-        state = f"quarantined: {k['reason']}" if k["quarantined"] else "ok"
-        print(f"{k['kind'][:20]:<20} {k['failures_in_a_row']:>5}  {state[:50]}")
+    for line in table([("KIND", 20, "<"), ("FAILS", 5, ">"), ("STATE", 0, "<")],
+                      [[k["kind"], k["failures_in_a_row"], f"quarantined: {k['reason']}" if k["quarantined"] else "ok"]
+                       for k in rows]):
+        print(line)
     return 0
 
 

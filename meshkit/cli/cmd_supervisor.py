@@ -8,7 +8,7 @@ from meshkit.cli.common import add_config_arg, load_config
 from meshkit.core.errors import ConfigError
 from meshkit.roles.supervisor.service import Supervisor, parse_listen
 from meshkit.rules import failover
-from meshkit.rules.config import URL_EXPECTED, is_url, split_http_url
+from meshkit.rules.config import CHECKS, URL_EXPECTED, is_url, split_http_url
 
 
 def register(sub) -> None:
@@ -26,13 +26,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def listen_address(args, cfg) -> tuple:
+    """(host, port) from --listen, else supervisor.listen; a bad value is refused naming
+    where it came from: the option, or the config file and key."""
+    if args.listen is None:
+        return parse_listen(cfg.get("supervisor.listen"), cfg.source)
+    try:
+        return parse_listen(args.listen)
+    except ConfigError:
+        raise ConfigError(None, "--listen", CHECKS["hostport"][0], repr(args.listen)) from None
+
+
 def check_peer(args, cfg) -> None:
     """--standby-of is a URL, and the peer (it, else supervisor.peer) is not this supervisor."""
     if args.standby_of is not None and not is_url(args.standby_of):
         raise ConfigError(None, "--standby-of", URL_EXPECTED, repr(args.standby_of))
     peer = args.standby_of or cfg.get("supervisor.peer")
     hp = split_http_url(peer) if peer else None
-    host, port = parse_listen(args.listen or cfg.get("supervisor.listen"), cfg.source)
+    host, port = listen_address(args, cfg)
     if hp and failover.names_itself(hp[0], hp[1] or 80, host, port):
         where, key = (None, "--standby-of") if args.standby_of else (cfg.source, "supervisor.peer")
         raise ConfigError(where, key, f"the other supervisor's URL, not this one's ({host}:{port})", repr(peer))

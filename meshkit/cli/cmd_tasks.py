@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail, load_config, print_json
+from meshkit.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail, load_config, print_json, table
 from meshkit.cli.remote import client_parser, make_client
 from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
@@ -166,10 +166,11 @@ def list_tasks(args) -> int:
         print_json(tasks)
         return 0
     now = REAL.time()
-    print(f"{'ID':<8} {'KIND':<16} {'STATE':<10} {'TRY':>3} {'NODE':<16} {'AGE':>5}  TRACE")
-    for t in tasks:
-        print(f"{t['id']:<8} {t['kind'][:16]:<16} {t['state']:<10} {t['attempts']:>3} "
-              f"{(t['node'] or '-')[:16]:<16} {_age(t['created_at'], now):>5}  {t['trace_id'][:12]}")
+    columns = [("ID", 8, "<"), ("KIND", 16, "<"), ("STATE", 10, "<"), ("TRY", 3, ">"), ("NODE", 16, "<"),
+               ("AGE", 5, ">"), ("TRACE", 0, "<")]
+    for line in table(columns, [[t["id"], t["kind"], t["state"], t["attempts"], t["node"] or "-",
+                                 _age(t["created_at"], now), t["trace_id"][:12]] for t in tasks]):
+        print(line)
     return 0
 
 
@@ -194,6 +195,14 @@ def _replication_lines(r: dict) -> list:
         if r.get(key):
             out.append(f"{what}: {r[key]}")
     return out
+
+
+def _node_row(n: dict) -> list:
+    """One row of status's nodes table (its kinds whole: the last column is never cut)."""
+    load = f"{n['load'][0]:.1f}" if n.get("load") else "-"
+    mem = f"{n['mem_available'] / 2**30:.1f}G" if n.get("mem_available") else "-"
+    return [n["name"], n["state"], _age(0, n["last_seen_age"]), f"{n['running']}/{n['slots']}", load, mem,
+            ",".join(n["kinds"])]
 
 
 def status(args) -> int:
@@ -224,18 +233,15 @@ def status(args) -> int:
               f"(its tasks wait; meshkit kinds resume {q.get('kind')})")
     counts = "  ".join(f"{s} {c}" for s, c in st["tasks"].items() if c)
     print(f"tasks: {counts or 'none'}")
-    print(f"{'NODE':<18} {'STATE':<6} {'SEEN':>5} {'RUN':>7} {'LOAD':>5} {'MEM':>6}  KINDS")
-    for n in st["nodes"]:
-        load = f"{n['load'][0]:.1f}" if n.get("load") else "-"
-        mem = f"{n['mem_available'] / 2**30:.1f}G" if n.get("mem_available") else "-"
-        run = f"{n['running']}/{n['slots']}"
-        print(f"{n['name'][:18]:<18} {n['state']:<6} {_age(0, n['last_seen_age']):>5} {run:>7} {load:>5} {mem:>6}"
-              f"  {','.join(n['kinds'])[:30]}")
+    columns = [("NODE", 18, "<"), ("STATE", 6, "<"), ("SEEN", 5, ">"), ("RUN", 7, ">"), ("LOAD", 5, ">"),
+               ("MEM", 6, ">"), ("KINDS", 0, "<")]
+    for line in table(columns, [_node_row(n) for n in st["nodes"]]):
+        print(line)
     if not st["nodes"]:
         print("(no workers yet: python -m meshkit worker --supervisor " + str(st["url"]) + ")")
     now = REAL.time()
     for job in st["sync"]:
         ok = job.get("last_success")
-        print(f"sync {job.get('job', '?')[:16]}: {job.get('last_result', '?')}, last success "
+        print(f"sync {job.get('job', '?')}: {job.get('last_result', '?')}, last success "
               f"{_age(ok, now) + ' ago' if ok else 'never'}, {job.get('consecutive_failures', 0)} failures in a row")
     return 0

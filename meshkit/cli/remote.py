@@ -8,37 +8,51 @@ import argparse
 import os
 
 from meshkit.adapters import keyfile
-from meshkit.adapters.client import SignedClient
+from meshkit.adapters.client import BadUrl, SignedClient
 from meshkit.cli.common import add_config_arg
 from meshkit.rules.auth import pick_key
 from meshkit.rules.config import Config
 
 
-def supervisor_url(args, cfg: Config) -> str:
-    """--supervisor, else $MESHKIT_SUPERVISOR, else <data_dir>/supervisor.url, else supervisor.listen."""
+def find_supervisor(args, cfg: Config) -> tuple:
+    """(URL, where it came from, for errors): --supervisor, else $MESHKIT_SUPERVISOR, else
+    <data_dir>/supervisor.url, else supervisor.listen (a wildcard host such as 0.0.0.0 is asked at 127.0.0.1)."""
     url = getattr(args, "supervisor", None)
     if isinstance(url, list):
         url = url[0] if url else None
-    url = url or os.environ.get("MESHKIT_SUPERVISOR")
     if url:
-        return url
+        return url, "--supervisor"
+    if os.environ.get("MESHKIT_SUPERVISOR"):
+        return os.environ["MESHKIT_SUPERVISOR"], "$MESHKIT_SUPERVISOR"
+    url_file = os.path.join(cfg.path("supervisor.data_dir"), "supervisor.url")
     try:
-        with open(os.path.join(cfg.path("supervisor.data_dir"), "supervisor.url")) as f:
+        with open(url_file) as f:
             found = f.read().strip()
             if found:
-                return found
+                return found, url_file
     except OSError:
         pass
-    host, _, port = cfg.get("supervisor.listen").rpartition(":")
+    listen = cfg.get("supervisor.listen")
+    host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"                   # an IPv6 address: "::1:8765" listens on http://[::1]:8765
+    where = f"{cfg.source + ': ' if cfg.source else ''}supervisor.listen {listen!r}"
+    if port == "0":
+        where += f" (any free port: a running supervisor's URL is in {url_file}; or pass --supervisor URL)"
+    return f"http://{host}:{port}", where
 
 
 def make_client(args, cfg: Config, at_most: str = "admin"):
-    """A signed client for the supervisor, with the most capable key allowed."""
+    """A signed client for the supervisor, with the most capable key allowed. A URL that is
+    not one is refused naming where it came from (exit 2)."""
     kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most)
-    return SignedClient(supervisor_url(args, cfg), kid, secret)
+    url, where = find_supervisor(args, cfg)
+    try:
+        return SignedClient(url, kid, secret)
+    except BadUrl as e:
+        raise BadUrl(f"{e.message} (from {where})") from None
 
 
 def add_client_args(parser) -> None:

@@ -104,19 +104,19 @@ SCHEMA: list[Key] = [
     # supervisor
     Key("supervisor.listen", "hostport", "127.0.0.1:8765", "address the supervisor listens on; port 0 picks a free port"),
     Key("supervisor.data_dir", "path", "data", "SQLite database, supervisor.url, status files (relative to this file)"),
-    Key("supervisor.stale_after", "seconds", 600, "a node without a heartbeat this long is unselectable and its tasks are requeued"),
-    Key("supervisor.lease_ttl", "seconds", 300, "a lease not renewed by a heartbeat for this long is reaped"),
+    Key("supervisor.stale_after", "interval", 600, "a node without a heartbeat this long is unselectable and its tasks are requeued"),
+    Key("supervisor.lease_ttl", "interval", 300, "a lease not renewed by a heartbeat for this long is reaped"),
     Key("supervisor.max_body", "posint", 1048576, "largest request body accepted, in bytes"),
     Key("supervisor.max_connections", "posint", 256, "connections served at once; more are refused with 503"),
-    Key("supervisor.request_timeout", "seconds", 30, "a client that sends nothing for this long is disconnected"),
+    Key("supervisor.request_timeout", "interval", 30, "a client that sends nothing for this long is disconnected"),
     Key("supervisor.durability", "durability", "normal", '"normal" survives a killed process; "full" also a power cut (fsync per commit)'),
     Key("supervisor.role", "role", "primary", '"primary", or "standby" (replicates supervisor.peer, refuses work)'),
     Key("supervisor.peer", "url", "", "URL of the other supervisor of an HA pair", commented=True),
     Key("supervisor.replication", "replication", "async", '"async", or "sync": acknowledge dispatches and results once the standby holds them'),
-    Key("supervisor.sync_timeout", "seconds", 2, "sync replication: wait this long for the standby, then fall back to async (keep it above primary_lease)"),
+    Key("supervisor.sync_timeout", "interval", 2, "sync replication: wait this long for the standby, then fall back to async (keep it above primary_lease)"),
     Key("supervisor.primary_lease", "seconds", 0, "with HA: stop accepting work after this long without a watchdog check or standby pull (0 = off)"),
     Key("supervisor.cycle", "interval", 2, "how often the supervisor reaps leases and checks its state"),
-    Key("supervisor.start_timeout", "seconds", 120, "a task leased but not started this long is requeued (heal rule)"),
+    Key("supervisor.start_timeout", "interval", 120, "a task leased but not started this long is requeued (heal rule)"),
     Key("supervisor.priorities_file", "path", "", "per-kind priorities, limits and retry rules (TOML or JSON); reloaded on change", commented=True),
     # tasks
     Key("tasks.timeout", "task_timeout", 1800, "default task timeout"),
@@ -149,7 +149,7 @@ SCHEMA: list[Key] = [
     Key("worker.breaker_cooldown", "seconds", 300, "seconds the breaker stays open before one half-open try"),
     # locks
     Key("locks.dir", "path", "locks", "directory of lock files (relative to this file)"),
-    Key("locks.ttl", "seconds", 7200, "a lock held longer is reported as hung"),
+    Key("locks.ttl", "interval", 7200, "a lock held longer is reported as hung"),
     Key("locks.alert", "argv", [], "command run when `locks reap` finds a hung holder; gets the event as JSON on stdin", commented=True),
     # sync
     Key("sync.ssh_port", "int", 22, "ssh port for remote sources"),
