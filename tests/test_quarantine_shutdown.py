@@ -1,8 +1,10 @@
 """How a running task ended from outside is recorded.
 
 A task ended because its own worker shut down (a second SIGTERM/Ctrl-C, or drain_timeout
-passed: ended_by "signal", error "the worker is shutting down") is not its kind's fault: it
-may use up an attempt, but it neither counts toward the kind's quarantine nor resets it.
+passed: ended_by "shutdown", error "the worker is shutting down"; a worker from before that
+marker sent ended_by "signal" with that exact text, still accepted) is not its kind's fault:
+it may use up an attempt (retried like any failure), but it neither counts toward the kind's
+quarantine nor resets it.
 
 A running task cancelled with a reason (`meshkit cancel ID --reason TEXT`) keeps the reason
 in its history: in the cancel request's row and in the row that ends the task."""
@@ -13,6 +15,11 @@ import unittest
 from tests.helpers import register
 from tests.test_worker_harness import WorkerProc, close_fleet, dispatch, get_task, wait_state, worker_fleet
 
+from meshkit.core import wire
+from meshkit.core.errors import ApiError
+from meshkit.roles.supervisor import openapi
+from meshkit.roles.worker import results
+from meshkit.rules import fsm
 from meshkit.rules.policy import NO_KIND_POLICY, WORKER_SHUTDOWN, KindPolicy, kind_verdict, stopped_by_worker
 
 
@@ -23,7 +30,10 @@ class KindVerdict(unittest.TestCase):
             # outcome, ended_by, exit_code, output, error, policy, verdict
             ("succeeded", "exit", 0, "", None, NO_KIND_POLICY, "reset"),
             ("failed", "exit", 3, "", "exit code 3", NO_KIND_POLICY, "count"),
-            ("failed", "signal", None, "", WORKER_SHUTDOWN, NO_KIND_POLICY, None),     # its worker stopped
+            ("failed", "shutdown", None, "", WORKER_SHUTDOWN, NO_KIND_POLICY, None),   # its worker stopped
+            ("failed", "shutdown", None, "", None, NO_KIND_POLICY, None),              # the marker alone says it
+            ("failed", "shutdown", None, "", "exit code 3", NO_KIND_POLICY, None),
+            ("failed", "signal", None, "", WORKER_SHUTDOWN, NO_KIND_POLICY, None),     # an older worker's form
             ("failed", "signal", None, "", "killed by signal 9", NO_KIND_POLICY, "count"),  # OOM, segfault...
             ("failed", "exit", 3, "", WORKER_SHUTDOWN, NO_KIND_POLICY, "count"),       # only with ended_by signal
             ("failed", "error", None, "", WORKER_SHUTDOWN, NO_KIND_POLICY, "count"),
@@ -38,10 +48,46 @@ class KindVerdict(unittest.TestCase):
                 self.assertEqual(kind_verdict(outcome, ended_by, code, output, error, policy), want)
 
     def test_stopped_by_worker(self):
-        self.assertTrue(stopped_by_worker("signal", "the worker is shutting down"))
+        for ended_by, error in (("shutdown", WORKER_SHUTDOWN), ("shutdown", None), ("shutdown", ""),
+                                ("signal", "the worker is shutting down")):
+            self.assertTrue(stopped_by_worker(ended_by, error), (ended_by, error))
         for ended_by, error in (("signal", None), ("signal", "killed by signal 15"), ("cancel", WORKER_SHUTDOWN),
-                                ("exit", WORKER_SHUTDOWN)):
+                                ("exit", WORKER_SHUTDOWN), ("Shutdown", None), ("error", "shutdown")):
             self.assertFalse(stopped_by_worker(ended_by, error), (ended_by, error))
+
+    def test_the_marker_is_on_the_wire(self):
+        self.assertIn("shutdown", wire.ENDED_BY)
+        self.assertEqual(wire.SHUTDOWN, "shutdown")
+        enum = openapi.components()["schemas"]["RESULT"]["properties"]["ended_by"]["enum"]
+        self.assertEqual(enum, list(wire.ENDED_BY))
+
+    def test_after_result_retries_it_like_any_failure(self):
+        # (outcome, ended_by, attempts, max_attempts, cancel requested) -> next state
+        cases = [
+            ("failed", "shutdown", 1, 3, False, "queued"),
+            ("failed", "shutdown", 3, 3, False, "failed"),
+            ("failed", "shutdown", 1, 3, True, "cancelled"),
+            ("failed", "signal", 1, 3, False, "queued"),          # as before
+            ("failed", "signal", 3, 3, False, "failed"),
+        ]
+        for outcome, ended_by, attempts, most, cancel, want in cases:
+            with self.subTest(ended_by=ended_by, attempts=attempts, cancel=cancel):
+                to, reason = fsm.after_result(outcome, ended_by, attempts, most, cancel)
+                self.assertEqual(to, want, reason)
+
+    def test_an_older_supervisor_gets_the_older_form(self):
+        # A supervisor from before "shutdown" refuses it (400 on field ended_by): the worker
+        # resends the same result as ended_by "signal" + WORKER_SHUTDOWN, which it accepts.
+        body = {"task": "t1", "fence": 2, "node": "w1", "outcome": "failed", "ended_by": "shutdown",
+                "error": WORKER_SHUTDOWN, "stdout_tail": "", "stderr_tail": ""}
+        old = ApiError(400, "bad_request", "result: field 'ended_by' must be one of exit, timeout, cancel, "
+                       "signal, error (HTTP 400)", field="ended_by")
+        self.assertEqual(results.classify(old, body), "rewrite")
+        again = results.rewritten(body, old)
+        self.assertEqual((again["ended_by"], again["error"], again["outcome"]), ("signal", WORKER_SHUTDOWN, "failed"))
+        self.assertTrue(stopped_by_worker(again["ended_by"], again["error"]))
+        other = ApiError(400, "bad_request", "result: field 'error' must be a string or null", field="error")
+        self.assertEqual(results.rewritten(body, other)["ended_by"], "error")     # any other refusal: as before
 
 
 class ShutdownsDoNotQuarantine(unittest.TestCase):
@@ -67,7 +113,7 @@ class ShutdownsDoNotQuarantine(unittest.TestCase):
             w.signal(signal.SIGTERM)
             self.assertEqual(w.wait(15), 128 + signal.SIGTERM)
             task = wait_state(self.admin, tid, "failed")
-            self.assertEqual((task["result"]["ended_by"], task["result"]["error"]), ("signal", WORKER_SHUTDOWN))
+            self.assertEqual((task["result"]["ended_by"], task["result"]["error"]), ("shutdown", WORKER_SHUTDOWN))
             kind = self.kind("slow")
             self.assertFalse(kind["quarantined"], kind)
             self.assertEqual(kind["failures_in_a_row"], 0, kind)

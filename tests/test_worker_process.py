@@ -120,7 +120,7 @@ class WorkerProcess(unittest.TestCase):
         self.assertEqual(w.wait(10), 128 + signal.SIGINT)
         self.assertLess(time.monotonic() - t0, 5)
         task = wait_state(self.admin, tid, "failed")
-        self.assertEqual(task["result"]["ended_by"], "signal")
+        self.assertEqual(task["result"]["ended_by"], "shutdown")
         self.assertEqual(task["result"]["error"], "the worker is shutting down")
 
     def test_two_signals_at_once_never_hang_the_worker(self):

@@ -256,9 +256,12 @@ class ResultsTable(unittest.TestCase):
             ("exit 3", fin(code=3), None, None, None, ("failed", "exit code 3")),
             ("timeout", fin("timeout", None, 9), None, None, None, ("failed", "timed out after 2.5 s")),
             ("cancel", fin("cancel", None, 15), None, None, None, ("failed", "cancelled")),
-            ("own signal", fin("signal", None, 11), None, None, None, ("failed", "killed by signal 11")),
-            ("worker stop", fin("signal", None, 15), None, None, "the worker is shutting down",
-             ("failed", "the worker is shutting down")),
+            ("own signal", fin("signal", None, 11), None, None, False, ("failed", "killed by signal 11")),
+            # the worker stopped it for its own shutdown: said by ended_by "shutdown" (wire.SHUTDOWN)
+            ("worker stop", fin("signal", None, 15), None, None, True, ("failed", "the worker is shutting down")),
+            ("worker stop, exited first", fin(), None, None, True, ("succeeded", None)),
+            ("worker stop, timed out first", fin("timeout", None, 9), None, None, True,
+             ("failed", "timed out after 2.5 s")),
             ("spawn error", fin("error", None, error="cannot start x: No such file"), None, None, None,
              ("failed", "cannot start x: No such file")),
             ("bad result.json", fin(), "result.json invalid: not JSON", None, None, ("failed", "result.json invalid: not JSON")),
@@ -267,9 +270,10 @@ class ResultsTable(unittest.TestCase):
         ]
         for name, f, rerr, aerr, stop, expected in cases:
             with self.subTest(name):
-                b = results.build_result(task, "w1", f, 2.5, {"r": 1}, rerr, aerr, stop)
+                b = results.build_result(task, "w1", f, 2.5, {"r": 1}, rerr, aerr, bool(stop))
                 self.assertEqual((b["outcome"], b["error"]), expected)
-                self.assertEqual((b["task"], b["fence"], b["node"], b["ended_by"]), ("t1", 2, "w1", f.ended_by))
+                ended_by = "shutdown" if stop and f.ended_by == "signal" else f.ended_by
+                self.assertEqual((b["task"], b["fence"], b["node"], b["ended_by"]), ("t1", 2, "w1", ended_by))
                 self.assertEqual((b["started_at"], b["finished_at"], b["result"]), (10.0, 12.0, {"r": 1}))
 
     def test_tails_fit_the_wire(self):

@@ -21,12 +21,13 @@ import meshkit
 from meshkit.adapters import keyfile
 from meshkit.adapters.atomic import make_dir
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
+from meshkit.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, add_config_arg, exit_code_for, fail, load_config
 from meshkit.cli.memwire import WorkerGuard
 from meshkit.core.clock import REAL
 from meshkit.cli.sdwire import wire_worker
 from meshkit.core.errors import ConfigError, MeshkitError
 from meshkit.roles.worker import build, settings_from
+from meshkit.roles.worker.refusals import refused_line
 from meshkit.rules.auth import pick_key
 from meshkit.rules.config import URL_EXPECTED, describe, is_url
 
@@ -42,7 +43,9 @@ Task kinds come only from the config's allowlist:
   env = { LANG = "C.UTF-8" }
 
 Stopping: SIGTERM or Ctrl-C stops claiming, lets running tasks finish (worker.drain_timeout),
-delivers results and exits 0; a second one stops the running tasks at once."""
+delivers results and exits 0; a second one stops the running tasks at once.
+Exit 2: bad config (e.g. no [worker.kinds.NAME] at all); 3: the supervisor refuses this
+worker's key for good (a key whose role may not claim, an unknown key id, a wrong secret)."""
 
 
 def register(sub) -> None:
@@ -117,7 +120,8 @@ def serve(args) -> int:
     s = settings_from(cfg.with_values(**overrides), socket.gethostname())
     make_dir(s.work_dir, None if args.work_dir else cfg.source, "--work-dir" if args.work_dir else "worker.work_dir",
              "a directory the worker can create")
-    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), "worker")
+    keys_file = cfg.path("auth.keys_file")
+    kid, _, secret = pick_key(keyfile.load(keys_file), cfg.get("auth.key_id"), "worker")
     log = Logger("worker", node=s.name, level=cfg.get("logging.level"), log_dir=cfg.path("logging.dir"))
     worker = build(s, kid, secret, log=log)
     wire_worker(worker)        # systemd: READY, WATCHDOG per step, STATUS, STOPPING (no-op without NOTIFY_SOCKET)
@@ -129,7 +133,12 @@ def serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return guard.exit_code(worker.run())
+    code = guard.exit_code(worker.run())
+    if worker.refusal is not None:      # the supervisor refuses our key for good: one line, exit 3
+        url, message, reason = worker.refusal
+        where = f"auth.key_id{f' in {cfg.source}' if cfg.source else ''}, keys file {keys_file}"
+        return fail(refused_line(kid, url, message, reason, where), EXIT_UNREACHABLE)
+    return code
 
 
 def main(argv=None) -> int:

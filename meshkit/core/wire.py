@@ -137,7 +137,11 @@ LEASE_RENEW = {"holder": ("name", True), "token": ("int", True), "ttl": ("num", 
 LEASE_RELEASE = {"holder": ("name", True), "token": ("int", True)}
 
 OUTCOMES = ("succeeded", "failed")
-ENDED_BY = ("exit", "timeout", "cancel", "signal", "error")
+# ended_by SHUTDOWN: the worker ended the attempt because it is itself stopping (a second
+# SIGTERM/Ctrl-C, or drain_timeout passed), nothing the task did. Workers before it sent
+# "signal" with the error text policy.WORKER_SHUTDOWN; the supervisor accepts both.
+SHUTDOWN = "shutdown"
+ENDED_BY = ("exit", "timeout", "cancel", "signal", "error", SHUTDOWN)
 
 
 def validate(body, schema: dict, what: str) -> dict:

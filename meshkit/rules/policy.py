@@ -21,12 +21,14 @@ import tomllib
 from dataclasses import dataclass, field
 
 from meshkit.core.errors import ConfigError
+from meshkit.core.wire import SHUTDOWN
 
 CLASS_NAMES = ("P0", "P1", "P2", "P3")
 DEFAULT_CLASSES = {"P0": 30, "P1": 20, "P2": 0}
 DEFAULT_TRANSIENT_PATTERNS = ("429", "connection reset", "Connection reset", "temporarily unavailable")
-# The error a worker reports (ended_by "signal") for the attempts it ends because it is itself
-# stopping: a second SIGTERM/Ctrl-C, or drain_timeout passed (roles/worker/jobs.py).
+# The error a worker reports for the attempts it ends because it is itself stopping: a second
+# SIGTERM/Ctrl-C, or drain_timeout passed (roles/worker/jobs.py). It says so with ended_by
+# wire.SHUTDOWN; a worker from before that marker sent ended_by "signal" and this exact text.
 WORKER_SHUTDOWN = "the worker is shutting down"
 
 
@@ -144,8 +146,9 @@ def is_transient(ended_by: str, exit_code, output: str, error, kind: KindPolicy)
 
 
 def stopped_by_worker(ended_by: str, error) -> bool:
-    """The attempt was ended by its own worker shutting down: nothing the kind did."""
-    return ended_by == "signal" and error == WORKER_SHUTDOWN
+    """The attempt was ended by its own worker shutting down: nothing the kind did. Said by
+    ended_by "shutdown" (wire.SHUTDOWN), or by an older worker's "signal" + WORKER_SHUTDOWN."""
+    return ended_by == SHUTDOWN or (ended_by == "signal" and error == WORKER_SHUTDOWN)
 
 
 def kind_verdict(outcome: str, ended_by: str, exit_code, output: str, error, kind: KindPolicy):

@@ -23,4 +23,4 @@ def build(s: Settings, key_id: str, secret: str, clock=REAL, log: Logger | None 
     link = Link(clients, Breaker(threshold=s.breaker_failures, cooldown=s.breaker_cooldown), clock, log)
     outbox = Outbox(os.path.join(s.work_dir, "outbox"), on_bad=lambda path, why: log.error(
         "outbox_entry_unreadable", path=path, error=why, reason="set aside, not sent: look at it"))
-    return Worker(s, link, outbox, clock, log)
+    return Worker(s, link, outbox, clock, log, key_id=key_id)

@@ -26,7 +26,7 @@ class Job:
 
 class JobRunner:
     """Worker's per-task half (needs self.s, link, outbox, clock, log, rand, proc, cond, jobs,
-    unacked, aborted, tasks_dir, marker_prefix, slot_freed, wake)."""
+    unacked, aborted, tasks_dir, marker_prefix, slot_freed, wake, refused)."""
 
     def execute(self, job: Job) -> None:
         try:
@@ -61,8 +61,8 @@ class JobRunner:
         artifact_error = None
         if fin.ended_by == "exit" and fin.exit_code == 0 and not result_error:
             artifact_error = runner.check_expects(task_dir, task.get("expects"))
-        stop_reason = "the worker is shutting down" if job.stop == "signal" else None
-        return build_result(task, node, fin, timeout, result, result_error, artifact_error, stop_reason)
+        # job.stop "signal": the worker is stopping: the result says so (ended_by "shutdown")
+        return build_result(task, node, fin, timeout, result, result_error, artifact_error, job.stop == "signal")
 
     def _start_call(self, job: Job) -> bool:
         """Tell the supervisor the process starts; False if the lease is gone (do not run)."""
@@ -76,7 +76,7 @@ class JobRunner:
                 self.link.call("POST", f"/v1/tasks/{task['id']}/start", {"node": self.s.name, "fence": task["fence"]})
                 return True
             except ApiError as e:
-                if e.status in (404, 409) and e.code != "not_active":
+                if (e.status in (404, 409) and e.code != "not_active") or self.refused(e):
                     self.log.warning("task_not_started", task=task["id"], fence=task["fence"], error=e.message)
                     return False
                 err = e

@@ -6,37 +6,49 @@ The result body follows wire.RESULT. Delivery answers are classified:
            task already ended): a final answer                  -> remove, log
   rewrite  400 / 413: the body itself is refused               -> replace it once by a
            small failure report (so the task still ends), then drop if that is refused too
-  retry    network, 5xx, 401/403/429, not_active, open breaker  -> keep, resend later
+  retry    network, 5xx, 429, not_active, open breaker, a 401   -> keep, resend later
+           that may pass (clock skew, replay: refusals.py)
+  refused  the key refused for good (403, 401 unknown key id or
+           bad signature: refusals.py)                          -> keep (as retry), end the round;
+           the worker stops (on_refused) and the next start sends them
+An attempt the worker ended because it is itself stopping says so: ended_by "shutdown"
+(wire.SHUTDOWN); to a supervisor from before that value (400 on field ended_by) it is
+resent in the older form, ended_by "signal" with error policy.WORKER_SHUTDOWN.
 """
 
 from meshkit.core.errors import ApiError, MeshkitError
+from meshkit.core.wire import SHUTDOWN
 from meshkit.rules import backoff
+from meshkit.rules.policy import WORKER_SHUTDOWN
 
 MAX_TAIL_CHARS = 65536          # wire.MAX_STR
 REFUSED = "result refused by the supervisor"
 
 
-def describe_end(ended_by: str, exit_code, sig, timeout, stop_reason: str | None) -> str | None:
+def describe_end(ended_by: str, exit_code, sig, timeout) -> str | None:
     """The error text of an attempt that ended otherwise than by exit 0 (None for exit 0)."""
     if ended_by == "timeout":
         return f"timed out after {timeout:g} s" if timeout else "timed out"
     if ended_by == "cancel":
         return "cancelled"
+    if ended_by == SHUTDOWN:
+        return WORKER_SHUTDOWN
     if ended_by == "signal":
-        return stop_reason or f"killed by signal {sig}"
+        return f"killed by signal {sig}"
     if ended_by == "exit" and exit_code != 0:
         return f"exit code {exit_code}"
     return None
 
 
 def build_result(task: dict, node: str, fin, timeout, result, result_error, artifact_error,
-                 stop_reason: str | None = None) -> dict:
-    """The wire body for an attempt that ran (or tried to). `fin` is a runner.Finished."""
-    error = fin.error if fin.ended_by == "error" else describe_end(
-        fin.ended_by, fin.exit_code, fin.signal, timeout, stop_reason)
+                 shutdown: bool = False) -> dict:
+    """The wire body for an attempt that ran (or tried to). `fin` is a runner.Finished;
+    shutdown: the worker stopped it because the worker itself is stopping."""
+    ended_by = SHUTDOWN if shutdown and fin.ended_by == "signal" else fin.ended_by
+    error = fin.error if ended_by == "error" else describe_end(ended_by, fin.exit_code, fin.signal, timeout)
     error = error or result_error or artifact_error
     return {"task": task["id"], "fence": task["fence"], "node": node,
-            "outcome": "failed" if error else "succeeded", "ended_by": fin.ended_by,
+            "outcome": "failed" if error else "succeeded", "ended_by": ended_by,
             "exit_code": fin.exit_code, "signal": fin.signal, "result": result, "error": error,
             "stdout_tail": fin.stdout_tail[-MAX_TAIL_CHARS:], "stderr_tail": fin.stderr_tail[-MAX_TAIL_CHARS:],
             "started_at": fin.started_at, "finished_at": fin.finished_at}
@@ -61,6 +73,8 @@ def classify(err, body: dict) -> str:
 
 
 def rewritten(body: dict, err: MeshkitError) -> dict:
+    if body.get("ended_by") == SHUTDOWN and err.details.get("field") == "ended_by":
+        return dict(body, ended_by="signal", error=WORKER_SHUTDOWN)     # a supervisor from before SHUTDOWN
     return dict(body, outcome="failed", ended_by="error", result=None,
                 error=f"{REFUSED}: {err.message}"[:1000],
                 stdout_tail=body.get("stdout_tail", "")[-1000:], stderr_tail=body.get("stderr_tail", "")[-1000:])
@@ -71,10 +85,11 @@ class Sender:
 
     IDLE = 3600.0
 
-    def __init__(self, outbox, link, clock, rand, base: float, cap: float, log, on_done=None):
+    def __init__(self, outbox, link, clock, rand, base: float, cap: float, log, on_done=None, on_refused=None):
         self.outbox, self.link, self.clock, self.rand = outbox, link, clock, rand
         self.base, self.cap, self.log = base, cap, log
         self.on_done = on_done or (lambda name: None)
+        self.on_refused = on_refused or (lambda err: False)    # True: the key is refused for good
         self.tries = {}      # entry name -> (failed sends, monotonic time of the next try)
 
     def step(self, force: bool = False) -> float:
@@ -94,6 +109,7 @@ class Sender:
                 answer, err = None, e
             if getattr(err, "code", None) == "breaker_open":
                 break
+            refused = err is not None and self.on_refused(err)     # for good: kept, and no more sends now
             action = classify(err, body)
             if action == "ack":
                 self.outbox.remove(name)
@@ -116,8 +132,8 @@ class Sender:
                 self.tries[name] = (n + 1, now + delay)
                 self.log.info("result_retry", task=body["task"], fence=body["fence"], error=err.message,
                               retry_in=round(delay, 2))
-                if not isinstance(err, ApiError) or err.status >= 500:
-                    break      # the supervisor is not answering: do not push the others now
+                if refused or not isinstance(err, ApiError) or err.status >= 500:
+                    break      # the supervisor is not answering, or refuses our key: not the others now
         return self.next_due()
 
     def next_due(self) -> float:

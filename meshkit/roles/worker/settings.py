@@ -46,6 +46,9 @@ def settings_from(cfg: Config, hostname: str) -> Settings:
         _check_name(cfg.source, "worker.capabilities", cap)
     for kind in cfg.kinds:
         _check_name(cfg.source, f"worker.kinds.{kind}", kind)
+    if not cfg.kinds:      # it would register, claim nothing and idle forever
+        raise ConfigError(cfg.source, "worker.kinds", "at least one allowlisted task kind "
+                          '([worker.kinds.NAME] with argv = ["/path/to/program", ...])', "none")
     return Settings(
         name=name, supervisors=sups, capabilities=tuple(cfg.get("worker.capabilities")),
         slots=cfg.get("worker.slots"), work_dir=cfg.path("worker.work_dir"), kinds=dict(cfg.kinds),

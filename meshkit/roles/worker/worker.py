@@ -17,12 +17,14 @@ from meshkit.adapters.wakeup import PipeEvent
 from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.rules import backoff
 from meshkit.roles.worker.link import BreakerOpen
+from meshkit.roles.worker import refusals
 from meshkit.roles.worker.jobs import Job, JobRunner
 from meshkit.roles.worker.results import Sender
 from meshkit.roles.worker.settings import Settings
 
 ABORT_WAIT = 5.0             # after an abort, seconds beyond the grace to wait for tasks to end
 MAX_RUNNING_LISTED = 1000    # wire.MAX_LIST
+AUTH_LOG_EVERY = 30.0        # at most one auth_refused error line per this many seconds
 
 
 def spawn_thread(target, *args) -> threading.Thread:
@@ -33,8 +35,9 @@ def spawn_thread(target, *args) -> threading.Thread:
 
 class Worker(JobRunner):
     def __init__(self, s: Settings, link, outbox, clock, log, rand=random.random, spawn=spawn_thread,
-                 proc: str = runner.PROC):
+                 proc: str = runner.PROC, key_id: str = ""):
         self.s, self.link, self.outbox, self.clock, self.log = s, link, outbox, clock, log
+        self.key_id = key_id
         self.rand, self.spawn, self.proc = rand, spawn, proc
         self.tasks_dir = os.path.join(s.work_dir, "tasks")
         self.marker_prefix = runner.marker_prefix(s.work_dir)
@@ -54,7 +57,11 @@ class Worker(JobRunner):
         self.next_cleanup = 0.0
         self.hb_failures = 0
         self.claim_failures = 0
-        self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered)
+        self.refusal = None           # (url, message, reason) once the supervisor refuses our key for good
+        self.auth_refusals = 0        # refusals that may pass (clock skew, replay) since the last line
+        self.auth_log_next = 0.0
+        self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
+                             self.refused)
 
     # ---- shared state -------------------------------------------------------------------
 
@@ -105,6 +112,9 @@ class Worker(JobRunner):
             self.next_heartbeat = now + max(e.retry_in, 0.05)
             return
         except MeshkitError as e:
+            if self.refused(e):          # for good: said once (key_refused); the worker stops
+                self.next_heartbeat = now + self.s.heartbeat_interval
+                return
             self.hb_failures += 1
             delay = backoff.full_jitter(self.hb_failures, self.s.retry_base, self.s.retry_cap, self.rand())
             probe_every = min(self.s.heartbeat_interval, self.s.poll_interval)
@@ -163,6 +173,8 @@ class Worker(JobRunner):
         except BreakerOpen as e:
             return max(e.retry_in, 0.05)
         except MeshkitError as e:
+            if self.refused(e):
+                return None                   # the control loop stops the worker
             if isinstance(e, ApiError) and e.code == "unknown_node":
                 self.registered.clear()       # the supervisor forgot us: heartbeat first
                 self.next_heartbeat = 0.0
@@ -202,6 +214,8 @@ class Worker(JobRunner):
     def step(self):
         """One control iteration: the delay to the next, or None when the worker may exit."""
         now = self.clock.monotonic()
+        if self.refusal is not None and not self.draining:
+            self.stop()                # our key is refused for good: drain and exit (the CLI says why)
         if self.aborted is not None or self.draining:
             return self._stopping_step(now)
         if not self.link.healthy:      # the breaker is open: the heartbeat probes within poll_interval
@@ -232,7 +246,8 @@ class Worker(JobRunner):
                 self.log.warning("drain_timeout", running=sorted(self.jobs))
                 self.stop_all("signal")
             return 0.05
-        self.sender.step(force=True)     # one last delivery round; what is left stays for the next start
+        if self.refusal is None:
+            self.sender.step(force=True)     # one last delivery round; what is left stays for the next start
         self.log.info("worker_stopped", undelivered=len(self.unacked))
         return None
 
@@ -249,6 +264,37 @@ class Worker(JobRunner):
         if removed:
             self.log.info("task_dirs_removed", count=len(removed))
         self.next_cleanup = self.clock.monotonic() + max(1.0, min(3600.0, self.s.keep_dirs / 4))
+
+    def refused(self, e) -> bool:
+        """Any thread, after a failed call. True if the supervisor refuses our key for good (a
+        403, a 401 for an unknown key or a bad signature: refusals.py): logged once, and the
+        control loop stops the worker (the outbox is kept). A 401 that may pass (clock skew, a
+        replay) is retried by the caller as before: an error line at most every AUTH_LOG_EVERY s."""
+        reason = refusals.reason_of(e)
+        if reason is None:
+            return False
+        url, now = self.link.url, self.clock.monotonic()
+        with self.cond:
+            if refusals.for_good(reason):
+                first = self.refusal is None
+                if first:
+                    self.refusal = (url, e.message, reason)
+            else:
+                self.auth_refusals += 1
+                first = now >= self.auth_log_next
+                if first:
+                    self.auth_log_next = now + AUTH_LOG_EVERY
+                    count, self.auth_refusals = self.auth_refusals, 0
+        if refusals.for_good(reason):
+            if first:
+                self.log.error("key_refused", key=self.key_id, supervisor=url, error=e.message, reason=reason,
+                               hint=refusals.hint(reason))
+                self.wake.set()
+            return True
+        if first:
+            self.log.error("auth_refused", key=self.key_id, supervisor=url, error=e.message, reason=reason,
+                           hint=refusals.hint(reason), refusals=count)
+        return False
 
     # ---- stopping ---------------------------------------------------------------------------------
 
