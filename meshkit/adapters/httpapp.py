@@ -26,6 +26,7 @@ class Route:
     auth: str = "worker"         # "none" | "viewer" | "worker" | "admin"
     serial: bool = False         # run the handler holding App.lock (see App)
     after: Callable = None       # after(request), run once the handler returned, without App.lock
+    repeatable: tuple = ()       # query parameters that may be given more than once (a list each in Request.query)
     regex: re.Pattern = field(init=False)
 
     def __post_init__(self):
@@ -121,6 +122,21 @@ def split_target(target: str) -> tuple:
     (the fragment dropped first), without its per-call work."""
     path, _, query = target.partition("#")[0].partition("?")
     return path, query
+
+
+def query_dict(pairs, repeatable=()) -> dict:
+    """The query parameters (name, value) of a request as {name: value}; a name in `repeatable`
+    maps to the list of its values. Any other name given twice is a BadRequest naming it: it
+    is never read as one of its values."""
+    query = {}
+    for name, value in pairs:
+        if name in repeatable:
+            query.setdefault(name, []).append(value)
+        elif name in query:
+            raise BadRequest(f"query parameter {name[:40]!r} is given more than once; give it once")
+        else:
+            query[name] = value
+    return query
 
 
 def body_length(headers, command: str, max_body: int) -> int:

@@ -12,7 +12,7 @@ import socket
 import traceback
 import urllib.parse
 
-from meshkit.adapters.httpapp import Raw, Request, Route, WouldWait, body_length, encode_json, split_target
+from meshkit.adapters.httpapp import Raw, Request, Route, WouldWait, body_length, encode_json, query_dict, split_target
 from meshkit.adapters.httphead import HeadError, parse_version, read_headers
 from meshkit.core.errors import BadRequest, MeshkitError, MethodNotAllowed, Unavailable
 
@@ -168,12 +168,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         path, query = split_target(self.path)
         try:
-            query = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="ascii",
-                                                errors="strict")) if query else {}
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="ascii",
+                                           errors="strict") if query else ()
         except UnicodeDecodeError:
             raise BadRequest("query parameters must be ASCII once percent-decoded") from None
         route, params = self._match(self.command, path)
         self._route_name = route.name
+        query = query_dict(pairs, route.repeatable) if pairs else {}
         req = self._req = Request(self.command, self.path, path, query, params, self.headers, body,
                                   self.client_address[0], route, may_wait=self.may_wait)
         req.sock = self.connection

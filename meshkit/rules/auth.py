@@ -187,29 +187,96 @@ class NonceCache:
         return bool(i) and gone[i - 1][1] >= ts
 
 
+def refused(reason: str, message: str) -> Unauthorized:
+    """An Unauthorized answer (`message`) carrying a short code of why (`reason`: for the
+    supervisor's refusal log; never sent)."""
+    e = Unauthorized(message)
+    e.reason = reason
+    return e
+
+
 def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: NonceCache,
            now: float, max_skew: float) -> tuple:
-    """(key id, role) of a correctly signed, fresh, unreplayed request; else Unauthorized."""
+    """(key id, role) of a correctly signed, fresh, unreplayed request; else Unauthorized
+    (its `reason`: missing_headers, unknown_key, bad_timestamp, stale_timestamp, bad_nonce,
+    bad_signature, replayed_nonce, outside_replay_window)."""
     kid, ts, nonce, sig = headers.get(H_KEY), headers.get(H_TS), headers.get(H_NONCE), headers.get(H_SIG)
     if not (kid and ts and nonce and sig):
-        raise Unauthorized("missing signature headers (X-Meshkit-Key, -Timestamp, -Nonce, -Signature)")
+        raise refused("missing_headers", "missing signature headers (X-Meshkit-Key, -Timestamp, -Nonce, -Signature)")
     if kid not in keys:
-        raise Unauthorized("unknown key id")
+        raise refused("unknown_key", "unknown key id")
     if not TIMESTAMP_RE.fullmatch(ts):
-        raise Unauthorized("timestamp must be unix seconds")
+        raise refused("bad_timestamp", "timestamp must be unix seconds")
     if abs(int(ts) - now) > max_skew:
-        raise Unauthorized(f"timestamp is more than {int(max_skew)} s off the server's clock")
+        raise refused("stale_timestamp", f"timestamp is more than {int(max_skew)} s off the server's clock")
     if not NONCE_RE.match(nonce):
-        raise Unauthorized("nonce must be 16-128 characters of A-Z a-z 0-9 _ -")
+        raise refused("bad_nonce", "nonce must be 16-128 characters of A-Z a-z 0-9 _ -")
     role, secret = keys[kid]
     if not hmac.compare_digest(sign(secret, method, path, ts, nonce, body), sig.lower()):
-        raise Unauthorized("bad signature")
-    refused = nonces.add(nonce, int(ts), now)
-    if refused:
-        raise Unauthorized(refused)
+        raise refused("bad_signature", "bad signature")
+    why = nonces.add(nonce, int(ts), now)
+    if why:
+        raise refused("replayed_nonce" if why.startswith("nonce already used") else "outside_replay_window", why)
     return kid, role
 
 
 def require_role(role: str, needed: str) -> None:
     if ROLE_RANK[role] < ROLE_RANK[needed]:
         raise Forbidden(f"this needs {needed} credentials; the key used is {role}")
+
+
+class RefusalLog:
+    """Which refused requests (401, 403) get a line in the log, so that a flood of them cannot
+    flood it: per key (a tuple whose first item is the client's address, e.g. (client, reason)),
+    the first refusal gets a line, those within `every` seconds of that line are only counted,
+    and the next line carries their count. Pure: the time is passed in (a monotonic clock).
+
+    note(key, now) says whether this refusal gets a line and with how many left out before it.
+    due(now) hands back the counts of windows that ended with refusals left out and no line
+    since (the caller logs them; `final` hands back every count, at shutdown) and forgets
+    ended windows. At most `max_keys` keys are held: past that (after forgetting ended
+    windows), a new client's refusals are counted under (OTHERS, *rest of its key*), one line
+    per window for all such clients."""
+
+    OTHERS = "*"
+
+    def __init__(self, every: float = 60.0, max_keys: int = 1024):
+        self.every = every
+        self.max_keys = max(1, max_keys)
+        self._held: dict = {}        # key -> (time of its last line, refusals left out since)
+        self._ended: list = []       # (key, left out) of windows forgotten to make room
+
+    def note(self, key: tuple, now: float) -> tuple | None:
+        """None: leave this refusal out (it is counted). Else (left out before it, the key it
+        was counted under): log it now."""
+        held = self._held
+        if key not in held and len(held) >= self.max_keys:
+            self._ended += self._forget(now, final=False)
+            if len(held) >= self.max_keys:
+                key = (self.OTHERS,) + tuple(key[1:])
+        line, carried, record = refusal_verdict(held.get(key), now, self.every)
+        held[key] = record
+        return (carried, key) if line else None
+
+    def due(self, now: float, final: bool = False) -> list:
+        """[(key, left out)] of the windows that ended with refusals left out; those windows forgotten."""
+        out, self._ended = self._ended + self._forget(now, final), []
+        return out
+
+    def _forget(self, now: float, final: bool) -> list:
+        out = []
+        for key, (at, left_out) in list(self._held.items()):
+            if final or not 0 <= now - at < self.every:
+                del self._held[key]
+                if left_out:
+                    out.append((key, left_out))
+        return out
+
+
+def refusal_verdict(last: tuple | None, now: float, every: float) -> tuple:
+    """One refusal of a key whose record is `last` ((time of its last line, refusals left out
+    since), or None): (log a line?, the count that line carries, the key's new record). A clock
+    that went back (now before the last line) starts a new window."""
+    if last is None or not 0 <= now - last[0] < every:
+        return True, last[1] if last else 0, (now, 0)
+    return False, 0, (last[0], last[1] + 1)

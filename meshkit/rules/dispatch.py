@@ -7,6 +7,7 @@ The same predicates serve the claim path (one node asking) and `meshkit explain`
 import time
 from dataclasses import dataclass, field
 
+from meshkit.rules.memguard import MB
 from meshkit.rules.policy import Policy, effective_priority
 
 MODE_ALLOWS = {
@@ -27,6 +28,7 @@ class Fleet:
     running_by_kind: dict = field(default_factory=dict)  # kind -> leased+running count
     started_last_minute: dict = field(default_factory=dict)  # kind -> leases in the last 60 s
     nodes: list = field(default_factory=list)            # [{"name","state","last_seen","capabilities","kinds","slots","running"}]
+    memory: dict | None = None     # while the memory guard sheds: {"rss_bytes", "soft_bytes"} (explain's words)
 
 
 def clock_text(ts: float) -> str:
@@ -44,8 +46,7 @@ def fleet_blocks(task: dict, fleet: Fleet) -> list:
         reasons.append(f"kind `{kind}` quarantined since {clock_text(q['since'])}: {q['reason']}")
     cls = fleet.policy.class_of(task["priority"])
     if cls not in MODE_ALLOWS.get(fleet.mode, ()):
-        held = "dispatches nothing new" if fleet.mode == "maintenance" else f"holds back {cls}"
-        reasons.append(f"mode `{fleet.mode}` {held}")
+        reasons.append(mode_hold(fleet, cls))
     kp = fleet.policy.kind(kind)
     running = fleet.running_by_kind.get(kind, 0)
     if kp.max_running is not None and running >= kp.max_running:
@@ -54,6 +55,19 @@ def fleet_blocks(task: dict, fleet: Fleet) -> list:
     if kp.max_per_minute is not None and started >= kp.max_per_minute:
         reasons.append(f"start rate for kind `{kind}` reached ({started}/{kp.max_per_minute} in the last 60 s)")
     return reasons
+
+
+def mode_hold(fleet: Fleet, cls: str) -> str:
+    """Why the mode holds back class `cls`, naming the memory guard (and its figures) when the
+    supervisor's memory over limits.rss_soft_mb alone would hold it back."""
+    if fleet.mode == "maintenance":
+        return "mode `maintenance` dispatches nothing new"
+    held = f"mode `{fleet.mode}` holds back {cls}"
+    mem = fleet.memory
+    if mem and mem.get("rss_bytes") and mem.get("soft_bytes") and cls not in MODE_ALLOWS["degraded"]:
+        return (f"memory guard holds back {cls}: the supervisor's resident memory is {mem['rss_bytes'] / MB:.1f} MB, "
+                f"over limits.rss_soft_mb ({mem['soft_bytes'] / MB:g} MB); {held}")
+    return held
 
 
 def node_fits(task: dict, node: dict) -> bool:

@@ -8,9 +8,9 @@ from meshkit import __version__
 from meshkit.adapters.httpapp import App, Raw, Route, WouldWait, encode_json
 from meshkit.core import metrics as m
 from meshkit.core import wire
-from meshkit.core.errors import BadRequest, Unauthorized
+from meshkit.core.errors import BadRequest, Forbidden, Unauthorized
 from meshkit.roles.supervisor import openapi, page
-from meshkit.roles.supervisor import intake
+from meshkit.roles.supervisor import cancel, intake
 from meshkit.rules import auth, fsm
 
 
@@ -18,6 +18,7 @@ ACTIVE_ONLY = {"heartbeat", "claim", "start", "results", "dispatch", "cancel", "
                "lease_acquire", "lease_renew", "lease_release"}
 ACKNOWLEDGED = {"dispatch", "results", "graph", "cancel"}     # sync replication waits for these
 SERIAL = {"heartbeat", "claim", "start", "results", "dispatch", "cancel"}   # short, store-bound: App.lock
+REFUSALS_EVERY = 60.0        # at most one request_refused line per (client, reason) per this many seconds
 
 
 class Api:
@@ -26,6 +27,8 @@ class Api:
         self.tasks = sup.tasks
         self._nonce_lock = threading.Lock()
         self.nonces = auth.NonceCache(sup.cfg.get("auth.max_skew"))
+        self._refusals_lock = threading.Lock()
+        self.refusals = auth.RefusalLog(REFUSALS_EVERY)
         self._headers = (None, {})
         reg = self.registry = m.Registry()
         self.requests = reg.add(m.Counter("meshkit_http_requests_total", "HTTP requests by route and status",
@@ -103,6 +106,13 @@ class Api:
     # -- auth and bookkeeping -------------------------------------------------------
 
     def authenticate(self, req) -> None:
+        try:
+            self._authenticate(req)
+        except (Unauthorized, Forbidden) as e:
+            self._refused(req, e)
+            raise
+
+    def _authenticate(self, req) -> None:
         keys = self.sup.keys
         bearer = req.headers.get("Authorization", "")
         if req.route.auth == "viewer" and bearer.startswith("Bearer "):
@@ -110,11 +120,35 @@ class Api:
             if any(hmac.compare_digest(token, t.encode()) for t in self.sup.viewer_tokens):
                 req.key_id, req.role = "viewer-token", "viewer"
                 return
-            raise Unauthorized("bad bearer token")
+            raise auth.refused("bad_bearer_token", "bad bearer token")
         with self._nonce_lock:
             req.key_id, req.role = auth.verify(req.headers, req.method, req.raw_path, req.body, keys,
                                                self.nonces, self.sup.clock.time(), self.sup.cfg.get("auth.max_skew"))
         auth.require_role(req.role, req.route.auth)
+
+    def _refused(self, req, e) -> None:
+        """Log a 401/403 (event request_refused), at most one line per (client, reason) per
+        REFUSALS_EVERY seconds; the next line carries how many were left out (`suppressed`).
+        The key id only if the keys file has it; never the signature or a secret."""
+        reason = getattr(e, "reason", None) or ("role_not_allowed" if isinstance(e, Forbidden) else e.code)
+        with self._refusals_lock:
+            verdict = self.refusals.note((req.client, reason), self.sup.clock.monotonic())
+        if verdict is None:
+            return
+        kid = req.headers.get(auth.H_KEY)
+        self.sup.log.warning("request_refused", status=e.status, reason=reason, message=e.message[:200],
+                             client=req.client, key=kid if kid in self.sup.keys else None, route=req.route.name,
+                             method=req.method, suppressed=verdict[0],
+                             other_clients=True if verdict[1][0] == auth.RefusalLog.OTHERS else None)
+
+    def flush_refusals(self, final: bool = False) -> None:
+        """Log the refusals left out of windows that ended with no line since (every cycle;
+        all of them at shutdown): event request_refused_suppressed."""
+        with self._refusals_lock:
+            due = self.refusals.due(self.sup.clock.monotonic(), final)
+        for (client, reason), count in due:
+            self.sup.log.warning("request_refused_suppressed", client=client, reason=reason, suppressed=count,
+                                 window=REFUSALS_EVERY)
 
     def headers(self) -> dict:
         epoch = self.sup.epoch
@@ -157,7 +191,7 @@ class Api:
 
     def cancel(self, req):
         body = req.json() if req.body else {}
-        return {"task": self.tasks.cancel(req.params[0], body, req.key_id), "epoch": self.sup.epoch}
+        return {"task": cancel.cancel_task(self.tasks, req.params[0], body, req.key_id), "epoch": self.sup.epoch}
 
     def explain(self, req):
         return dict(self.sup.brain.explain(req.params[0]), epoch=self.sup.epoch)

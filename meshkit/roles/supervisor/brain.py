@@ -29,7 +29,7 @@ class Brain:
         self.policy_path = self.cfg.path("supervisor.priorities_file")
         self.checked_seq = 0         # history rows up to here were checked (check_invariants)
         self.checked_epoch = None
-        self.memory_state = lambda: "ok"     # the memory guard's decision, set by the supervisor
+        self.memory_view = lambda: {"state": "ok"}    # the memory guard (ops.memory_view), set by the supervisor
         self._load_mode()
 
     # -- the cycle ------------------------------------------------------------------
@@ -168,7 +168,7 @@ class Brain:
     def update_mode(self) -> str:
         used = disk.used_share(self.data_dir)
         before = self.mode_state.mode
-        shed = self.memory_state() == "shed"
+        shed = self.memory_view()["state"] == "shed"
         self.mode_state = modes.next_mode(self.mode_state, modes.wanted_mode(used, self.db_errors, shed),
                                           self.operator_mode, self.operator_reason)
         self.tasks.mode = self.mode_state.mode
@@ -248,6 +248,8 @@ class Brain:
                 "SELECT t.n, t.state, t.node FROM deps d JOIN tasks t ON t.n=d.dep WHERE d.task=? ORDER BY t.n",
                 (row["n"],))]
             fleet = self.tasks.fleet_view(tx, now)
+        memory = self.memory_view()
+        fleet.memory = memory if memory["state"] == "shed" else None
         decision = dispatch_rules.explain(task, deps, fleet, self.cfg.get("supervisor.stale_after"))
         decision.update(task=tid, mode=self.mode_state.mode)
         if task["state"] in ("succeeded", "failed", "cancelled"):

@@ -6,6 +6,7 @@ import secrets
 from meshkit.adapters.storetx import Tx, task_dict, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Conflict
+from meshkit.roles.supervisor import cancel
 from meshkit.rules import deps as deps_rules
 from meshkit.rules.policy import rank
 
@@ -32,8 +33,9 @@ def prepare(tasks, body: dict, what: str = "dispatch") -> dict:
             "key": key, "trace_id": body.get("trace_id") or secrets.token_hex(8),
             "expects": body.get("expects"), "after": list(dict.fromkeys(body.get("after", [])))}
 
-def insert(tasks, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float) -> int:
-    """Insert one task after its dependencies (task numbers), waiting or queued."""
+def insert(tasks, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float, upstream_failed: list) -> int:
+    """Insert one task after its dependencies (task numbers), waiting or queued; failed at once
+    (its log line added to `upstream_failed`) after one that already failed or was cancelled."""
     deps = [tx.one("SELECT n, state FROM tasks WHERE n=?", (d,)) for d in dep_ns]
     waiting = any(d["state"] != "succeeded" for d in deps)
     after = fields["after"]
@@ -44,6 +46,8 @@ def insert(tasks, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float) ->
     failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
     if failed:
         tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
+        upstream_failed.append(cancel.upstream_line(task_id(n), fields["kind"], task_id(failed[0]["n"]),
+                                                    failed[0]["state"], fields["trace_id"]))
     return n
 
 def known_deps(tx: Tx, after: list, what: str) -> list:
@@ -59,15 +63,17 @@ def dispatch(tasks, body: dict, actor: str) -> tuple:
     """(task dict, created?). The same idempotency key returns the same task."""
     fields = prepare(tasks, body)
     now = tasks.clock.time()
+    upstream_failed = []
     with tasks.store.tx() as tx:
         if fields["key"] is not None:
             row = tx.one("SELECT * FROM tasks WHERE key=?", (fields["key"],))
             if row is not None:
                 return task_dict(row), False
-        n = insert(tasks, tx, fields, known_deps(tx, fields["after"], "dispatch"), actor, now)
+        n = insert(tasks, tx, fields, known_deps(tx, fields["after"], "dispatch"), actor, now, upstream_failed)
         task = task_dict(tx.task_row(n))
     tasks.log.info("task_dispatched", task=task["id"], kind=task["kind"], trace_id=task["trace_id"],
                   state=task["state"], actor=actor)
+    cancel.log_upstream_failed(tasks.log, upstream_failed)
     tasks.wake_all()
     return task, True
 
@@ -96,7 +102,7 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
     if cycle:
         raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
     now = tasks.clock.time()
-    created = {}
+    created, upstream_failed = {}, []
     with tasks.store.tx() as tx:
         for name in deps_rules.topological(edges):
             fields = prepared[name]
@@ -112,8 +118,10 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
                 if row is not None:
                     raise Conflict(f"graph: task {name!r} has key {fields['key'][:80]!r}, already used by "
                                    f"{task_id(row['n'])}; nothing was dispatched", task=task_id(row["n"]))
-            created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now)
+            created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now,
+                                   upstream_failed)
         out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
     tasks.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
+    cancel.log_upstream_failed(tasks.log, upstream_failed)
     tasks.wake_all()
     return out

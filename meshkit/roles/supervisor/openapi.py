@@ -67,7 +67,8 @@ SECURITY_SCHEMES = {
 }
 
 ERRORS = {
-    400: "bad request: malformed JSON, wrong types, unknown or missing fields, bad headers or request line",
+    400: "bad request: malformed JSON, wrong types, unknown or missing fields, a query parameter given more than "
+         "once, bad headers or request line",
     401: "missing, bad, stale or replayed signature",
     403: "the key's role may not call this",
     404: "no such endpoint or task",
@@ -161,6 +162,15 @@ def openapi_path(pattern: str) -> tuple:
     return re.sub(r"\([^()]*\)", group, pattern), names
 
 
+def query_parameter(name: str, schema: dict, repeatable: bool) -> dict:
+    """A query parameter: one value, given at most once (a second one is refused with 400: see
+    ERRORS), unless the route lists it as repeatable: then an array (name=a&name=b)."""
+    if repeatable:
+        return {"name": name, "in": "query", "required": False, "style": "form", "explode": True,
+                "schema": {"type": "array", "items": schema}}
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
 def operation(route) -> dict:
     body = REQUEST_BODIES.get(route.name)
     _, params = openapi_path(route.pattern)
@@ -169,7 +179,7 @@ def operation(route) -> dict:
     for p in params:
         op["parameters"].append({"name": p, "in": "path", "required": True, "schema": PATH_PARAM.get(p, {"type": "string"})})
     for q, schema in QUERIES.get(route.name, []):
-        op["parameters"].append({"name": q, "in": "query", "required": False, "schema": schema})
+        op["parameters"].append(query_parameter(q, schema, q in route.repeatable))
     if body:
         op["requestBody"] = {"required": route.name not in OPTIONAL_BODY,
                              "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body[0]}"}}}}

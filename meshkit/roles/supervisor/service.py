@@ -54,7 +54,7 @@ class Supervisor:
         self.brain.reload_policy()
         self.api = Api(self)
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
-        self.brain.memory_state = lambda: self.ops.memory     # memory shed -> degraded mode
+        self.brain.memory_view = self.ops.memory_view     # memory shed -> degraded mode; explain's figures
         self.exit_code = 0            # set by the memory guard (70) to end run()
         self.server = None
         self.url = None
@@ -89,6 +89,7 @@ class Supervisor:
         self.ha.cycle()
         self.last_cycle_error = f"{self.brain.db_errors} cycles in a row failed" if self.brain.db_errors else None
         self.ops.cycle()
+        self.api.flush_refusals()
         return self.ops.next_delay(float(self.cfg.get("supervisor.cycle")))
 
     def run(self, stop: threading.Event) -> None:
@@ -111,6 +112,7 @@ class Supervisor:
         self.ha.stop()
         self.store.close()
         self.dir_lock.release()
+        self.api.flush_refusals(final=True)
         self.log.info("supervisor_stopped")
 
     def status(self) -> dict:

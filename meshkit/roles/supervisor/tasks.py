@@ -9,17 +9,17 @@ import random
 import threading
 
 from meshkit.adapters.store import Store
-from meshkit.adapters.storetx import Tx, task_dict, task_id, task_n
+from meshkit.adapters.storetx import Tx, task_id, task_n
 from meshkit.core import wire
-from meshkit.core.errors import BadRequest, Conflict, InvalidTransition, StaleFence, UnknownNode
+from meshkit.core.errors import BadRequest, Conflict, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
 from meshkit.rules.policy import Policy, kind_verdict
-from meshkit.roles.supervisor import queue
+from meshkit.roles.supervisor import cancel, queue
 
 MAX_WAIT = 60.0
-CANCEL_NOTE = "cancel requested by "     # + actor [+ ": " + reason]: the history note of a running task's cancel
+CANCEL_NOTE = cancel.CANCEL_NOTE     # cancel.py: cancel_task() writes the note, its end reads it back
 # What a result needs of its task's row (and transition() with it): not the payload.
 _RESULT_COLUMNS = "n, kind, requires, state, fence, node, attempts, max_attempts, cancel_requested, trace_id"
 
@@ -335,43 +335,10 @@ class Tasks:
         return {"ok": True, "kind": kind, "quarantined": False}
 
     def _settle_dependents(self, tx: Tx, n: int, state: str, now: float) -> None:
-        """A task ended: release or fail the tasks waiting for it (recursively for failures)."""
-        if not tx.any_waiting():
-            return
-        for dep_row in tx.all("SELECT t.n FROM deps d JOIN tasks t ON t.n=d.task WHERE d.dep=? AND t.state='waiting'", (n,)):
-            m = dep_row["n"]
-            if state == "succeeded":
-                pending = tx.one("SELECT COUNT(*) AS c FROM deps d JOIN tasks t ON t.n=d.dep"
-                                 " WHERE d.task=? AND t.state!='succeeded'", (m,))["c"]
-                if pending == 0:
-                    tx.transition(m, "waiting", "queued", "dependencies done", "supervisor", now)
-            else:
-                tx.transition(m, "waiting", "failed", f"upstream failed: {task_id(n)}", "supervisor", now)
-                self._settle_dependents(tx, m, "failed", now)
+        """A task ended: release or fail the tasks waiting for it (cancel.py), each failed one logged."""
+        cancel.log_upstream_failed(self.log, cancel.settle_dependents(tx, n, state, now))
 
-    # -- cancel -------------------------------------------------------------------
-
-    def cancel(self, tid: str, body: dict, actor: str) -> dict:
-        wire.validate(body, wire.CANCEL, "cancel")     # the API passes {} for no body; a JSON null is refused
-        now = self.clock.time()
-        n = task_n(tid)
-        with self.store.tx() as tx:
-            row = tx.task_row(n)
-            given = (body or {}).get("reason")
-            why = given or f"cancelled by {actor}"
-            if row["state"] in ("waiting", "queued"):
-                tx.transition(n, row["state"], "cancelled", why, actor, now)
-                self._settle_dependents(tx, n, "cancelled", now)
-            elif row["state"] in fsm.ACTIVE:
-                if not row["cancel_requested"]:
-                    tx.execute("UPDATE tasks SET cancel_requested=1, updated_at=? WHERE n=?", (now, n))
-                    # The reason travels in this row: the task's end (result, lost lease) reads it back.
-                    tx.note(n, row["state"], f"{CANCEL_NOTE}{actor}" + (f": {given}" if given else ""), actor, now)
-            else:
-                raise InvalidTransition(f"task {tid} already ended ({row['state']})", task=tid, state=row["state"])
-            task = task_dict(tx.task_row(n))
-        self._wake()
-        return task
+    # -- cancel: cancel.cancel_task(); its reason, read back when the task ends -----
 
     @staticmethod
     def _cancel_reason(tx: Tx, n: int):
