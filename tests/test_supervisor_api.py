@@ -298,6 +298,9 @@ class InitAndEmbeddedDefault(unittest.TestCase):
                 self.assertIn("python -m meshkit dispatch", instructions)
                 self.assertEqual(stat.S_IMODE(os.stat(os.path.join(fleet_home, "keys")).st_mode), 0o600)
                 self.assertTrue(os.path.exists(os.path.join(fleet_home, "data", "meshkit.db")))
+                # made now, so private: the database holds every payload and result
+                self.assertEqual(stat.S_IMODE(os.stat(os.path.join(fleet_home, "data")).st_mode), 0o700)
+                self.assertEqual(stat.S_IMODE(os.stat(fleet_home).st_mode), 0o700)
                 r = meshkit("dispatch", "echo", home=fleet_home)   # finds it from data/supervisor.url
                 self.assertEqual((r.returncode, r.stdout.strip()), (0, "t1"), r.stderr)
             finally:

@@ -53,11 +53,18 @@ def create_exclusive(path: str, data: bytes, mode: int = 0o600) -> None:
         os.fsync(f.fileno())
 
 
-def make_dir(path: str, file, key: str, what: str = "a directory meshkit can create") -> None:
-    """mkdir -p, or a ConfigError naming the key (or option) and the path: a file there or
-    on the way, no permission."""
+def make_dir(path: str, file, key: str, what: str = "a directory meshkit can create", mode: int = 0o777) -> None:
+    """mkdir -p (`mode` for each directory made now, e.g. 0o700 for a private one and the
+    parents it needs, such as ~/.meshkit for ~/.meshkit/data), or a ConfigError naming the
+    key (or option) and the path: a file there or on the way, no permission."""
     try:
-        os.makedirs(path, exist_ok=True)
+        missing = []
+        d = os.path.abspath(path)
+        while not os.path.isdir(d) and os.path.dirname(d) != d:
+            missing.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(missing):
+            os.makedirs(d, mode=mode, exist_ok=True)
     except OSError as e:
         found = "a file" if isinstance(e, FileExistsError) else e.strerror
         raise ConfigError(file, key, what, f'"{path}" ({found})') from None

@@ -20,7 +20,7 @@ def new_keys_text(node: str = "fleet") -> str:
 
 def create(path: str) -> None:
     """Write a new keys file (fails if one exists)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)    # if made now: private
     create_exclusive(path, new_keys_text().encode(), 0o600)
 
 

@@ -34,7 +34,8 @@ class Supervisor:
         self.listen = parse_listen(listen or cfg.get("supervisor.listen"), cfg.source)
         self.listen_from = ("--listen", listen) if listen else ("supervisor.listen", cfg.get("supervisor.listen"))
         self.data_dir = cfg.path("supervisor.data_dir")
-        make_dir(self.data_dir, cfg.source, "supervisor.data_dir", "a directory the supervisor can create")
+        # 0700 when made here: the database holds every task's payload and result.
+        make_dir(self.data_dir, cfg.source, "supervisor.data_dir", "a directory the supervisor can create", 0o700)
         # One supervisor per data dir: a second one on the same state refuses to start.
         self.dir_lock = FileLock(os.path.join(self.data_dir, "supervisor.lock"), ttl=10 * 365 * 86400,
                                  purpose="supervisor", clock=clock)
