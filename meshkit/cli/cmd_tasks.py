@@ -11,6 +11,7 @@ from meshkit.core.clock import REAL
 from meshkit.core.errors import ClientError
 from meshkit.roles.sync.views import read_statuses
 from meshkit.rules import fsm
+from meshkit.rules.dispatch import hold_text
 
 
 def register(sub) -> None:
@@ -198,11 +199,16 @@ def _replication_lines(r: dict) -> list:
 
 
 def _node_row(n: dict) -> list:
-    """One row of status's nodes table (its kinds whole: the last column is never cut)."""
+    """One row of status's nodes table (its kinds whole: the last column is never cut). STATE
+    `held`: alive, but it claims nothing now (its heartbeat's hold: a line below says why)."""
     load = f"{n['load'][0]:.1f}" if n.get("load") else "-"
     mem = f"{n['mem_available'] / 2**30:.1f}G" if n.get("mem_available") else "-"
-    return [n["name"], n["state"], _age(0, n["last_seen_age"]), f"{n['running']}/{n['slots']}", load, mem,
-            ",".join(n["kinds"])]
+    return [n["name"], "held" if _held(n) else n["state"], _age(0, n["last_seen_age"]), f"{n['running']}/{n['slots']}",
+            load, mem, ",".join(n["kinds"])]
+
+
+def _held(n: dict) -> bool:
+    return n["state"] == "alive" and bool(n.get("hold"))
 
 
 def status(args) -> int:
@@ -237,6 +243,9 @@ def status(args) -> int:
                ("MEM", 6, ">"), ("KINDS", 0, "<")]
     for line in table(columns, [_node_row(n) for n in st["nodes"]]):
         print(line)
+    for n in st["nodes"]:
+        if _held(n):
+            print(hold_text(n["name"], n["hold"]))
     if not st["nodes"]:
         print("(no workers yet: python -m meshkit worker --supervisor " + str(st["url"]) + ")")
     now = REAL.time()

@@ -1,7 +1,9 @@
 """The memory guard for roles whose loop is a step() method (the worker): after each step
 (at most every 5 s) read our own RSS; over limits.rss_soft_mb collect garbage, log once and
-claim no new work until back under; over limits.rss_hard_mb drain like on SIGTERM and exit
-with memguard.EXIT_CODE (70), so systemd restarts a fresh process."""
+claim no new work until back under, and say so in the heartbeat ("hold": memguard.hold, sent at
+once when it starts or ends, so the supervisor's explain and status show it); over
+limits.rss_hard_mb drain like on SIGTERM and exit with memguard.EXIT_CODE (70), so systemd
+restarts a fresh process."""
 
 import gc
 
@@ -17,6 +19,7 @@ class WorkerGuard:
         self.soft, self.hard = memguard.limits(soft_mb, hard_mb)
         self.state = memguard.OK
         self.exited = False
+        self.checked = False         # no claim before the first reading (right after the first heartbeat)
         self.next_check = 0.0
 
     def install(self) -> "WorkerGuard":
@@ -32,6 +35,8 @@ class WorkerGuard:
             return delay
 
         def guarded_claim_step():
+            if not self.checked and self.worker.registered.is_set():
+                return 0.05
             if self.state != memguard.OK and not (self.worker.draining or self.worker.aborted is not None):
                 return self.worker.s.poll_interval       # hold back new work while over the soft limit
             return claim_step()
@@ -50,7 +55,8 @@ class WorkerGuard:
             if decision == memguard.SHED:
                 gc.collect()
             self.log.warning("memory_shed" if decision == memguard.SHED else "memory_ok", rss=rss, soft=self.soft)
-        self.state = decision
+        self.state, self.checked = decision, True
+        self.worker.set_hold(memguard.hold(decision, rss, self.soft))
 
     def exit_code(self, code: int) -> int:
         return memguard.EXIT_CODE if self.exited and code == 0 else code

@@ -2,7 +2,7 @@
 
 A schema maps field -> (type, required). Types: "str", "id" (task id tNNN), "name"
 (node/kind name), "int", "num", "bool", "strlist", "namelist", "idlist", "any", "obj",
-"running", "expects", "num3", "rowkeys".
+"running", "expects", "num3", "rowkeys", "hold".
 
 The patterns below are also the OpenAPI document's (openapi.py), where they are read as
 ECMA-262 regexes: there `$` is the end of the text, while Python's `$` also matches before a
@@ -77,6 +77,18 @@ def _expects(v):
             is_inside_path(v.get("path")) and _list_of(_str)(v.get("keys", [])))
 
 
+HOLD_FIGURES = ("rss_bytes", "soft_bytes")
+
+
+def _hold(v):
+    """A heartbeat's "hold": null (claiming as usual), or why the worker claims no new work now:
+    {"reason": a name (e.g. "memory_guard"), "rss_bytes": n, "soft_bytes": n}, figures optional, >= 0."""
+    if v is None:
+        return True
+    return (isinstance(v, dict) and "reason" in v and set(v) <= {"reason", *HOLD_FIGURES} and _name(v["reason"])
+            and all(_int(v[k]) and v[k] >= 0 for k in HOLD_FIGURES if k in v))
+
+
 def _row_key(v):
     return (isinstance(v, dict) and set(v) == {"table", "key"} and _name(v["table"]) and isinstance(v["key"], dict)
             and 0 < len(v["key"]) <= 4 and all(_name(c) and (_int(x) or _str(x)) for c, x in v["key"].items()))
@@ -102,13 +114,14 @@ TYPES = {
     "optstr": ("a string or null", lambda v: v is None or _str(v)),
     "optint": ("a whole number or null", lambda v: v is None or _int(v)),
     "rowkeys": ('a list of {"table": name, "key": {column: number or string}}', _list_of(_row_key)),
+    "hold": ('null or {"reason": name, "rss_bytes": n >= 0, "soft_bytes": n >= 0} (figures optional)', _hold),
 }
 
 HEARTBEAT = {
     "node": ("name", True), "capabilities": ("namelist", False), "kinds": ("namelist", False),
     "slots": ("int", False), "free_slots": ("int", False), "running": ("running", False),
     "load": ("num3", False), "mem_available": ("int", False), "disk_free": ("int", False),
-    "version": ("str", False),
+    "version": ("str", False), "hold": ("hold", False),
 }
 CLAIM = {"node": ("name", True), "max": ("int", False), "wait": ("num", False)}
 START = {"node": ("name", True), "fence": ("int", True)}

@@ -7,7 +7,7 @@ The same predicates serve the claim path (one node asking) and `meshkit explain`
 import time
 from dataclasses import dataclass, field
 
-from meshkit.rules.memguard import MB
+from meshkit.rules.memguard import HOLD_REASON, MB
 from meshkit.rules.policy import Policy, effective_priority
 
 MODE_ALLOWS = {
@@ -27,7 +27,7 @@ class Fleet:
     quarantined: dict = field(default_factory=dict)      # kind -> {"since": t, "reason": str}
     running_by_kind: dict = field(default_factory=dict)  # kind -> leased+running count
     started_last_minute: dict = field(default_factory=dict)  # kind -> leases in the last 60 s
-    nodes: list = field(default_factory=list)            # [{"name","state","last_seen","capabilities","kinds","slots","running"}]
+    nodes: list = field(default_factory=list)            # [{"name","state","last_seen","capabilities","kinds","slots","running","hold"}]
     memory: dict | None = None     # while the memory guard sheds: {"rss_bytes", "soft_bytes"} (explain's words)
 
 
@@ -70,6 +70,16 @@ def mode_hold(fleet: Fleet, cls: str) -> str:
     return held
 
 
+def hold_text(name: str, hold: dict) -> str:
+    """Why worker `name` claims no new work, from its heartbeat's "hold" (wire.HEARTBEAT), in words
+    (explain's reason and status's line)."""
+    if hold.get("reason") != HOLD_REASON:
+        return f"worker `{name}` claims nothing now: it holds back claims (`{hold.get('reason')}`)"
+    figures = ", ".join(([f"resident {hold['rss_bytes'] / MB:.1f} MB"] if "rss_bytes" in hold else []) +
+                        ([f"over limits.rss_soft_mb {hold['soft_bytes'] / MB:g} MB"] if "soft_bytes" in hold else []))
+    return f"worker `{name}` claims nothing now: its memory guard holds it back" + (f" ({figures})" if figures else "")
+
+
 def node_fits(task: dict, node: dict) -> bool:
     return task["kind"] in node.get("kinds", ()) and set(task.get("requires", ())) <= set(node.get("capabilities", ()))
 
@@ -91,6 +101,8 @@ def node_blocks(task: dict, fleet: Fleet, stale_after: float) -> tuple:
     for n in matching:
         if n["state"] != "alive":
             reasons.append(f"worker `{n['name']}` stale (last heartbeat {fleet.now - n['last_seen']:.0f} s ago)")
+        elif n.get("hold"):          # it said it claims nothing now (its memory guard): its next claim is no claim
+            reasons.append(hold_text(n["name"], n["hold"]))
         else:
             alive.append(n)
     for n in alive:

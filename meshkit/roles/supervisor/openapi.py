@@ -123,6 +123,11 @@ def type_schema(typ: str) -> dict:
                            "properties": {"table": {"type": "string", "enum": list(REPLICATED)},
                                           "key": {"type": "object", "minProperties": 1, "maxProperties": 4,
                                                   "description": "the table's primary-key columns and values"}}}),
+        "hold": {"type": "object", "nullable": True, "required": ["reason"], "additionalProperties": False,
+                 "description": "why the worker claims no new work now (null or left out: it claims as usual); "
+                                "reason memory_guard: its resident memory is over limits.rss_soft_mb",
+                 "properties": {"reason": name,
+                                **{k: dict(integer, minimum=0) for k in wire.HOLD_FIGURES}}},
     }[typ]
 
 

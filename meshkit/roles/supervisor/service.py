@@ -129,7 +129,7 @@ class Supervisor:
                           "capabilities": n.get("capabilities", []), "kinds": n.get("kinds", []),
                           "slots": n.get("slots", 1), "running": running.get(n["name"], 0),
                           "load": n.get("load"), "mem_available": n.get("mem_available"),
-                          "disk_free": n.get("disk_free"), "version": n.get("version")})
+                          "disk_free": n.get("disk_free"), "version": n.get("version"), "hold": n.get("hold")})
         oldest = self.store.read("SELECT MIN(updated_at) AS t FROM tasks WHERE state='queued'")[0]["t"]
         return {"role": self.role, "epoch": self.epoch, "version": __version__, "url": self.url,
                 "mode": self.brain.mode_state.mode, "mode_reason": self.brain.mode_state.reason,

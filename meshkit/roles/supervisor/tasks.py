@@ -187,7 +187,8 @@ class Tasks:
                 info = json.loads(r["info"])
                 fleet.nodes.append({"name": r["name"], "state": r["state"], "last_seen": r["last_seen"],
                                     "capabilities": info.get("capabilities", []), "kinds": info.get("kinds", []),
-                                    "slots": info.get("slots", 1), "running": running.get(r["name"], 0)})
+                                    "slots": info.get("slots", 1), "running": running.get(r["name"], 0),
+                                    "hold": info.get("hold")})      # its heartbeat's: why it claims nothing now
         return fleet
 
     @staticmethod

@@ -60,6 +60,8 @@ class Worker(JobRunner):
         self.refusal = None           # (url, message, reason) once the supervisor refuses our key for good
         self.auth_refusals = 0        # refusals that may pass (clock skew, replay) since the last line
         self.auth_log_next = 0.0
+        self.hold = None              # why we claim no new work now (the memory guard sets it: set_hold), or None
+        self.hold_unknown_to = None   # the supervisor URL that refused the heartbeat's "hold" (from before it)
         self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
                              self.refused)
 
@@ -96,8 +98,31 @@ class Worker(JobRunner):
         body = {"node": self.s.name, "capabilities": list(self.s.capabilities), "kinds": sorted(self.s.kinds),
                 "slots": self.s.slots, "free_slots": self.free_slots(), "running": running[:MAX_RUNNING_LISTED],
                 "load": sysinfo.load_average(), "mem_available": sysinfo.memory_available(),
-                "disk_free": sysinfo.disk_free(self.s.work_dir), "version": __version__}
+                "disk_free": sysinfo.disk_free(self.s.work_dir), "version": __version__,
+                "hold": self.hold if self.hold_unknown_to != self.link.url else None}
         return {k: v for k, v in body.items() if v is not None}
+
+    def set_hold(self, hold) -> None:
+        """Any thread: from now on we claim no new work because of `hold` (a wire "hold": the
+        memory guard's, memwire.py), or again as usual (None). When that changes, the supervisor
+        hears it at once (explain and status say so), not at the next idle heartbeat."""
+        changed = (hold is None) != (self.hold is None)
+        self.hold = hold
+        if changed:
+            self.next_heartbeat = 0.0
+            self.wake.set()
+            if hold is None:
+                self.slot_freed.set()     # the claim loop stops waiting out its hold-back delay
+
+    def _hold_refused(self, e) -> bool:
+        """A supervisor from before the heartbeat's "hold" refuses it (400 on that field): True,
+        and heartbeats to it go without it from now on (the worker holds back claims all the same)."""
+        if not (isinstance(e, ApiError) and e.status == 400 and e.details.get("field") == "hold") or \
+                self.hold_unknown_to == self.link.url:
+            return False
+        self.hold_unknown_to = self.link.url
+        self.log.warning("heartbeat_hold_refused", supervisor=self.link.url, error=e.message)
+        return True
 
     def heartbeat(self) -> None:
         now = self.clock.monotonic()
@@ -114,6 +139,9 @@ class Worker(JobRunner):
         except MeshkitError as e:
             if self.refused(e):          # for good: said once (key_refused); the worker stops
                 self.next_heartbeat = now + self.s.heartbeat_interval
+                return
+            if self._hold_refused(e):    # an older supervisor: again at once, without "hold"
+                self.next_heartbeat = now
                 return
             self.hb_failures += 1
             delay = backoff.full_jitter(self.hb_failures, self.s.retry_base, self.s.retry_cap, self.rand())
