@@ -188,11 +188,10 @@ class NonceCache:
 
 
 def refused(reason: str, message: str) -> Unauthorized:
-    """An Unauthorized answer (`message`) carrying a short code of why (`reason`: for the
-    supervisor's refusal log; never sent)."""
-    e = Unauthorized(message)
-    e.reason = reason
-    return e
+    """An Unauthorized answer (`message`) carrying a short code of why (`reason`: in the answer,
+    {"error": {"code": "unauthorized", "message", "reason"}}, and in the refusal log): a client
+    tells a wrong key from a clock that is off without reading the message."""
+    return Unauthorized(message, reason=reason)
 
 
 def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: NonceCache,

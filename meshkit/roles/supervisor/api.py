@@ -130,7 +130,7 @@ class Api:
         """Log a 401/403 (event request_refused), at most one line per (client, reason) per
         REFUSALS_EVERY seconds; the next line carries how many were left out (`suppressed`).
         The key id only if the keys file has it; never the signature or a secret."""
-        reason = getattr(e, "reason", None) or ("role_not_allowed" if isinstance(e, Forbidden) else e.code)
+        reason = e.details.get("reason") or ("role_not_allowed" if isinstance(e, Forbidden) else e.code)
         with self._refusals_lock:
             verdict = self.refusals.note((req.client, reason), self.sup.clock.monotonic())
         if verdict is None:

@@ -11,10 +11,10 @@
                              went back, overload)                                            for now
     unknown                  any other 401, or a 403 that is not `forbidden` (a proxy)       for now
 
-The supervisor answers every 401 with the one code `unauthorized` (rules/auth.verify; the
-names above are its reasons). Which one it is comes from the answer's `reason` detail if the
-supervisor sends one, else from the start of its message, which auth.verify words as fixed
-text (TEXTS below; tests/test_worker_refusals.py checks them against auth.verify itself).
+The supervisor answers every 401 with the one code `unauthorized` and says which of the
+reasons above it is in the answer's `reason` (rules/auth.refused); from a supervisor before
+that, the start of its message tells, which auth.verify words as fixed text (TEXTS below;
+tests/test_worker_refusals.py checks them against auth.verify itself).
 Anything not recognised is "for now": retried and logged, never a reason to stop.
 """
 
