@@ -25,6 +25,9 @@ class ReadmeCurl(unittest.TestCase):
             shutil.copy(os.path.join(fleet.dir, "keys"), os.path.join(home, ".meshkit", "keys"))
             script = block.replace("SUP=http://127.0.0.1:8765", f"SUP={url}")
             self.assertNotEqual(script, block, "the README's SUP= line changed; update this test")
+            # a body past the command line's limit for one argument (128 KiB): curl reads it on stdin
+            script += ('\nmk POST /v1/tasks "{\\"kind\\": \\"echo\\", \\"payload\\": '
+                       '\\"$(head -c 300000 /dev/zero | tr \'\\0\' a)\\"}"\n')
             r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
                                env=dict(os.environ, HOME=home))
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -33,6 +36,7 @@ class ReadmeCurl(unittest.TestCase):
             self.assertIn('"history":[', r.stdout)
             task = fleet.client().call("GET", "/v1/tasks/t1")["task"]
             self.assertEqual((task["payload"], task["state"]), ({"hello": 1}, "cancelled"))     # a POST without a body
+            self.assertEqual(fleet.client().call("GET", "/v1/tasks/t2")["task"]["payload"], "a" * 300000)
         finally:
             fleet.close()
 
