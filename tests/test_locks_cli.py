@@ -43,6 +43,9 @@ class LocksRun(ProcTestCase):
         self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)      # one line, no traceback
         for part in (hostname(), f"pid {p.pid}", '"long job"', "held "):
             self.assertIn(part, r.stderr)
+        # a live holder running its command is just a holder: not "free, but ... was killed"
+        self.assertIn(f"{path} is held by", r.stderr)
+        self.assertNotIn("was killed", r.stderr)
         self.assertEqual(r.stdout, "")
 
     def test_wait_s_waits_then_gives_up(self):

@@ -245,6 +245,7 @@ class FileLock:
         pause = _POLL_FIRST
         while True:
             fd = _open_lock_file(self.path)
+            orphan = None       # the kernel lock was ours, but a dead holder's command still runs
             try:
                 if wait is None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -265,13 +266,14 @@ class FileLock:
                 continue    # the path was replaced under us: lock the file that is there now
             left = _POLL_MAX if deadline is None else deadline - self.clock.monotonic()
             if left <= 0:
-                raise self._held_error()
+                raise self._held_error(orphan)
             self.clock.sleep(min(pause, left))
             pause = min(pause * 2, _POLL_MAX)
 
-    def _held_error(self) -> LockHeld:
+    def _held_error(self, orphan: int | None) -> LockHeld:
+        """orphan: the pid of a dead holder's command still running, found on the last try
+        (the kernel lock was free); None when a live holder has the lock."""
         rec = read_record(self.path)
-        orphan = orphaned_command(rec)
         if orphan is not None:
             return LockHeld(f"lock {self.path} is free, but the command its holder ran (pid {orphan}) still runs: "
                             f"its holder, {describe_holder(rec, self.clock.time())}, was killed; "
