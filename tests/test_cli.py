@@ -113,6 +113,22 @@ class Cli(unittest.TestCase):
                 if r.stderr.count("usage:") == 0:  # argparse's own errors show the usage above the line
                     self.assertEqual(r.stderr.strip().count("\n"), 0, r.stderr)
 
+    def test_unknown_option_shows_its_commands_usage(self):
+        """An option a (sub)command does not know: exit 2, that command's usage line (not the
+        top level's), then one `meshkit:` line naming the option."""
+        cases = [(("init", "--dri", "x"), "usage: meshkit init ", "--dri x"),
+                 (("supervisor", "--confg", "C"), "usage: meshkit supervisor ", "--confg C"),
+                 (("locks", "run", "--name", "ok", "--wiat", "3", "--", "true"), "usage: meshkit locks run ", "--wiat"),
+                 (("status", "--jsn"), "usage: meshkit status ", "--jsn"),
+                 (("--bogus",), "usage: meshkit [-h]", "--bogus")]
+        for argv, usage, unknown in cases:
+            with self.subTest(argv=argv):
+                r = meshkit(*argv)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertTrue(r.stderr.startswith(usage), r.stderr)
+                self.assertEqual(r.stderr.strip().splitlines()[-1], f"meshkit: unrecognized arguments: {unknown}")
+                self.assertNotIn("Traceback", r.stderr)
+
     def test_bad_config_names_key(self):
         bad = os.path.join(self.fleet.dir, "bad.toml")
         with open(bad, "w") as f:

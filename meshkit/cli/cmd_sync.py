@@ -44,7 +44,11 @@ DEST, validates each copy, and only then points DEST/current at it.
   DEST/snapshots/<time>.incomplete/      being written, or left by a killed run (resumed)
   DEST/invalid/<time>/ + .report.json    a copy that failed validation
 
-""" + EXIT_TEXT
+""" + EXIT_TEXT + """
+examples:
+  python -m meshkit sync memory --source /srv/agents --dest /var/lib/meshkit/memory
+  python -m meshkit sync status
+"""
 
 MEMORY_EXAMPLE = """\
 Copies every agent's memory/ tree and MEMORY.md (SRC/AGENT/memory/..., SRC/AGENT/MEMORY.md)

@@ -46,6 +46,14 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"meshkit: {message}\n")
         sys.exit(EXIT_USAGE)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's; a (sub)command that is left arguments it does not know marks itself
+        (the innermost one), so main() shows that command's usage with the error, not the top's."""
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra and getattr(namespace, "_usage_parser", None) is None:
+            namespace._usage_parser = self
+        return namespace, extra
+
 
 def command_module(name: str):
     """The module (meshkit.cli.cmd_*) that registers one module name of COMMAND_MODULES."""
@@ -85,7 +93,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(chosen_command(argv))      # imports the command's module
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            (getattr(args, "_usage_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
