@@ -162,8 +162,9 @@ class Brain(unittest.TestCase):
         tid = self.dispatch("heal-kind")
         t = self.claim("forgetful")[0]
         self.worker.call("POST", f"/v1/tasks/{tid}/start", {"node": "forgetful", "fence": t["fence"]})
-        for _ in range(2):          # two heartbeats that don't list the running task
-            register(self.worker, "forgetful", kinds=["heal-kind"])
+        for _ in range(2):          # two heartbeats that don't list the running task (an explicit []: a
+            self.worker.call("POST", "/v1/heartbeat",      # "running" left out reports nothing)
+                             {"node": "forgetful", "kinds": ["heal-kind"], "running": []})
         st = wait_for(lambda: self.task(tid)["state"] == "queued" and self.task(tid), 5)
         self.assertIn("heal rule missing_from_heartbeats", st["history"][-1]["reason"])
 

@@ -26,7 +26,9 @@ class Route:
     auth: str = "worker"         # "none" | "viewer" | "worker" | "admin"
     serial: bool = False         # run the handler holding App.lock (see App)
     after: Callable = None       # after(request), run once the handler returned, without App.lock
-    repeatable: tuple = ()       # query parameters that may be given more than once (a list each in Request.query)
+    query: tuple = ()            # the query parameters it takes; any other one is refused (400, query_dict)
+    repeatable: tuple = ()       # of those, the ones that may be given more than once (a list each in Request.query)
+    bearer: bool = False         # a viewer route that also takes the viewer secret as a bearer token
     regex: re.Pattern = field(init=False)
 
     def __post_init__(self):
@@ -100,9 +102,23 @@ def _no_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs):
+    """An object of a JSON body as a dict; a key given twice is refused, never last-wins.
+    (Costs about 0.2 us for a claim body, 1 us for a result body: one dict and a len.)"""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(f"the body gives the key {key[:64]!r} more than once in an object; give it once",
+                                 field=key[:64])
+            seen.add(key)
+    return obj
+
+
 # Built once: json.loads and json.dumps called with options build a new decoder or encoder
 # (and its scanner) for every call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
@@ -124,12 +140,15 @@ def split_target(target: str) -> tuple:
     return path, query
 
 
-def query_dict(pairs, repeatable=()) -> dict:
+def query_dict(pairs, repeatable=(), takes=None) -> dict:
     """The query parameters (name, value) of a request as {name: value}; a name in `repeatable`
-    maps to the list of its values. Any other name given twice is a BadRequest naming it: it
-    is never read as one of its values."""
+    maps to the list of its values. Any other name given twice, or a name not in `takes` (the
+    route's Route.query; None: any), is a BadRequest naming it: never ignored, never last-wins."""
     query = {}
     for name, value in pairs:
+        if takes is not None and name not in takes and name not in repeatable:
+            raise BadRequest(f"unknown query parameter {name[:40]!r}" +
+                             (f"; this endpoint takes {', '.join(takes)}" if takes else "; this endpoint takes none"))
         if name in repeatable:
             query.setdefault(name, []).append(value)
         elif name in query:

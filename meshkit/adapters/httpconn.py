@@ -102,6 +102,9 @@ def frame(buf: bytes, max_body: int):
     else:
         sep = 4
     if end < 0:
+        words = buf[:buf.find(b"\n")].split() if b"\n" in buf else ()
+        if words and not words[-1].startswith(b"HTTP/"):    # a whole request line without a version (HTTP/0.9):
+            return buf, b"", None                           # the handler refuses it now, not at request_timeout
         return (buf, b"", None) if len(buf) > MAX_HEAD else None
     head = buf[:end + sep]
     first = head.find(b"\n") + 1

@@ -174,7 +174,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest("query parameters must be ASCII once percent-decoded") from None
         route, params = self._match(self.command, path)
         self._route_name = route.name
-        query = query_dict(pairs, route.repeatable) if pairs else {}
+        query = query_dict(pairs, route.repeatable, route.query) if pairs else {}
         req = self._req = Request(self.command, self.path, path, query, params, self.headers, body,
                                   self.client_address[0], route, may_wait=self.may_wait)
         req.sock = self.connection

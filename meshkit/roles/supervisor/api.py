@@ -56,7 +56,7 @@ class Api:
             Route("POST", "/v1/tasks/([^/]+)/start", "start", self.start),
             Route("POST", "/v1/results", "results", self.results),
             Route("POST", "/v1/tasks", "dispatch", self.dispatch, auth="admin"),
-            Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer"),
+            Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer", query=("state", "limit", "after")),
             Route("GET", "/v1/tasks/([^/]+)", "task", self.get_task, auth="viewer"),
             Route("POST", "/v1/tasks/([^/]+)/cancel", "cancel", self.cancel, auth="admin"),
             Route("GET", "/v1/tasks/([^/]+)/explain", "explain", self.explain, auth="viewer"),
@@ -68,16 +68,16 @@ class Api:
             Route("POST", "/v1/leases/([^/]+)/renew", "lease_renew", self.lease_renew),
             Route("POST", "/v1/leases/([^/]+)/release", "lease_release", self.lease_release),
             Route("GET", "/v1/leases", "leases", self.list_leases, auth="viewer"),
-            Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin"),
+            Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin", query=("since", "wait", "limit")),
             Route("POST", "/v1/replicate/rows", "replicate_rows", self.replicate_rows, auth="admin"),
             Route("POST", "/v1/promote", "promote", self.promote, auth="admin"),
             Route("POST", "/v1/demote", "demote", self.demote, auth="admin"),
-            Route("GET", "/v1/ha/check", "ha_check", self.ha_check, auth="admin"),
+            Route("GET", "/v1/ha/check", "ha_check", self.ha_check, auth="admin", query=("active",)),
             Route("GET", "/v1/leases/([^/]+)", "lease", self.get_lease, auth="viewer"),
             Route("GET", "/v1/status", "status", self.status, auth="viewer"),
-            Route("GET", "/metrics", "metrics", self.metrics, auth="viewer"),
+            Route("GET", "/metrics", "metrics", self.metrics, auth="viewer", bearer=True),
             Route("GET", "/", "page", page.page, auth="none"),                # status page (page.py)
-            Route("GET", "/v1/overview", "overview", lambda req: page.overview(self.sup), auth="viewer"),
+            Route("GET", "/v1/overview", "overview", lambda req: page.overview(self.sup), auth="viewer", bearer=True),
             Route("GET", "/v1/openapi.json", "openapi", self.openapi, auth="none"),     # openapi.py
         ]
 
@@ -115,7 +115,10 @@ class Api:
     def _authenticate(self, req) -> None:
         keys = self.sup.keys
         bearer = req.headers.get("Authorization", "")
-        if req.route.auth == "viewer" and bearer.startswith("Bearer "):
+        if bearer.startswith("Bearer ") and not req.route.bearer and auth.H_KEY not in req.headers:
+            raise auth.refused("bearer_not_accepted", "the viewer token is accepted only by /metrics, /v1/overview"
+                                                      " and the page /; sign this request")
+        if req.route.bearer and bearer.startswith("Bearer "):
             token = bearer[7:].strip().encode()
             if any(hmac.compare_digest(token, t.encode()) for t in self.sup.viewer_tokens):
                 req.key_id, req.role = "viewer-token", "viewer"
@@ -253,10 +256,7 @@ class Api:
         return {"task": self.sup.store.task(req.params[0]), "epoch": self.sup.epoch}
 
     def list_tasks(self, req):
-        q = req.query
-        unknown = set(q) - {"state", "limit", "after"}
-        if unknown:
-            raise BadRequest(f"unknown query parameter {sorted(unknown)[0][:40]!r}")
+        q = req.query        # (other parameters are refused before: Route.query)
         state = q.get("state") or None
         if state is not None and state not in fsm.STATES:
             raise BadRequest(f"state must be one of {', '.join(fsm.STATES)}")

@@ -35,6 +35,8 @@ EXTRA = {
     ("DISPATCH", "priority"): {"minimum": -1_000_000, "maximum": 1_000_000},
     ("DISPATCH", "key"): {"minLength": 1, "maxLength": 200},
     ("CLAIM", "max"): {"minimum": 1},
+    ("HEARTBEAT", "slots"): {"minimum": 1},
+    ("HEARTBEAT", "free_slots"): {"minimum": 0, "description": "at most slots (400 when both are given and it is more)"},
     ("RESULT", "outcome"): {"enum": list(wire.OUTCOMES)},
     ("RESULT", "ended_by"): {"enum": list(wire.ENDED_BY)},
     ("MODE", "mode"): {"enum": ["maintenance", "normal"]},
@@ -45,11 +47,14 @@ PARAM_NAMES = {"tasks": "id", "kinds": "kind", "leases": "name"}     # the path 
 PATH_PARAM = {"id": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "a task id like t12"},
               "kind": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a task kind"},
               "name": {"type": "string", "pattern": wire.NAME_RE.pattern, "description": "a lease name"}}
-LIST_QUERY = [
-    ("state", {"type": "string", "enum": list(fsm.STATES) + [""], "description": "empty = any state"}),
-    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
-    ("after", {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "page after this task id"}),
-]
+LIST_QUERY = {
+    "state": {"type": "string", "enum": list(fsm.STATES) + [""], "description": "empty = any state"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "after": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "page after this task id"},
+}
+# The schemas of the query parameters a route takes. Which names a route takes is its Route.query
+# (api.py; the server refuses any other); a name listed there but not here (the replication and
+# watchdog routes' internal ones) is listed under x-meshkit-internal-query, not fuzzed as a parameter.
 QUERIES = {"tasks": LIST_QUERY}
 
 SIGNED = {"MeshkitKey": [], "MeshkitTimestamp": [], "MeshkitNonce": [], "MeshkitSignature": []}
@@ -63,13 +68,13 @@ SECURITY_SCHEMES = {
     "MeshkitSignature": {"type": "apiKey", "in": "header", "name": auth.H_SIG,
                          "description": "hex HMAC-SHA256 (key: the secret as text) of "
                                         "METHOD\\nPATH_WITH_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA-256(BODY))"},
-    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer secret (viewer routes only)"},
+    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer secret (GET /metrics and /v1/overview only)"},
 }
 
 ERRORS = {
-    400: "bad request: malformed JSON, wrong types, unknown or missing fields, a query parameter given more than "
-         "once, bad headers or request line",
-    401: "missing, bad, stale or replayed signature",
+    400: "bad request: malformed JSON, a key given twice in an object, wrong types, unknown or missing fields, out-of-range "
+         "values, an unknown query parameter, a query parameter given more than once, bad headers or request line",
+    401: "missing, bad, stale or replayed signature; a bearer token on a route that does not take one",
     403: "the key's role may not call this",
     404: "no such endpoint or task",
     405: "method not allowed on this path (see Allow)",
@@ -183,15 +188,19 @@ def operation(route) -> dict:
           "x-meshkit-auth": route.auth, "parameters": [], "responses": {}}
     for p in params:
         op["parameters"].append({"name": p, "in": "path", "required": True, "schema": PATH_PARAM.get(p, {"type": "string"})})
-    for q, schema in QUERIES.get(route.name, []):
-        op["parameters"].append(query_parameter(q, schema, q in route.repeatable))
+    schemas = QUERIES.get(route.name, {})
+    for q in route.query:
+        if q in schemas:
+            op["parameters"].append(query_parameter(q, schemas[q], q in route.repeatable))
+        else:
+            op.setdefault("x-meshkit-internal-query", []).append(q)
     if body:
         op["requestBody"] = {"required": route.name not in OPTIONAL_BODY,
                              "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body[0]}"}}}}
     if route.auth == "none":
         op["security"] = []
     elif route.auth == "viewer":
-        op["security"] = [dict(SIGNED), {"ViewerBearer": []}]
+        op["security"] = [dict(SIGNED), {"ViewerBearer": []}] if route.bearer else [dict(SIGNED)]
     else:
         op["security"] = [dict(SIGNED)]
     ok = PLAIN_ANSWERS.get(route.name, "application/json")
@@ -222,7 +231,8 @@ def document(routes) -> dict:
                  "description": "JSON over HTTP/1.1. Every answer carries X-Meshkit-Epoch; errors are "
                                 '{"error": {"code", "message"}} with a 4xx status, 503 for the server\'s own '
                                 "trouble (retry). Requests but /health, / and /v1/openapi.json are signed "
-                                "(four X-Meshkit-* headers); viewer routes also take the viewer secret as a bearer token."},
+                                "(four X-Meshkit-* headers); GET /metrics and /v1/overview also take the viewer secret as a "
+                                "bearer token. A route refuses a query parameter it does not list (400)."},
         "paths": paths,
         "components": components(),
     }

@@ -12,7 +12,7 @@ from meshkit.adapters.store import Store
 from meshkit.adapters.storetx import Tx, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Conflict, StaleFence, UnknownNode
-from meshkit.rules import backoff, fsm
+from meshkit.rules import backoff, fsm, nodeinfo
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
 from meshkit.rules.policy import Policy, kind_verdict
@@ -358,19 +358,17 @@ class Tasks:
         wire.validate(body, wire.HEARTBEAT, "heartbeat")
         now = self.clock.time()
         node = body["node"]
-        info = {k: body.get(k) for k in wire.HEARTBEAT if k != "node"}
-        info["slots"] = max(1, int(info.get("slots") or 1))
-        info["capabilities"] = sorted(set(info.get("capabilities") or []))
-        info["kinds"] = sorted(set(info.get("kinds") or []))
-        running = body.get("running") or []
+        nodeinfo.check(body)
+        running = body.get("running")      # None: not reported (no lease renewed, none counted missing)
         with self.store.tx() as tx:
-            prev = tx.one("SELECT state FROM nodes WHERE name=?", (node,))
+            prev = tx.one("SELECT state, info FROM nodes WHERE name=?", (node,))
+            info = nodeinfo.merge(json.loads(prev["info"]) if prev else None, body)      # left out: kept
             tx.cache.pop(tx.cache.node_key(node), None)
             tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen, state) VALUES(?,?,?,?, 'alive')"
                        " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen,"
                        " state='alive'", (node, json.dumps(info), now, now))
             fenced = []
-            for item in running:
+            for item in running or ():
                 renewed = tx.execute("UPDATE tasks SET lease_deadline=? WHERE n=? AND fence=? AND node=?"
                                      " AND state IN ('leased','running')",
                                      (now + self.cfg.get("supervisor.lease_ttl"), task_n(item["task"]),
@@ -378,10 +376,11 @@ class Tasks:
                 if not renewed:
                     fenced.append(item["task"])
             # Count heartbeats that don't list a running task (heal rule missing_from_heartbeats).
-            listed = [task_n(item["task"]) for item in running] or [0]
-            marks = ",".join("?" * len(listed))
-            tx.execute(f"UPDATE tasks SET hb_missing=CASE WHEN n IN ({marks}) THEN 0 ELSE hb_missing+1 END"
-                       f" WHERE node=? AND state IN ('leased','running') AND state='running'", (*listed, node))
+            if running is not None:
+                listed = [task_n(item["task"]) for item in running] or [0]
+                marks = ",".join("?" * len(listed))
+                tx.execute(f"UPDATE tasks SET hb_missing=CASE WHEN n IN ({marks}) THEN 0 ELSE hb_missing+1 END"
+                           f" WHERE node=? AND state IN ('leased','running') AND state='running'", (*listed, node))
             cancel = [task_id(r["n"]) for r in tx.all(
                 "SELECT n FROM tasks WHERE node=? AND cancel_requested=1 AND state IN ('leased','running')", (node,))]
         if prev is None or prev["state"] != "alive":
