@@ -5,7 +5,8 @@ import sys
 
 from meshkit.adapters.locks import FileLock, hostname, lock_path
 from meshkit.adapters.log import Logger
-from meshkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_arg, fail, load_config, print_json
+from meshkit.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_arg, fail, load_config, print_json,
+                                table)
 from meshkit.cli.remote import make_client
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest
@@ -148,16 +149,16 @@ def cmd_list(args) -> int:
     if not views:
         print(f"no locks in {lock_dir}")
         return EXIT_OK
-    rows = [("LOCK", "STATE", "AGE", "TTL", "HOLDER", "PURPOSE")]
+    rows = []
     for v in views:
         rec = v["holder"] if isinstance(v["holder"], dict) else {}
         holder = "" if v["state"] == "free" else f"{rec.get('host', '?')}:{rec.get('pid', '?')}"
         if v["pid_status"] not in ("alive", "unknown") and v["state"] != "free":
             holder += f" ({v['pid_status']})"
         rows.append((v["lock"], v["state"], _age(v["age"]), _age(v["ttl"]), holder, str(v.get("purpose") or "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    for line in table([(title, 0, "<") for title in ("LOCK", "STATE", "AGE", "TTL", "HOLDER", "PURPOSE")],
+                      rows, gap="  "):
+        print(line)
     return EXIT_OK
 
 

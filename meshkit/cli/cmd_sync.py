@@ -10,7 +10,7 @@ from meshkit.adapters.locks import FileLock, hostname, lock_path
 from meshkit.adapters.log import Logger
 from meshkit.adapters.rsync import Rsync
 from meshkit.cli.common import (EXIT_FAILED, EXIT_LOCK_HELD, EXIT_OK, EXIT_USAGE, add_config_arg,
-                                fail, load_config, print_json)
+                                fail, load_config, print_json, table)
 from meshkit.core.clock import REAL
 from meshkit.core.errors import BadRequest, ConfigError, LockHeld, MeshkitError, NotFound, SyncError
 from meshkit.roles.sync import views
@@ -295,9 +295,8 @@ def cmd_list(args) -> int:
     if args.json:
         print_json([dict(r.as_dict(), age=round(now - r.created, 1)) for r in rows])
         return EXIT_OK
-    table = [("SNAPSHOT", "STATE", "FILES", "SIZE", "AGE", "NOTE")]
-    table += [(r.name, r.state, str(r.files), _size(r.bytes), _age(now - r.created), r.note) for r in rows]
-    _print_table(table)
+    _print_table([("SNAPSHOT", "STATE", "FILES", "SIZE", "AGE", "NOTE")] +
+                 [(r.name, r.state, str(r.files), _size(r.bytes), _age(now - r.created), r.note) for r in rows])
     return EXIT_OK
 
 
@@ -359,22 +358,22 @@ def cmd_status(args) -> int:
         print_json(recs)
         return EXIT_FAILED if failing else EXIT_OK
     now = REAL.time()
-    table = [("JOB", "LAST RESULT", "LAST SUCCESS", "LAST FAILURE", "FAILURES", "ERROR")]
+    lines = [("JOB", "LAST RESULT", "LAST SUCCESS", "LAST FAILURE", "FAILURES", "ERROR")]
     for r in recs:
-        table.append((str(r.get("job")), str(r.get("last_result")), _ago(now, r.get("last_success")),
+        lines.append((str(r.get("job")), str(r.get("last_result")), _ago(now, r.get("last_success")),
                       _ago(now, r.get("last_failure")), str(r.get("consecutive_failures", "")),
                       (r.get("last_error") or "")[:100]))
-    if len(table) == 1:
+    if len(lines) == 1:
         print(f"no sync jobs have run yet (status dir {cfg.path('sync.status_dir')})")
     else:
-        _print_table(table)
+        _print_table(lines)
     return EXIT_FAILED if failing else EXIT_OK
 
 
 def _print_table(rows) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    """rows[0]: the titles."""
+    for line in table([(title, 0, "<") for title in rows[0]], rows[1:], gap="  "):
+        print(line)
 
 
 def _size(n: int) -> str:

@@ -55,17 +55,17 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def table(columns, rows) -> list:
+def table(columns, rows, gap: str = " ") -> list:
     """The lines of a plain-text table, nothing cut. columns: (title, min_width, align) with
-    align "<" or ">"; a column is as wide as its widest cell, at least min_width; the last one,
-    two spaces after the others, is never padded or cut, so a long value (a node's kinds, a
-    quarantine reason) shows whole."""
+    align "<" or ">"; a column is as wide as its widest cell, at least min_width, `gap` between
+    two; the last one, two spaces after the others, is never padded or cut, so a long value (a
+    node's kinds, a quarantine reason) shows whole."""
     rows = [[str(c) for c in row] for row in rows]
     widths = [max([len(title), min_width] + [len(row[i]) for row in rows])
               for i, (title, min_width, _) in enumerate(columns)]
 
     def line(cells):
-        head = " ".join(f"{c:{align}{w}}" for c, w, (_, _, align) in zip(cells[:-1], widths, columns))
+        head = gap.join(f"{c:{align}{w}}" for c, w, (_, _, align) in zip(cells[:-1], widths, columns))
         return f"{head}  {cells[-1]}".rstrip()
 
     return [line([title for title, _, _ in columns])] + [line(row) for row in rows]
