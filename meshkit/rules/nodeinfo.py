@@ -1,17 +1,19 @@
 """What the supervisor keeps of a node from its heartbeats (pure).
 
-A heartbeat updates the fields it gives and keeps the others as the node last reported them
-(a first heartbeat starts from DEFAULTS): a client that sends {"node", "running"} does not wipe
-the node's kinds, capabilities or slots. `hold` is the exception (wire protocol: left out
-means null, claiming as usual). What a left-out `running` means is the caller's: not reported
-(no lease renewed or judged missing from it), unlike an explicit [] (none running).
+A heartbeat updates the fields it gives. Of those it leaves out, what the node is (KEPT: its
+capabilities, kinds, slots, version) stays as last reported (a first heartbeat starts from
+DEFAULTS), so a client that sends {"node", "running"} does not wipe them; how the node is now
+(free_slots, load, mem_available, disk_free, hold) is not known, null: never a stale figure
+(a worker leaves out what it could not measure; a left-out hold means claiming as usual).
+What a left-out `running` means is the caller's: not reported (no lease renewed or judged
+missing from it), unlike an explicit [] (none running).
 """
 
 from meshkit.core.errors import BadRequest
 
 DEFAULTS = {"capabilities": [], "kinds": [], "slots": 1, "free_slots": None, "running": None, "load": None,
             "mem_available": None, "disk_free": None, "version": None, "hold": None}
-LEFT_OUT_IS_NULL = ("hold",)
+KEPT = ("capabilities", "kinds", "slots", "version")
 
 
 def check(body: dict) -> None:
@@ -30,13 +32,10 @@ def check(body: dict) -> None:
 def merge(prev, body: dict) -> dict:
     """The node's info after heartbeat `body` (checked: check()), given the info stored before
     (None for a node never seen)."""
-    info = dict(DEFAULTS, **(prev or {}))
-    for field in LEFT_OUT_IS_NULL:
-        info[field] = None
+    info = dict(DEFAULTS)
+    info.update((k, prev[k]) for k in KEPT if k in (prev or {}))
     info.update((k, v) for k, v in body.items() if k != "node")
     info["capabilities"] = sorted(set(info["capabilities"] or []))
     info["kinds"] = sorted(set(info["kinds"] or []))
     info["slots"] = max(1, int(info["slots"] or 1))
-    if info["free_slots"] is not None:      # a free_slots kept from before cannot exceed new slots
-        info["free_slots"] = min(info["free_slots"], info["slots"])
     return info
