@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
-from tests.helpers import ROOT, Fleet, env
+from tests.helpers import ROOT, Fleet, env, register
 from tests.test_openapi import conforms, routes
 from tests.test_worker_units import WorkerCase, api
 
@@ -152,17 +153,36 @@ class WorkerSaysSo(WorkerCase):
         self.assertEqual(self.heartbeats(w)[-1]["hold"], w.hold)
         self.assertEqual(w.claim_step(), 5)          # held: no claim sent
         self.assertNotIn("/v1/claim", w.link.paths())
-        # Back under (the limit raised): the next reading clears it, said at once, claims resume.
+        # Back under (the limit raised): the next reading clears it and it is said at once; claims
+        # resume once the supervisor took that heartbeat (before, it would answer them empty).
         guard.soft = 1 << 50
         w.slot_freed.clear()
         self.clock.advance(memwire.CHECK_EVERY)
         w.step()
         self.assertIsNone(w.hold)
-        self.assertTrue(w.slot_freed.is_set())
+        self.assertFalse(w.slot_freed.is_set())
+        self.assertEqual(w.claim_step(), 5)
+        self.assertNotIn("/v1/claim", w.link.paths())
         w.step()
         self.assertNotIn("hold", self.heartbeats(w)[-1])
+        self.assertTrue(w.slot_freed.is_set())          # the claim loop stops waiting at once
         w.claim_step()
         self.assertIn("/v1/claim", w.link.paths())      # claiming again
+
+    def test_claims_wait_while_the_heartbeat_that_ends_the_hold_fails(self):
+        w = self.worker({"/v1/heartbeat": [{"ok": True, "epoch": 1}, api(503, "unavailable"), {"ok": True}],
+                         "/v1/claim": [{"tasks": []}]})
+        w.set_hold({"reason": "memory_guard"})
+        w.heartbeat()
+        w.set_hold(None)
+        w.slot_freed.clear()
+        w.heartbeat()                                   # refused: the supervisor still has the hold
+        self.assertEqual((w.claim_step(), w.slot_freed.is_set()), (5, False))
+        w.heartbeat()
+        self.assertTrue(w.slot_freed.is_set())
+        self.assertEqual([p for p in w.link.paths() if p == "/v1/claim"], [])
+        w.claim_step()
+        self.assertIn("/v1/claim", w.link.paths())
 
     def test_no_claim_before_the_first_reading(self):
         w, guard = self.guarded(soft_mb=1 << 30)
@@ -244,6 +264,42 @@ class RealWorker(unittest.TestCase):
         self.assertIsNone(worker.poll())
         worker.send_signal(signal.SIGTERM)
         self.assertEqual(worker.wait(30), 0)
+
+
+class SupervisorEndsAWaitingClaim(unittest.TestCase):
+    """A long-poll claim already waiting when the worker's heartbeat says it holds back ends at
+    once, empty, and nothing is leased to that worker until a heartbeat ends the hold."""
+
+    def test_a_held_node_gets_nothing(self):
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        fleet.start_supervisor()
+        admin, worker = fleet.client("admin"), fleet.client("worker")
+        self.addCleanup(admin.close)
+        self.addCleanup(worker.close)
+        register(worker, "w1")
+        waiting = fleet.client("worker")
+        self.addCleanup(waiting.close)
+        answer = {}
+
+        def claim():
+            t0 = time.monotonic()
+            answer["tasks"] = waiting.call("POST", "/v1/claim", {"node": "w1", "max": 1, "wait": 20})["tasks"]
+            answer["took"] = time.monotonic() - t0
+        thread = threading.Thread(target=claim)
+        thread.start()
+        time.sleep(0.5)                                  # the claim is waiting
+        worker.call("POST", "/v1/heartbeat", {"node": "w1", "hold": MEM})
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
+        self.assertEqual(answer["tasks"], [])
+        self.assertLess(answer["took"], 10)              # not the claim's 20 s
+        tid = admin.call("POST", "/v1/tasks", {"kind": "echo"})["task"]["id"]
+        self.assertEqual(worker.call("POST", "/v1/claim", {"node": "w1", "max": 1, "wait": 5})["tasks"], [])
+        self.assertEqual(admin.call("GET", f"/v1/tasks/{tid}")["task"]["state"], "queued")
+        worker.call("POST", "/v1/heartbeat", {"node": "w1"})      # hold left out: it ends
+        got = worker.call("POST", "/v1/claim", {"node": "w1", "max": 1, "wait": 5})["tasks"]
+        self.assertEqual([t["id"] for t in got], [tid])
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class Tasks:
         return backoff.wake_in(remaining, due, now)
 
     def _claim_once(self, node: str, want: int):
-        """The leased tasks (maybe none), or None when the node has no free slot."""
+        """The leased tasks (maybe none), or None when the node has no free slot or holds back."""
         now = self.clock.time()
         lease_ttl = self.cfg.get("supervisor.lease_ttl")
         with self.store.tx() as tx:
@@ -125,6 +125,8 @@ class Tasks:
             info, state = self._node_info(tx, node)
             if state != "alive":     # a stale node must heartbeat before it gets work
                 return []
+            if info.get("hold"):     # its heartbeat says it claims nothing now (memory guard): a claim
+                return None          # already waiting when that came ends empty, nothing leased to it
             active = self._active_count(tx, node)
             room = min(want, max(0, int(info.get("slots", 1)) - active))
             if room <= 0:
@@ -362,7 +364,8 @@ class Tasks:
         running = body.get("running")      # None: not reported (no lease renewed, none counted missing)
         with self.store.tx() as tx:
             prev = tx.one("SELECT state, info FROM nodes WHERE name=?", (node,))
-            info = nodeinfo.merge(json.loads(prev["info"]) if prev else None, body)      # left out: kept
+            before = json.loads(prev["info"]) if prev else None
+            info = nodeinfo.merge(before, body)      # left out: kept
             tx.cache.pop(tx.cache.node_key(node), None)
             tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen, state) VALUES(?,?,?,?, 'alive')"
                        " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen,"
@@ -386,6 +389,8 @@ class Tasks:
         if prev is None or prev["state"] != "alive":
             self.log.info("node_registered" if prev is None else "node_back", node=node)
             self._wake()
+        elif info.get("hold") and not before.get("hold"):
+            self._wake()             # its waiting claim ends now, empty (_claim_once)
         return {"ok": True, "cancel": cancel, "fenced": fenced, "server_time": now}
 
     def lose_lease(self, tx: Tx, row, why: str, actor: str, now: float) -> str:

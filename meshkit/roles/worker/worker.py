@@ -62,6 +62,8 @@ class Worker(JobRunner):
         self.auth_log_next = 0.0
         self.hold = None              # why we claim no new work now (the memory guard sets it: set_hold), or None
         self.hold_unknown_to = None   # the supervisor URL that refused the heartbeat's "hold" (from before it)
+        self.hold_told = None         # the hold the last heartbeat the supervisor took said (it answers our
+                                      # claims empty while it has one): claims resume once it has None
         self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
                              self.refused)
 
@@ -111,8 +113,6 @@ class Worker(JobRunner):
         if changed:
             self.next_heartbeat = 0.0
             self.wake.set()
-            if hold is None:
-                self.slot_freed.set()     # the claim loop stops waiting out its hold-back delay
 
     def _hold_refused(self, e) -> bool:
         """A supervisor from before the heartbeat's "hold" refuses it (400 on that field): True,
@@ -131,8 +131,9 @@ class Worker(JobRunner):
         # starting too), it looks every poll_interval at most, so the fleet is back within
         # that of the supervisor, not after a whole cooldown (300 s).
         unregistered, was_open = not self.registered.is_set(), not self.link.healthy
+        body = self.heartbeat_body()
         try:
-            answer = self.link.call("POST", "/v1/heartbeat", self.heartbeat_body(), probe=True)
+            answer = self.link.call("POST", "/v1/heartbeat", body, probe=True)
         except BreakerOpen as e:
             self.next_heartbeat = now + max(e.retry_in, 0.05)
             return
@@ -156,8 +157,9 @@ class Worker(JobRunner):
             self.log.info("registered", supervisor=self.link.url, epoch=answer.get("epoch"))
         self.hb_failures = 0
         self.registered.set()
-        if was_open:
-            self.slot_freed.set()     # the breaker closed: the claim loop stops waiting out its cooldown
+        told, self.hold_told = self.hold_told, body.get("hold")
+        if was_open or (told is not None and self.hold_told is None):
+            self.slot_freed.set()     # the breaker closed, or the hold ended: the claim loop stops waiting
         self.next_heartbeat = now + self.heartbeat_period()
         with self.cond:
             for tid in answer.get("cancel") or []:
@@ -190,6 +192,8 @@ class Worker(JobRunner):
         if not self.registered.is_set():
             self.wake.set()
             return 0.5
+        if self.hold_told is not None:      # the supervisor would answer empty: until the heartbeat
+            return self.s.poll_interval       # that ends the hold is taken (it sets slot_freed)
         free = self.free_slots()
         if free <= 0:
             return self.s.poll_interval       # or until a slot is freed (slot_freed)
