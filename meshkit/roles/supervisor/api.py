@@ -200,7 +200,8 @@ class Api:
         return dict(self.sup.brain.explain(req.params[0]), epoch=self.sup.epoch)
 
     def graph(self, req):
-        return encode_json(201, {"tasks": intake.dispatch_graph(self.tasks, req.json(), req.key_id), "epoch": self.sup.epoch})
+        tasks, created = intake.dispatch_graph(self.tasks, req.json(), req.key_id)
+        return encode_json(201 if created else 200, {"tasks": tasks, "created": created, "epoch": self.sup.epoch})
 
     def kinds(self, req):
         return {"kinds": self.sup.brain.kinds(), "epoch": self.sup.epoch}

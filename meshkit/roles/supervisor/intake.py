@@ -77,8 +77,8 @@ def dispatch(tasks, body: dict, actor: str) -> tuple:
     tasks.wake_all()
     return task, True
 
-def dispatch_graph(tasks, body: dict, actor: str) -> dict:
-    """A whole graph in one transaction: {"tasks": [{"name", ...dispatch fields, "after": [name|id]}]}."""
+def prepare_graph(tasks, body: dict) -> tuple:
+    """(validated fields by name, local edges) of a graph, checked before any store access."""
     wire.validate(body, wire.GRAPH, "graph")
     specs = body["tasks"]
     if not 1 <= len(specs) <= 1000:
@@ -93,6 +93,10 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
     prepared = {}      # validated first: the edges below read "after" (a dict in it was a 500)
     for name, spec in names.items():
         fields = prepare(tasks, {k: v for k, v in spec.items() if k != "name"}, f"graph task {name!r}")
+        bad = next((a for a in fields["after"] if a not in names and not wire.TYPES["id"][1](a)), None)
+        if bad is not None:     # here, not in the transaction: a replayed graph is checked the same
+            raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
+                             field="after")
         prepared[name] = fields
     keys = [f["key"] for f in prepared.values() if f["key"] is not None]
     if len(keys) != len(set(keys)):
@@ -101,27 +105,57 @@ def dispatch_graph(tasks, body: dict, actor: str) -> dict:
     cycle = deps_rules.find_cycle(edges)
     if cycle:
         raise BadRequest(f"graph: dependency cycle {' -> '.join(cycle)}", field="after")
+    return prepared, edges
+
+def replayed(tx: Tx, prepared: dict):
+    """{name: task dict} when every task's key is already used: the graph was sent before (a retry
+    after a timeout), answered like a dispatch with a known key. None when no key is used; Conflict
+    when only some are, as a retry cannot tell which of its tasks are the stored ones."""
+    rows = {name: tx.one("SELECT * FROM tasks WHERE key=?", (f["key"],))
+            for name, f in prepared.items() if f["key"] is not None}
+    used = {name: row for name, row in rows.items() if row is not None}
+    if not used:
+        return None
+    if len(used) == len(prepared):
+        return {name: task_dict(row) for name, row in used.items()}
+    fresh = [n for n in rows if n not in used]
+    if fresh:
+        name, tid = next(iter(used)), task_id(next(iter(used.values()))["n"])
+        raise Conflict(f"graph: task {name!r} has key {prepared[name]['key'][:80]!r}, already used by {tid}, but "
+                       f"the key of task {fresh[0]!r} is new: not a retry of one graph; nothing was dispatched", task=tid)
+    unkeyed = next(n for n in prepared if n not in rows)
+    raise Conflict(f"graph: every key is already used (the graph looks already dispatched), but task {unkeyed!r} "
+                   "has no key and cannot be matched: give every task of a graph a key to make a retry safe; "
+                   "nothing was dispatched")
+
+def insert_graph(tasks, tx: Tx, prepared: dict, edges: dict, actor: str, upstream_failed: list) -> dict:
+    """Insert a new graph's tasks, each after its dependencies: {name: task dict}."""
     now = tasks.clock.time()
-    created, upstream_failed = {}, []
+    created = {}
+    for name in deps_rules.topological(edges):
+        fields = prepared[name]
+        local = [created[a] for a in fields["after"] if a in prepared]
+        ids = [a for a in fields["after"] if a not in prepared]
+        fields["after"] = [task_id(m) for m in local] + ids
+        created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now, upstream_failed)
+    return {name: task_dict(tx.task_row(n)) for name, n in created.items()}
+
+def dispatch_graph(tasks, body: dict, actor: str) -> tuple:
+    """(tasks by name, created?). A whole graph in one transaction: {"tasks": [{"name", ...dispatch
+    fields, "after": [name|id]}]}. Sent again (every task keyed, every key used) it returns the
+    tasks stored the first time and dispatches nothing, so a client may retry after a timeout."""
+    prepared, edges = prepare_graph(tasks, body)
+    upstream_failed = []
     with tasks.store.tx() as tx:
-        for name in deps_rules.topological(edges):
-            fields = prepared[name]
-            local = [created[a] for a in fields["after"] if a in names]
-            ids = [a for a in fields["after"] if a not in names]
-            if any(not wire.TYPES["id"][1](a) for a in ids):
-                bad = next(a for a in ids if not wire.TYPES["id"][1](a))
-                raise BadRequest(f"graph: task {name!r} is after {bad!r}, which is neither a name here nor a task id",
-                                 field="after")
-            fields["after"] = [task_id(m) for m in local] + ids
-            if fields["key"] is not None:      # a used key was a 503 (UNIQUE constraint) from the store
-                row = tx.one("SELECT n FROM tasks WHERE key=?", (fields["key"],))
-                if row is not None:
-                    raise Conflict(f"graph: task {name!r} has key {fields['key'][:80]!r}, already used by "
-                                   f"{task_id(row['n'])}; nothing was dispatched", task=task_id(row["n"]))
-            created[name] = insert(tasks, tx, fields, local + known_deps(tx, ids, "graph"), actor, now,
-                                   upstream_failed)
-        out = {name: task_dict(tx.task_row(n)) for name, n in created.items()}
-    tasks.log.info("graph_dispatched", tasks={k: v["id"] for k, v in out.items()}, actor=actor)
+        out = replayed(tx, prepared)
+        created = out is None
+        if created:
+            out = insert_graph(tasks, tx, prepared, edges, actor, upstream_failed)
+    ids = {k: v["id"] for k, v in out.items()}
+    if not created:         # nothing changed: no claim to wake
+        tasks.log.info("graph_replayed", tasks=ids, actor=actor)
+        return out, False
+    tasks.log.info("graph_dispatched", tasks=ids, actor=actor)
     cancel.log_upstream_failed(tasks.log, upstream_failed)
     tasks.wake_all()
-    return out
+    return out, True

@@ -80,7 +80,7 @@ ERRORS = {
     405: "method not allowed on this path (see Allow)",
     408: "the client was too slow to send its request",
     409: "conflict with the current state: stale fence, unknown node, task already ended, kind not quarantined, "
-         "not the active supervisor",
+         "not the active supervisor, a graph with some of its keys already used (or a task without a key)",
     413: "the body is over supervisor.max_body",
     414: "the request line is too long",
     431: "the headers are too large",
@@ -94,7 +94,10 @@ ERROR_SCHEMA = {
                              "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
 }
 PLAIN_ANSWERS = {"metrics": "text/plain", "page": "text/html"}
-CREATED = {"dispatch", "graph"}          # 201 on creation (dispatch: 200 for a known key)
+# 201 on creation; 200, described here, when sent again with keys already used (a retry).
+CREATED = {"dispatch": "the task already dispatched with this key (created: false)",
+           "graph": "the tasks already dispatched with these keys, by name (created: false): every task of the "
+                    "graph has a key and every key is used, so nothing new is dispatched"}
 
 
 def type_schema(typ: str) -> dict:
@@ -207,9 +210,8 @@ def operation(route) -> dict:
     ok_schema = {"type": "string"} if ok != "application/json" else {"type": "object"}
     good = {"description": "done", "content": {ok: {"schema": ok_schema}}}
     if route.name in CREATED:
-        op["responses"]["201"] = dict(good, description="created")
-        if route.name == "dispatch":
-            op["responses"]["200"] = dict(good, description="the task already dispatched with this key")
+        op["responses"]["201"] = dict(good, description="created (created: true)")
+        op["responses"]["200"] = dict(good, description=CREATED[route.name])
     else:
         op["responses"]["200"] = good
     codes = NO_AUTH_ERRORS if route.auth == "none" else sorted(ERRORS)     # 409 too: not_active on a standby
