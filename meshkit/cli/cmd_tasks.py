@@ -97,18 +97,27 @@ def dispatch(args) -> int:
     return _wait(client, task["id"])
 
 
+def follow(client, tid: str, seen: int, label: str = "", clock=REAL):
+    """The task now, after writing its history rows past `seen` to stderr as state changes;
+    None (said on stderr, after a pause) when the supervisor can't answer now."""
+    try:
+        task = client.call("GET", f"/v1/tasks/{tid}")["task"]
+    except ClientError as e:
+        sys.stderr.write(f"meshkit: {e.message}; still waiting\n")
+        clock.sleep(2)
+        return None
+    for h in task["history"][seen:]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(h["at"]))
+        sys.stderr.write(f"{stamp} {tid}{label} {h['from'] or '-'} -> {h['to']}: {h['reason']}\n")
+    return task
+
+
 def _wait(client, tid: str, clock=REAL) -> int:
     seen = 0
     while True:
-        try:
-            task = client.call("GET", f"/v1/tasks/{tid}")["task"]
-        except ClientError as e:
-            sys.stderr.write(f"meshkit: {e.message}; still waiting\n")
-            clock.sleep(2)
+        task = follow(client, tid, seen, clock=clock)
+        if task is None:
             continue
-        for h in task["history"][seen:]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(h["at"]))
-            sys.stderr.write(f"{stamp} {tid} {h['from'] or '-'} -> {h['to']}: {h['reason']}\n")
         seen = len(task["history"])
         if task["state"] in fsm.TERMINAL:
             break

@@ -24,6 +24,7 @@ COMMANDS = {
     "init": ("cmd_init", "write meshkit.toml and a keys file"),
     "supervisor": ("cmd_supervisor", "run the supervisor (the fleet's state)"),
     "dispatch": ("cmd_tasks", "queue a task; prints its id"),
+    "graph": ("cmd_graph", "dispatch a dependency graph from a JSON file"),
     "task": ("cmd_tasks", "show one task with its full history"),
     "tasks": ("cmd_tasks", "list tasks"),
     "cancel": ("cmd_tasks", "cancel a task (a running one is stopped by its worker)"),
