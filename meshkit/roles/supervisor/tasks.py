@@ -12,11 +12,11 @@ from meshkit.adapters.store import Store
 from meshkit.adapters.storetx import Tx, task_id, task_n
 from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Conflict, StaleFence, UnknownNode
-from meshkit.rules import backoff, fsm, nodeinfo
+from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
 from meshkit.rules.policy import Policy, kind_verdict
-from meshkit.roles.supervisor import cancel, queue
+from meshkit.roles.supervisor import cancel, heartbeat, queue
 
 MAX_WAIT = 60.0
 CANCEL_NOTE = cancel.CANCEL_NOTE     # cancel.py: cancel_task() writes the note, its end reads it back
@@ -354,44 +354,10 @@ class Tasks:
             return None
         return got["reason"][len(CANCEL_NOTE):].partition(": ")[2] or None
 
-    # -- heartbeats and reaping -----------------------------------------------------
+    # -- heartbeats (heartbeat.py) and reaping -------------------------------------
 
     def heartbeat(self, body: dict) -> dict:
-        wire.validate(body, wire.HEARTBEAT, "heartbeat")
-        now = self.clock.time()
-        node = body["node"]
-        nodeinfo.check(body)
-        running = body.get("running")      # None: not reported (no lease renewed, none counted missing)
-        with self.store.tx() as tx:
-            prev = tx.one("SELECT state, info FROM nodes WHERE name=?", (node,))
-            before = json.loads(prev["info"]) if prev else None
-            info = nodeinfo.merge(before, body)      # left out: kept
-            tx.cache.pop(tx.cache.node_key(node), None)
-            tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen, state) VALUES(?,?,?,?, 'alive')"
-                       " ON CONFLICT(name) DO UPDATE SET info=excluded.info, last_seen=excluded.last_seen,"
-                       " state='alive'", (node, json.dumps(info), now, now))
-            fenced = []
-            for item in running or ():
-                renewed = tx.execute("UPDATE tasks SET lease_deadline=? WHERE n=? AND fence=? AND node=?"
-                                     " AND state IN ('leased','running')",
-                                     (now + self.cfg.get("supervisor.lease_ttl"), task_n(item["task"]),
-                                      item["fence"], node)).rowcount
-                if not renewed:
-                    fenced.append(item["task"])
-            # Count heartbeats that don't list a running task (heal rule missing_from_heartbeats).
-            if running is not None:
-                listed = [task_n(item["task"]) for item in running] or [0]
-                marks = ",".join("?" * len(listed))
-                tx.execute(f"UPDATE tasks SET hb_missing=CASE WHEN n IN ({marks}) THEN 0 ELSE hb_missing+1 END"
-                           f" WHERE node=? AND state IN ('leased','running') AND state='running'", (*listed, node))
-            cancel = [task_id(r["n"]) for r in tx.all(
-                "SELECT n FROM tasks WHERE node=? AND cancel_requested=1 AND state IN ('leased','running')", (node,))]
-        if prev is None or prev["state"] != "alive":
-            self.log.info("node_registered" if prev is None else "node_back", node=node)
-            self._wake()
-        elif info.get("hold") and not before.get("hold"):
-            self._wake()             # its waiting claim ends now, empty (_claim_once)
-        return {"ok": True, "cancel": cancel, "fenced": fenced, "server_time": now}
+        return heartbeat.heartbeat(self, body)
 
     def lose_lease(self, tx: Tx, row, why: str, actor: str, now: float) -> str:
         """A lease is gone (expired, node stale, heal rule): requeue, or end the task."""
