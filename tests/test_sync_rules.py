@@ -198,6 +198,7 @@ class Validation(unittest.TestCase):
         cases = [
             ("a/memory/x.json", b'{"a": 1}', None, []),
             ("a/memory/x.json", b'{"a": 1', None, ["is not valid JSON"]),
+            ("a/memory/x.json", b'{"a": "x\ny"}', None, ["Invalid control character at line 1 column 9"]),
             ("a/memory/x.json", b'', 10, ["shrank to zero", "is not valid JSON"]),
             ("a/memory/x.JSON", b'[1, 2]', None, []),
             ("a/memory/x.json", b'\xff\xfe{', None, ["is not valid JSON"]),

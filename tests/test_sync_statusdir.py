@@ -9,8 +9,11 @@ a path under a regular file, a regular file in its place, a directory in /proc."
 
 import json
 import os
+import subprocess
 import sys
+import unittest
 
+from tests.test_diskfault import WHY_NOT, fill
 from tests.test_sync_helpers import SyncCase, write
 
 
@@ -126,6 +129,27 @@ class StatusDirUnwritable(SyncCase):
         self.assertTrue(any("connection unexpectedly closed" in ln for ln in lines), proc.stderr)
         self.assertTrue(any("sync.status_dir" in ln and "failed" in ln for ln in lines), proc.stderr)
         self.assert_current(expected, first)
+
+    @unittest.skipIf(WHY_NOT, WHY_NOT or "")
+    def test_a_full_disk_under_the_status_dir_refuses_before_rsync(self):
+        """An empty probe file fits on a full disk; the status file does not: the probe writes."""
+        good = self.make_agents(1, 1)
+        self.sync()
+        first = self.current()
+        write(os.path.join(self.src, "agent0", "memory", "note0.json"), '{"changed": 1}')
+        status_dir = os.path.join(self.tmp, "full")
+        os.mkdir(status_dir)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", status_dir], check=True)
+        self.addCleanup(subprocess.run, ["umount", status_dir], capture_output=True)
+        fill(os.path.join(status_dir, "filler"), 1 << 20)
+        self.configure(status_dir)
+        proc = self.sync(code=2)
+        [line] = meshkit_lines(proc)
+        self.assertIn("No space left on device", line)
+        self.assertIn("nothing was copied", line)
+        self.assert_current(good, first)
+        self.assertEqual(self.snapshots(), [first])
+        self.assertEqual(sorted(os.listdir(status_dir)), ["filler"])      # the probe is gone
 
     def test_backup_refuses_too(self):
         self.make_agents(1, 1)

@@ -54,7 +54,7 @@ def _json_error(e: Exception) -> str:
     if isinstance(e, RecursionError):      # json recurses per level: a deep enough file exhausts the stack
         return "nested too deeply"
     if isinstance(e, json.JSONDecodeError):
-        return f"{e.msg} at line {e.lineno} column {e.colno}"
+        return f"{e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}"   # msg may end in "at"
     return str(e)
 
 

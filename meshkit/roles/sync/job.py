@@ -22,18 +22,17 @@ SyncJob.step() is one run and returns its Outcome; the schedule belongs to cron 
 the systemd timer (there is no run loop: a sync is a oneshot).
 """
 
-import errno
 import json
 import os
 import stat
-import tempfile
 
-from meshkit.adapters.atomic import read_json, write_json
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.rsync import run_alert
 from meshkit.core.errors import BadRequest, LockHeld, MeshkitError, SyncError
 from meshkit.core.record import Record
+from meshkit.roles.sync import statusfile
 from meshkit.roles.sync.check import FirstCopy, validate
+from meshkit.roles.sync.statusfile import StatusUnwritable, os_error
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import (empty_source_reason, filter_args, guard, job_problem,
                                     missing_source, parse_itemized, parse_location, summarize,
@@ -42,16 +41,6 @@ from meshkit.rules.syncrotate import incomplete_plan, invalid_plan, new_name, ro
 from meshkit.rules.syncstatus import is_success, next_status
 
 MAX_REPORTED = 50       # problems kept in a report and the outcome
-
-
-class StatusUnwritable(MeshkitError):
-    """The run's status file cannot be written: the run refused to start (nothing copied)."""
-    code = "status_unwritable"
-    status = 0
-
-    def __init__(self, path: str, error: str):
-        super().__init__(f"the status file {path} cannot be written: {error}", path=path, error=error)
-        self.path, self.error = path, error
 
 
 class Outcome(Record):
@@ -125,7 +114,7 @@ class SyncJob:
                                  error=e.message, duration=round(self.clock.monotonic() - start, 3))
                 raise
             except (SyncError, OSError) as e:
-                out = Outcome("failed", error=getattr(e, "message", None) or _os_error(e))
+                out = Outcome("failed", error=getattr(e, "message", None) or os_error(e))
             if out.result in ("failed", "refused") and out.snapshot is None:
                 self._keeps_current(out)
             out.seconds = round(self.clock.monotonic() - start, 3)
@@ -145,20 +134,13 @@ class SyncJob:
                 self.log.warning("sync_alert_failed", job=self.spec.job, error=why)
 
     def _check_status(self, start: float) -> None:
-        """Refuse (StatusUnwritable) a run whose outcome could not be recorded: make the status
-        dir, create and remove a file in it as the final atomic write will (tens of µs; access()
-        checks the real uid and misses a full inode table). Logged and alerted, not recorded."""
-        d = self.status_dir or "."
+        """Refuse (StatusUnwritable) a run whose outcome could not be recorded (statusfile.probe).
+        Logged and alerted, not recorded."""
         try:
-            os.makedirs(d, exist_ok=True)
-            if os.path.isdir(self.status_path):
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.status_path)
-            fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=d)
-            os.close(fd)
-            os.unlink(probe)
+            statusfile.probe(self.status_dir, self.status_path)
             return
-        except OSError as e:
-            err = StatusUnwritable(self.status_path, _status_error(e))
+        except StatusUnwritable as e:
+            err = e
         self.log.error("sync_run", job=self.spec.job, kind=self.spec.kind, result="status_unwritable",
                        source=self.spec.source, dest=self.store.dest, error=err.message,
                        duration=round(self.clock.monotonic() - start, 3))
@@ -349,10 +331,7 @@ class SyncJob:
             out.removed.append(f"invalid/{old}")
 
     def _previous(self) -> dict | None:
-        try:
-            return read_json(self.status_path)
-        except (OSError, ValueError):
-            return None
+        return statusfile.previous(self.status_path)
 
     def _extra(self, out: Outcome | None) -> dict:
         extra = dict(self.extra, kind=self.spec.kind, source=self.spec.source, dest=self.store.dest)
@@ -363,10 +342,8 @@ class SyncJob:
     def _record(self, out: Outcome) -> dict | None:
         status, event = next_status(self._previous(), self.spec.job, out.result, out.error,
                                     self.clock.time(), self._extra(out))
-        try:
-            write_json(self.status_path, status)
-        except OSError as e:
-            out.unrecorded = _status_error(e)
+        out.unrecorded = statusfile.write(self.status_path, status)
+        if out.unrecorded:
             self.log.error("sync_status_unwritable", job=self.spec.job, path=self.status_path,
                            error=out.unrecorded)
         return event
@@ -390,13 +367,3 @@ def _take(lock: FileLock) -> None:
         raise
     except MeshkitError as e:
         raise SyncError(e.message) from None
-
-
-def _os_error(e: OSError) -> str:
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    return f"{e.strerror or e}{where}"
-
-
-def _status_error(e: OSError) -> str:
-    hint = ": a file, not a directory" if isinstance(e, FileExistsError) else ""    # makedirs
-    return _os_error(e) + hint
