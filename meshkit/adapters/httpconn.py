@@ -41,6 +41,7 @@ class LoopHandler(Handler):
         self.close_connection = True
         self.linger = False
         self.deferred = None
+        self.counted = None             # on_response's arguments once answered (Handler._respond)
         self.head = head                # (header fields, where the body starts, method, body length) by frame()
         self.matched = None             # (method, path, app.match's answer) found by inline()
 
@@ -79,11 +80,21 @@ class LoopHandler(Handler):
     def handle_expect_100(self) -> bool:
         return True             # the loop sent "100 Continue" before the body came (_continue)
 
-    def refuse(self, error: MeshkitError) -> None:
-        """Replace the answer: the batch this request's work was in did not commit."""
+    def refuse(self, error: MeshkitError) -> str:
+        """Replace the answer: the batch this request's work was in did not commit. What
+        /metrics counts follows (the status sent, not the one its handler wrote); a request
+        that was to wait (WouldWait) after its work is counted now. Its route's name."""
+        route = getattr(self, "_route_name", "unmatched")
+        if self.counted is not None:
+            req, _, _, seconds = self.counted
+            self.counted = (req, route, error.status, seconds)
+        elif self.deferred is not None:
+            self.counted = (self._req, route, error.status, self.server.app.clock.monotonic() - self.deferred)
         self.deferred = None
         self.wfile = io.BytesIO()
-        self._write(encode_json(error.status, error.to_json()))
+        retry = error.details.get("retry_after")
+        self._write(encode_json(error.status, error.to_json(), {"Retry-After": str(retry)} if retry else None))
+        return route
 
     def answer(self) -> bytes:
         return self.wfile.getvalue()

@@ -23,11 +23,13 @@ import traceback
 
 from meshkit.adapters.httpconn import Conn, LoopHandler, frame
 from meshkit.adapters.httpapp import App
+from meshkit.adapters.log import Throttle
 from meshkit.core.errors import InternalError, MeshkitError
 
 LINGER_SECONDS = 2.0          # after a refusal of a body that was not read (_start_linger)
 LINGER_BYTES = 16 << 20
 EXPIRY_CHECK = 0.1            # how often connections are checked against their deadlines (s)
+REFUSED_EVERY = 10.0          # at most one round_refused line per error per this many seconds (_refused)
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
         b"Connection: close\r\nContent-Length: 72\r\n\r\n"
         b'{"error":{"code":"unavailable","message":"too many connections; retry"}}')
@@ -61,6 +63,8 @@ class LoopServer(http.server.HTTPServer):
         self._next_check = 0.0
         hold = getattr(app.logger, "hold", None)        # a round's log lines are written together
         self._log_held = hold() if hold is not None else contextlib.nullcontext()
+        self._log_discard = getattr(self._log_held, "discard", None)
+        self._refusals = Throttle(app.logger, "error", "round_refused", REFUSED_EVERY) if app.logger else None
 
     @property
     def in_flight(self) -> int:
@@ -84,6 +88,8 @@ class LoopServer(http.server.HTTPServer):
                     if self.app.logger:
                         self.app.logger.error("internal_error", route="loop", traceback=traceback.format_exc(limit=8))
         finally:
+            if self._refusals is not None:
+                self._refusals.flush(self.app.clock.monotonic(), final=True)     # refusals not logged yet
             self._stopped.set()
 
     def _turn(self, poll_interval: float) -> None:
@@ -100,6 +106,8 @@ class LoopServer(http.server.HTTPServer):
         if now >= self._next_check:
             self._next_check = now + EXPIRY_CHECK
             self._expire(now)
+            if self._refusals is not None:
+                self._refusals.flush(now)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -204,28 +212,32 @@ class LoopServer(http.server.HTTPServer):
         """Answer the requests that came in together, with one commit (group commit): the
         inline ones run one after the other inside App.batch(); their answers leave only once
         it committed, and if it did not, each gets the store's error (nothing of it was
-        stored). Requests that wait or take long go to threads after that."""
+        stored), the log lines they wrote are dropped and one line says so (_refused).
+        Requests that wait or take long go to threads after that."""
         ready, self._ready = self._ready, []
-        answered, later, failed = [], [], None
-        try:
-            with self._log_held, self.app.lock, self.app.batch():     # its log lines: one write
-                for conn, data, head in ready:
-                    handler = LoopHandler(conn, data, self, head)
-                    if not handler.inline(data):
-                        later.append((conn, handler, handler.handle_one_request, False))
-                        continue
-                    handler.handle_one_request()
-                    if handler.deferred is None:
-                        answered.append((conn, handler))
-                    else:
-                        later.append((conn, handler, handler.resume, True))
-        except MeshkitError as e:
-            failed = e
-        except Exception as e:  # a bug must not stop the loop: this round is refused, logged
-            if self.app.logger:
-                self.app.logger.error("internal_error", route="batch", error=repr(e),
-                                      traceback=traceback.format_exc(limit=8))
-            failed = InternalError("internal error; see the supervisor's log")
+        answered, later, failed, dropped = [], [], None, 0
+        with self._log_held:                    # its log lines: one write (none if it fails)
+            try:
+                with self.app.lock, self.app.batch():
+                    for conn, data, head in ready:
+                        handler = LoopHandler(conn, data, self, head)
+                        if not handler.inline(data):
+                            later.append((conn, handler, handler.handle_one_request, False))
+                            continue
+                        handler.handle_one_request()
+                        if handler.deferred is None:
+                            answered.append((conn, handler))
+                        else:
+                            later.append((conn, handler, handler.resume, True))
+            except MeshkitError as e:
+                failed = e
+            except Exception as e:  # a bug must not stop the loop: this round is refused, logged (kept: an error)
+                if self.app.logger:
+                    self.app.logger.error("internal_error", route="batch", error=repr(e),
+                                          traceback=traceback.format_exc(limit=8))
+                failed = InternalError("internal error; see the supervisor's log")
+            if failed is not None and self._log_discard is not None:
+                dropped = self._log_discard()   # they told of changes the rollback undid
         for conn, handler, work, ran_in_batch in later:
             if failed is not None and ran_in_batch:
                 answered.append((conn, handler))            # its handler ran in the lost batch
@@ -233,12 +245,26 @@ class LoopServer(http.server.HTTPServer):
             conn.state = "busy"
             self._sel.unregister(conn.sock)
             threading.Thread(target=self._on_thread, args=(conn, handler, work), name="http", daemon=True).start()
+        if failed is not None:
+            self._refused(failed, [handler.refuse(failed) for _, handler in answered], dropped)
         for conn, handler in answered:
-            if failed is not None:
-                handler.refuse(failed)
             self._answer(conn, handler)
         for conn, _ in answered:
             self._process(conn)                             # pipelined requests: the next round
+
+    def _refused(self, error: MeshkitError, routes: list, dropped: int) -> None:
+        """One line for a refused round (event round_refused): how many requests got which
+        error, their routes, how many of their log lines were dropped. While rounds keep
+        failing (a full disk, a database locked by another process), at most one line per
+        error per REFUSED_EVERY seconds, the next one carrying the sums (log.Throttle)."""
+        if self._refusals is None or not routes:
+            return
+        by_route = {}
+        for route in routes:
+            by_route[route] = by_route.get(route, 0) + 1
+        self._refusals.note((error.status, error.code, error.message), self.app.clock.monotonic(),
+                            {"status": error.status, "code": error.code, "error": error.message},
+                            {"requests": len(routes), "rounds": 1, "routes": by_route, "dropped_lines": dropped})
 
     def _on_thread(self, conn: Conn, handler: LoopHandler, work) -> None:
         try:
@@ -274,6 +300,8 @@ class LoopServer(http.server.HTTPServer):
     # -- answers, lingering, deadlines ---------------------------------------------------
 
     def _answer(self, conn: Conn, handler: LoopHandler) -> None:
+        if handler.counted is not None:     # counted before the answer leaves: a scrape next sees it
+            self.app.on_response(*handler.counted)
         conn.out = handler.answer()
         conn.close_after = handler.close_connection or conn.eof
         conn.linger = handler.linger and not conn.eof

@@ -210,9 +210,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _respond(self, raw, start: float) -> None:
         if raw is None:
             return
-        app = self.server.app
-        # Counted before the answer leaves: a client that scrapes /metrics next sees its request.
-        app.on_response(self._req, self._route_name, raw.status, app.clock.monotonic() - start)
+        # Counted (app.on_response) by the server as it hands the answer to the socket
+        # (httploop._answer), not here: an answer written in a round whose commit then fails
+        # is replaced by the 503 sent (httpconn.LoopHandler.refuse), and that is what counts.
+        self.counted = (self._req, self._route_name, raw.status, self.server.app.clock.monotonic() - start)
         try:
             self._write(raw)
         except OSError:

@@ -68,10 +68,25 @@ CREATE TABLE IF NOT EXISTS lease_history(
 
 CHECKPOINT_EVERY = 200          # commits between background checkpoints (also at least once a second)
 AUTOCHECKPOINT_PAGES = 20000    # SQLite's own checkpoint, in a commit, only if the background one falls behind
+# How long a write waits for SQLite's write lock once the store is open (its busy timeout;
+# startup and the shutdown checkpoint wait busy_timeout). The supervisor is the database's
+# only writer: the lock is busy only when another process holds it (a sqlite3 shell, a
+# script, a backup tool taking a write lock), for an unknown time. Every thread writes
+# through the one connection under self._lock, and the event loop holds that lock for a
+# whole round of requests: a write waiting in SQLite's busy handler stops every request
+# behind it, /health and reads included (they need no write lock in WAL mode, but wait for
+# the round), and so do the maintenance cycle's and HA's writes, which hold the same lock
+# (so they get the same bound: the cycle tries again at its next cycle, a standby's pull at
+# its next pull; a longer wait there would stall the loop just the same).
+# 0.2 s rides out a short write by another tool (milliseconds) and keeps a round, and the
+# /health or read answered after it, far below a client's or the watchdog's timeout; past
+# it the write is refused (503 store_error, Retry-After) and the client retries.
+WRITE_WAIT = 0.2
 
 
 class Store(Replicated):
-    def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0):
+    def __init__(self, path: str, durability: str = "normal", busy_timeout: float = 5.0,
+                 write_wait: float = WRITE_WAIT):
         self.path = path
         self._commits = 0
         self._busy_timeout = busy_timeout
@@ -108,6 +123,9 @@ class Store(Replicated):
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '1')")
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('fence_seq', '0')")
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('role', 'primary')")
+            # Opened (nothing is served yet: waiting busy_timeout above was right): from here on
+            # a write that can't get the lock within write_wait is refused (WRITE_WAIT).
+            self.db.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
         threading.Thread(target=self._checkpointer, args=(busy_timeout,), name="checkpoint", daemon=True).start()
@@ -231,8 +249,11 @@ class Store(Replicated):
                 raise store_error(e) from None
 
     def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it (at shutdown: nothing is served
+        any more, so it may wait the startup's busy_timeout for another process's lock)."""
         with self._lock:
             try:
+                self.db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
@@ -296,7 +317,9 @@ class Savepoint:
     """One tx() inside the batch of this thread: a savepoint of the batch's transaction
     (begun by the first one). A failed one is undone alone; a failure that made SQLite
     roll the whole transaction back (disk full, I/O error) loses the batch: every
-    request in it gets that error. (A class, not a generator: it is on every request.)"""
+    request in it gets that error. So does a BEGIN that failed (the write lock held by
+    another process past WRITE_WAIT): the round's other writes would wait for the same lock
+    again, one after the other. (A class, not a generator: it is on every request.)"""
 
     __slots__ = ("store", "replication", "cur", "changes")
 
@@ -316,7 +339,7 @@ class Savepoint:
                 batch[1] = cur
             cur.execute("SAVEPOINT tx")
         except sqlite3.Error as e:
-            raise store_error(e) from None
+            raise self._lost(e) from None
         self.cur, self.changes = cur, store.db.total_changes
         return Tx(cur, store.cache)
 

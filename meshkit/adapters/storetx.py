@@ -17,11 +17,13 @@ _UPDATES = {}           # transition()'s UPDATE statement per (columns set, RETU
 
 
 def store_error(e: sqlite3.Error) -> StoreError:
+    """The StoreError (503) for a failed statement; retry_after becomes Retry-After."""
     msg = str(e)
     if "full" in msg:
-        return StoreError("the supervisor's disk is full; nothing was stored (free space and retry)")
+        return StoreError("the supervisor's disk is full; nothing was stored (free space and retry)", retry_after=5)
     if "locked" in msg or "busy" in msg:
-        return StoreError("the database is busy (another process holds a write lock); nothing was stored, retry")
+        return StoreError("the database is busy (another process holds a write lock); nothing was stored, retry",
+                          retry_after=1)
     return StoreError(f"database error: {msg}; nothing was stored")
 
 
