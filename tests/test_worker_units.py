@@ -217,7 +217,8 @@ class Execution(WorkerCase):
         self.assertLessEqual(sum(self.clock.slept), 30)
 
     def test_a_full_disk_is_retried_then_the_slot_is_freed(self):
-        w = self.worker()
+        # the supervisor is not answering either: the direct send (test_worker_diskfull) fails too
+        w = self.worker({"/v1/results": [ClientError("down")]})
         calls = []
 
         def put(body):

@@ -56,7 +56,8 @@ class WorkerGuard:
                 gc.collect()
             self.log.warning("memory_shed" if decision == memguard.SHED else "memory_ok", rss=rss, soft=self.soft)
         self.state, self.checked = decision, True
-        self.worker.set_hold(memguard.hold(decision, rss, self.soft))
+        # its own hold: the disk guard's (roles/worker/holds.py) is kept apart, neither clears the other
+        self.worker.set_hold(memguard.hold(decision, rss, self.soft), memguard.HOLD_REASON)
 
     def exit_code(self, code: int) -> int:
         return memguard.EXIT_CODE if self.exited and code == 0 else code

@@ -147,6 +147,7 @@ SCHEMA: list[Key] = [
     Key("worker.retry_cap", "seconds", 60, "result resend backoff cap"),
     Key("worker.breaker_failures", "posint", 3, "failed calls in a row that open the circuit breaker to the supervisor"),
     Key("worker.breaker_cooldown", "seconds", 300, "seconds the breaker stays open before one half-open try"),
+    Key("worker.min_free_mb", "int", 64, "claim no new tasks while the work dir's file system has less free space (MB) than this; 0 = no threshold"),
     # locks
     Key("locks.dir", "path", "locks", "directory of lock files (relative to this file)"),
     Key("locks.ttl", "interval", 7200, "a lock held longer is reported as hung"),

@@ -1,8 +1,14 @@
-"""One task on a worker: the start call, the subprocess, the result into the outbox.
-Mixed into Worker (worker.py), whose settings, link, outbox, clock, log, condition and
+"""One task on a worker: its directory, the start call, the subprocess, the result into the
+outbox. Mixed into Worker (worker.py), whose settings, link, outbox, clock, log, condition and
 job table these use; each runs on the task's own thread (Worker.launch).
+
+The task directory is made before the supervisor hears that the task started: if it cannot be
+(the disk is full), the attempt ends at once, never started, with a failure that says why and
+retries (cannot_prepare). A result the outbox cannot hold is sent directly (_store).
 """
 
+import os
+import shutil
 from dataclasses import dataclass
 
 from meshkit.adapters import runner
@@ -13,7 +19,17 @@ from meshkit.roles.worker.results import build_result, refusal
 from meshkit.roles.worker.settings import effective_timeout
 
 START_RETRY_FOR = 30.0       # seconds a task's start call is retried before the task is given up
-STORE_RETRY_FOR = 60.0       # seconds a result's outbox write is retried (disk full) before it is lost
+STORE_RETRY_FOR = 60.0       # seconds a result's outbox write and direct send are retried before it is lost
+# Said by an attempt whose directory could not be made: the worker's trouble, not the task's. The
+# words "temporarily unavailable" are one of the supervisor's default transient patterns
+# (policy.DEFAULT_TRANSIENT_PATTERNS): the failure retries without counting toward the kind's
+# quarantine. The wire has no other way to say so (ended_by "error": never started).
+NOT_PREPARED = "the worker is temporarily unavailable"
+
+
+def cannot_prepare(node: str, work_dir: str, err: OSError) -> str:
+    """The error text of an attempt whose task directory could not be made."""
+    return f"worker {node}: cannot prepare the task directory: {err.strerror or err} ({work_dir}); {NOT_PREPARED}"
 
 
 @dataclass
@@ -25,8 +41,8 @@ class Job:
 
 
 class JobRunner:
-    """Worker's per-task half (needs self.s, link, outbox, clock, log, rand, proc, cond, jobs,
-    unacked, aborted, tasks_dir, marker_prefix, slot_freed, wake, refused)."""
+    """Worker's per-task half (needs self.s, link, outbox, sender, clock, log, rand, proc, cond, jobs,
+    unacked, aborted, tasks_dir, marker_prefix, slot_freed, wake, refused, disk_write_failed)."""
 
     def execute(self, job: Job) -> None:
         try:
@@ -42,11 +58,20 @@ class JobRunner:
         kind = self.s.kinds.get(task.get("kind"))
         if kind is None:
             return refusal(task, node, "error", f"kind not allowed: {task.get('kind')}", self.clock.time())
+        name = runner.dir_name(task["id"], task.get("attempt", 0), task["fence"])
+        task_dir = os.path.join(self.tasks_dir, name)
+        try:       # before the start call: the supervisor must not record a start that cannot happen
+            runner.prepare_dir(self.tasks_dir, name, task.get("payload"))
+        except OSError as e:
+            shutil.rmtree(task_dir, ignore_errors=True)      # nothing half-made stays
+            self.log.error("task_not_prepared", task=task["id"], fence=task["fence"], error=e.strerror or str(e),
+                           dir=task_dir)
+            self.disk_write_failed(e)        # out of space: claims are held back before the slot frees
+            return refusal(task, node, "error", cannot_prepare(node, self.s.work_dir, e), self.clock.time())
         if not self._start_call(job):
+            shutil.rmtree(task_dir, ignore_errors=True)
             return None
         timeout = effective_timeout(task.get("timeout"), kind)
-        task_dir = runner.prepare_dir(self.tasks_dir, runner.dir_name(task["id"], task.get("attempt", 0),
-                                                                       task["fence"]), task.get("payload"))
         attempt = runner.Attempt(task["id"], task.get("attempt", 0), task.get("trace_id") or "", kind.argv,
                                  task_dir, runner.new_marker(self.marker_prefix), timeout, kind.env)
         run = runner.Run(attempt, self.s.grace, self.s.tail_bytes, self.clock, self.proc)
@@ -92,22 +117,29 @@ class JobRunner:
             self.clock.sleep(max(delay, 0.05))
 
     def _store(self, body: dict):
-        """Put a result in the outbox; a failing disk is retried (bounded), never half-written."""
+        """Put a result in the outbox (never half-written): its entry name. If the disk refuses it
+        (full), send it directly instead: once the supervisor has it there is nothing to keep (None).
+        Both are retried (bounded) before the result is lost."""
         until = self.clock.monotonic() + STORE_RETRY_FOR
         tries = 0
         while True:
             try:
                 return self.outbox.put(body)
             except OSError as e:
-                tries += 1
-                delay = backoff.full_jitter(tries, self.s.retry_base, self.s.retry_cap, self.rand())
-                if self.clock.monotonic() + delay > until:
-                    self.log.error("result_lost", task=body["task"], fence=body["fence"],
-                                   error=f"cannot write the outbox: {e.strerror or e}")
-                    return None
-                self.log.error("outbox_write_failed", task=body["task"], error=e.strerror or str(e),
-                               retry_in=round(delay, 2))
-                self.clock.sleep(max(delay, 0.05))
+                why = f"cannot write the outbox: {e.strerror or e}"
+                self.disk_write_failed(e)
+            unsent = self.sender.send_now(body)
+            if unsent is None:
+                self.log.warning("result_sent_directly", task=body["task"], fence=body["fence"], error=why)
+                return None
+            why += f"; nor send it: {unsent.message}"
+            tries += 1
+            delay = backoff.full_jitter(tries, self.s.retry_base, self.s.retry_cap, self.rand())
+            if self.clock.monotonic() + delay > until:
+                self.log.error("result_lost", task=body["task"], fence=body["fence"], error=why)
+                return None
+            self.log.error("outbox_write_failed", task=body["task"], error=why, retry_in=round(delay, 2))
+            self.clock.sleep(max(delay, 0.05))
 
     def _finish(self, job: Job, body) -> None:
         tid = job.task["id"]

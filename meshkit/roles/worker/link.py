@@ -38,6 +38,7 @@ class Link:
         self.epoch = 0
         self.clock = clock
         self.log = log
+        self.on_open = None        # called (any thread, no lock held) when a call opens the breaker
         self._lock = threading.Lock()
 
     @property
@@ -97,10 +98,12 @@ class Link:
         with self._lock:
             before = self.breaker.state
             self.breaker = br.failed(self.breaker, self.clock.monotonic())
-            opened = before == br.CLOSED and self.breaker.state == br.OPEN
-        if opened and self.log:
+            opened = before != br.OPEN and self.breaker.state == br.OPEN
+        if opened and before == br.CLOSED and self.log:
             self.log.warning("breaker_open", error=getattr(last, "message", str(last)),
                              retry_in=round(self.breaker.cooldown, 1))
+        if opened and self.on_open is not None:
+            self.on_open()
         raise last
 
     def _answered(self, i: int) -> None:

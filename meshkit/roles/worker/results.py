@@ -11,6 +11,8 @@ The result body follows wire.RESULT. Delivery answers are classified:
   refused  the key refused for good (403, 401 unknown key id or
            bad signature: refusals.py)                          -> keep (as retry), end the round;
            the worker stops (on_refused) and the next start sends them
+A result the outbox cannot hold (its disk is full) is sent at once instead (send_now, from the
+task's thread: jobs.py _store); acknowledged, there is nothing to keep.
 An attempt the worker ended because it is itself stopping says so: ended_by "shutdown"
 (wire.SHUTDOWN); to a supervisor from before that value (400 on field ended_by) it is
 resent in the older form, ended_by "signal" with error policy.WORKER_SHUTDOWN.
@@ -102,29 +104,16 @@ class Sender:
             n, due = self.tries.get(name, (0, 0.0))
             if due > now and not force:
                 continue
-            try:
-                answer = self.link.call("POST", "/v1/results", body)
-                err = None
-            except MeshkitError as e:
-                answer, err = None, e
+            err = self._send(body)
             if getattr(err, "code", None) == "breaker_open":
                 break
             refused = err is not None and self.on_refused(err)     # for good: kept, and no more sends now
             action = classify(err, body)
-            if action == "ack":
+            if action in ("ack", "drop"):
                 self.outbox.remove(name)
                 self.tries.pop(name, None)
-                self.log.info("result_delivered", task=body["task"], fence=body["fence"],
-                              state=(answer or {}).get("state"), duplicate=(answer or {}).get("duplicate"))
-                self.on_done(name)
-            elif action == "drop":
-                self.outbox.remove(name)
-                self.tries.pop(name, None)
-                self.log.warning("result_dropped", task=body["task"], fence=body["fence"], error=err.message,
-                                 code=getattr(err, "code", None))
                 self.on_done(name)
             elif action == "rewrite":
-                self.log.warning("result_refused", task=body["task"], fence=body["fence"], error=err.message)
                 self.outbox.put(rewritten(body, err))
                 self.tries[name] = (n, now)
             else:
@@ -135,6 +124,36 @@ class Sender:
                 if refused or not isinstance(err, ApiError) or err.status >= 500:
                     break      # the supervisor is not answering, or refuses our key: not the others now
         return self.next_due()
+
+    def send_now(self, body: dict):
+        """Any thread: deliver a result the outbox could not hold (its disk is full) at once. None
+        once the supervisor has settled it (acknowledged, or a final refusal: nothing to keep; a
+        refused body is rewritten once as a failure report), else the error to retry after."""
+        for _ in range(2):
+            err = self._send(body, direct=True)
+            if err is not None:
+                self.on_refused(err)
+            action = classify(err, body)
+            if action != "rewrite":
+                return None if action in ("ack", "drop") else err
+            body = rewritten(body, err)
+        return err
+
+    def _send(self, body: dict, **fields):
+        """One POST of a result, its answer logged (fields: added to the line); the error, or None."""
+        try:
+            answer, err = self.link.call("POST", "/v1/results", body), None
+        except MeshkitError as e:
+            answer, err = None, e
+        action, where = classify(err, body), dict(task=body["task"], fence=body["fence"], **fields)
+        if action == "ack":
+            answer = answer if isinstance(answer, dict) else {}
+            self.log.info("result_delivered", **where, state=answer.get("state"), duplicate=answer.get("duplicate"))
+        elif action == "drop":
+            self.log.warning("result_dropped", **where, error=err.message, code=getattr(err, "code", None))
+        elif action == "rewrite":
+            self.log.warning("result_refused", **where, error=err.message)
+        return err
 
     def next_due(self) -> float:
         now = self.clock.monotonic()

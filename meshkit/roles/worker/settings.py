@@ -27,6 +27,7 @@ class Settings:
     retry_cap: float = 60
     breaker_failures: int = 3
     breaker_cooldown: float = 300
+    min_free_mb: int = 64            # below this free space in work_dir no claims (holds.py); 0 = off
 
 
 def _check_name(source, key: str, value: str) -> None:
@@ -54,7 +55,8 @@ def settings_from(cfg: Config, hostname: str) -> Settings:
         slots=cfg.get("worker.slots"), work_dir=cfg.path("worker.work_dir"), kinds=dict(cfg.kinds),
         **{f: cfg.get(f"worker.{f}") for f in (
             "heartbeat_interval", "poll_wait", "poll_interval", "grace", "drain_timeout", "tail_bytes",
-            "keep_dirs", "max_result_bytes", "retry_base", "retry_cap", "breaker_failures", "breaker_cooldown")})
+            "keep_dirs", "max_result_bytes", "retry_base", "retry_cap", "breaker_failures", "breaker_cooldown",
+            "min_free_mb")})
 
 
 def effective_timeout(task_timeout, kind: Kind) -> float | None:

@@ -18,6 +18,7 @@ from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.rules import backoff
 from meshkit.roles.worker.link import BreakerOpen
 from meshkit.roles.worker import refusals
+from meshkit.roles.worker.holds import Holds
 from meshkit.roles.worker.jobs import Job, JobRunner
 from meshkit.roles.worker.results import Sender
 from meshkit.roles.worker.settings import Settings
@@ -33,12 +34,12 @@ def spawn_thread(target, *args) -> threading.Thread:
     return t
 
 
-class Worker(JobRunner):
+class Worker(JobRunner, Holds):
     def __init__(self, s: Settings, link, outbox, clock, log, rand=random.random, spawn=spawn_thread,
-                 proc: str = runner.PROC, key_id: str = ""):
+                 proc: str = runner.PROC, key_id: str = "", disk_free=sysinfo.disk_free):
         self.s, self.link, self.outbox, self.clock, self.log = s, link, outbox, clock, log
         self.key_id = key_id
-        self.rand, self.spawn, self.proc = rand, spawn, proc
+        self.rand, self.spawn, self.proc, self.disk_free = rand, spawn, proc, disk_free
         self.tasks_dir = os.path.join(s.work_dir, "tasks")
         self.marker_prefix = runner.marker_prefix(s.work_dir)
         self.cond = threading.Condition()
@@ -60,12 +61,16 @@ class Worker(JobRunner):
         self.refusal = None           # (url, message, reason) once the supervisor refuses our key for good
         self.auth_refusals = 0        # refusals that may pass (clock skew, replay) since the last line
         self.auth_log_next = 0.0
-        self.hold = None              # why we claim no new work now (the memory guard sets it: set_hold), or None
+        self.hold = None              # why we claim no new work now (holds.combine of `holds`), or None
+        self.holds = {}               # guard -> its hold or None (set_hold: the memory and disk guards)
+        self.next_disk_check = 0.0
+        self.disk_failed_at = None    # when a write to the work dir last failed for lack of space
         self.hold_unknown_to = None   # the supervisor URL that refused the heartbeat's "hold" (from before it)
         self.hold_told = None         # the hold the last heartbeat the supervisor took said (it answers our
                                       # claims empty while it has one): claims resume once it has None
         self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
                              self.refused)
+        link.on_open = self.wake.set    # any thread's call that opens the breaker: the heartbeat probes soon
 
     # ---- shared state -------------------------------------------------------------------
 
@@ -90,6 +95,7 @@ class Worker(JobRunner):
         if self.unacked:
             self.log.info("outbox_loaded", results=len(self.unacked))
         os.makedirs(self.tasks_dir, exist_ok=True)
+        self.check_disk()             # before the first claim: a full disk holds claims from the start
 
     # ---- heartbeats -----------------------------------------------------------------------
 
@@ -103,26 +109,6 @@ class Worker(JobRunner):
                 "disk_free": sysinfo.disk_free(self.s.work_dir), "version": __version__,
                 "hold": self.hold if self.hold_unknown_to != self.link.url else None}
         return {k: v for k, v in body.items() if v is not None}
-
-    def set_hold(self, hold) -> None:
-        """Any thread: from now on we claim no new work because of `hold` (a wire "hold": the
-        memory guard's, memwire.py), or again as usual (None). When that changes, the supervisor
-        hears it at once (explain and status say so), not at the next idle heartbeat."""
-        changed = (hold is None) != (self.hold is None)
-        self.hold = hold
-        if changed:
-            self.next_heartbeat = 0.0
-            self.wake.set()
-
-    def _hold_refused(self, e) -> bool:
-        """A supervisor from before the heartbeat's "hold" refuses it (400 on that field): True,
-        and heartbeats to it go without it from now on (the worker holds back claims all the same)."""
-        if not (isinstance(e, ApiError) and e.status == 400 and e.details.get("field") == "hold") or \
-                self.hold_unknown_to == self.link.url:
-            return False
-        self.hold_unknown_to = self.link.url
-        self.log.warning("heartbeat_hold_refused", supervisor=self.link.url, error=e.message)
-        return True
 
     def heartbeat(self) -> None:
         now = self.clock.monotonic()
@@ -192,8 +178,10 @@ class Worker(JobRunner):
         if not self.registered.is_set():
             self.wake.set()
             return 0.5
-        if self.hold_told is not None:      # the supervisor would answer empty: until the heartbeat
-            return self.s.poll_interval       # that ends the hold is taken (it sets slot_freed)
+        if self.hold is not None or self.hold_told is not None:
+            return self.s.poll_interval       # a guard holds back claims (holds.py), or the supervisor would
+                                              # answer empty until it took the heartbeat that ends the hold
+                                              # (that sets slot_freed)
         free = self.free_slots()
         if free <= 0:
             return self.s.poll_interval       # or until a slot is freed (slot_freed)
@@ -250,15 +238,22 @@ class Worker(JobRunner):
             self.stop()                # our key is refused for good: drain and exit (the CLI says why)
         if self.aborted is not None or self.draining:
             return self._stopping_step(now)
-        if not self.link.healthy:      # the breaker is open: the heartbeat probes within poll_interval
-            self.next_heartbeat = min(self.next_heartbeat, now + self.s.poll_interval)
+        self._probe_soon(now)
         if now >= self.next_heartbeat:
             self.heartbeat()
-        delays = [self.next_heartbeat - now, self.sender.step()]
+        send = self.sender.step()
+        self._probe_soon(now)          # these sends may have opened it just now
+        if now >= self.next_disk_check:
+            self.check_disk()
         if now >= self.next_cleanup:
             self.cleanup()
-        delays.append(self.next_cleanup - now)
-        return max(0.0, min(delays))
+        return max(0.0, min(self.next_heartbeat - now, send, self.next_disk_check - now, self.next_cleanup - now))
+
+    def _probe_soon(self, now: float) -> None:
+        """While the breaker is open (whichever call opened it: a heartbeat, a claim, a result send,
+        a task's start call), the heartbeat probes within poll_interval, not at the next idle one."""
+        if not self.link.healthy:
+            self.next_heartbeat = min(self.next_heartbeat, now + self.s.poll_interval)
 
     def _stopping_step(self, now: float):
         with self.cond:
