@@ -18,15 +18,20 @@ class BadUrl(ClientError):
 
 
 def split_url(url: str) -> tuple:
+    """(host, port) of "http://HOST:PORT". The port is required, as in every other place a
+    supervisor URL is given (config keys, worker --supervisor, --standby-of): "http://host" is far
+    more often a forgotten :8765 than a proxy on port 80, which "http://host:80" reaches."""
     hp = split_http_url(url)
-    if hp is None:
-        raise BadUrl(f"bad supervisor URL {url!r}: expected {URL_EXPECTED}")
-    return hp[0], hp[1] or 80
+    if hp is None or hp[1] is None:
+        found = " (no port)" if hp is not None else ""
+        raise BadUrl(f"bad supervisor URL {url!r}{found}: expected {URL_EXPECTED}")
+    return hp
 
 
 class SignedClient:
-    def __init__(self, url: str, key_id: str, secret: str, clock=REAL, timeout: float = 10.0):
+    def __init__(self, url: str, key_id: str, secret: str, clock=REAL, timeout: float = 10.0, source: str | None = None):
         self.url = url.rstrip("/")
+        self.source = source       # where the URL came from (said when it can't be reached), e.g. "--supervisor"
         self.host, self.port = split_url(self.url)
         self.key_id, self.secret = key_id, secret
         self.clock = clock
@@ -73,15 +78,23 @@ class SignedClient:
                 # Safe: the nonce is unused if the server never read the request, and a
                 # repeated signed request is refused as a replay, never run twice.
                 if attempt == 2:
-                    raise ClientError(f"{self.url}: connection lost ({e.__class__.__name__})") from None
+                    raise ClientError(self._unreachable(f"connection lost ({e.__class__.__name__})")) from None
             except (OSError, socket.timeout, http.client.HTTPException) as e:
                 self.close()
-                raise ClientError(f"{self.url}: {getattr(e, 'strerror', None) or e}") from None
+                raise ClientError(self._unreachable(getattr(e, 'strerror', None) or str(e),
+                                                    isinstance(e, ConnectionRefusedError))) from None
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
         return resp.status, parsed
+
+    def _unreachable(self, reason: str, refused: bool = False) -> str:
+        """The one line for a network failure: the URL, why, and where the URL came from."""
+        if self.source is None:
+            return f"{self.url}: {reason}"
+        hint = "; is the supervisor running?" if refused else ""
+        return f"{self.url}: {reason} (the URL is from {self.source}{hint})"
 
     def call(self, method: str, path: str, body=None, timeout: float | None = None):
         """The JSON answer of a 2xx; otherwise ApiError with the server's code and message."""

@@ -1,4 +1,5 @@
-"""The keys file: created with mode 0600 and never overwritten by accident."""
+"""The keys file: created with mode 0600 and never overwritten by accident; and the viewer
+token file (auth.viewer_token_file), checked as strictly."""
 
 import os
 import secrets
@@ -7,6 +8,9 @@ import stat
 from meshkit.adapters.atomic import create_exclusive
 from meshkit.core.errors import ConfigError
 from meshkit.rules.auth import parse_keys
+
+TOKEN_KEY = "auth.viewer_token_file"
+TOKEN_MIN = 16                  # characters: a shorter bearer token is guessable
 
 
 def new_keys_text(node: str = "fleet") -> str:
@@ -62,3 +66,39 @@ def _refuse_duplicates(text: str, path: str) -> None:
             raise ConfigError(path, f"line {n}", "a key id not used before",
                               f"{parts[0]!r}, already on line {first[parts[0]]}")
         first[parts[0]] = n
+
+
+def load_token(path: str, config_file, required: bool) -> str | None:
+    """The viewer bearer token in `path` (auth.viewer_token_file), or None when the file does
+    not exist and is not required (the key left at its default). Anything else wrong is refused
+    with one line naming the config file, the key and the token file: missing when required,
+    not a readable file, readable or writable by others (its group may read it: `init` writes
+    it 0640 so that Prometheus's group can), or a token under TOKEN_MIN characters."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise ConfigError(config_file, TOKEN_KEY, 'a file holding the viewer bearer token (`meshkit init` writes '
+                          'one; "" = no viewer token)', f"no file {path}") from None
+    except OSError as e:
+        raise ConfigError(config_file, TOKEN_KEY, "a readable file holding the viewer bearer token",
+                          f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(config_file, TOKEN_KEY, "a file holding the viewer bearer token", f"{path}, not a file")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IRWXO):
+        raise ConfigError(config_file, TOKEN_KEY, "a token file others can neither read nor write (mode 0640 "
+                          "or stricter)", f"{path} with mode {stat.S_IMODE(st.st_mode):04o}; run chmod 640 {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ConfigError(config_file, TOKEN_KEY, "a readable file holding the viewer bearer token",
+                          f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(config_file, TOKEN_KEY, "a viewer bearer token (UTF-8 text)",
+                          f"undecodable bytes in {path}") from None
+    if len(token) < TOKEN_MIN:
+        found = f"{len(token)} characters in {path}" if token else f"an empty file {path}"
+        raise ConfigError(config_file, TOKEN_KEY, f"a viewer bearer token of at least {TOKEN_MIN} characters", found)
+    return token

@@ -44,7 +44,7 @@ def check_peer(args, cfg) -> None:
     peer = args.standby_of or cfg.get("supervisor.peer")
     hp = split_http_url(peer) if peer else None
     host, port = listen_address(args, cfg)
-    if hp and failover.names_itself(hp[0], hp[1] or 80, host, port):
+    if hp and failover.names_itself(hp[0], hp[1], host, port):     # a port is always given (is_url, the config's check)
         where, key = (None, "--standby-of") if args.standby_of else (cfg.source, "supervisor.peer")
         raise ConfigError(where, key, f"the other supervisor's URL, not this one's ({host}:{port})", repr(peer))
 

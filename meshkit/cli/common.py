@@ -4,15 +4,21 @@ import json
 import os
 import sys
 
-from meshkit.core.errors import ConfigError, MeshkitError
+from meshkit.core.errors import ApiError, ConfigError, MeshkitError
 from meshkit.rules.config import Config, default_config, parse_config
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
 EXIT_FAILED = 1        # the thing asked for ran and failed (a task failed, a check failed)
 EXIT_USAGE = 2         # bad arguments or bad config
-EXIT_UNREACHABLE = 3   # the supervisor could not be reached or refused the request
+EXIT_UNREACHABLE = 3   # the supervisor could not be reached, refused the request, or said "not now" (TRY_LATER)
 EXIT_LOCK_HELD = 75    # a lock is held by someone else (EX_TEMPFAIL)
+
+# Answers that mean "not now", whatever their code: shutting down, too many connections, disk full
+# or database busy (503), too many requests (429), and a reverse proxy's "the supervisor behind me
+# did not answer" (502, 504). Nothing was done; the same command may work later, so cron must be
+# able to tell them from a task that ran and failed (1).
+TRY_LATER = (429, 502, 503, 504)
 
 
 def meshkit_home() -> str:
@@ -91,5 +97,7 @@ def exit_code_for(err: MeshkitError) -> int:
     if err.code == "lock_held":
         return EXIT_LOCK_HELD
     if err.code in ("client_error", "unauthorized", "forbidden", "not_active", "unavailable"):
+        return EXIT_UNREACHABLE
+    if isinstance(err, ApiError) and err.status in TRY_LATER:
         return EXIT_UNREACHABLE
     return EXIT_FAILED

@@ -10,13 +10,16 @@ import os
 from meshkit.adapters import keyfile
 from meshkit.adapters.client import BadUrl, SignedClient
 from meshkit.cli.common import add_config_arg
+from meshkit.core.errors import ClientError
 from meshkit.rules.auth import pick_key
 from meshkit.rules.config import Config
 
 
 def find_supervisor(args, cfg: Config) -> tuple:
     """(URL, where it came from, for errors): --supervisor, else $MESHKIT_SUPERVISOR, else
-    <data_dir>/supervisor.url, else supervisor.listen (a wildcard host such as 0.0.0.0 is asked at 127.0.0.1)."""
+    <data_dir>/supervisor.url (a running supervisor's; removed at a clean stop), else supervisor.listen
+    (a wildcard host such as 0.0.0.0 is asked at 127.0.0.1). supervisor.listen with port 0 and no
+    supervisor.url: no supervisor runs on this data dir, ClientError (exit 3, like one not answering)."""
     url = getattr(args, "supervisor", None)
     if isinstance(url, list):
         url = url[0] if url else None
@@ -40,7 +43,8 @@ def find_supervisor(args, cfg: Config) -> tuple:
         host = f"[{host}]"                   # an IPv6 address: "::1:8765" listens on http://[::1]:8765
     where = f"{cfg.source + ': ' if cfg.source else ''}supervisor.listen {listen!r}"
     if port == "0":
-        where += f" (any free port: a running supervisor's URL is in {url_file}; or pass --supervisor URL)"
+        raise ClientError(f"no supervisor URL: {where} means any free port, and there is none in {url_file} (a running "
+                          "supervisor writes its URL there); is the supervisor running? (or pass --supervisor URL)")
     return f"http://{host}:{port}", where
 
 
@@ -50,7 +54,7 @@ def make_client(args, cfg: Config, at_most: str = "admin"):
     kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most)
     url, where = find_supervisor(args, cfg)
     try:
-        return SignedClient(url, kid, secret)
+        return SignedClient(url, kid, secret, source=where)
     except BadUrl as e:
         raise BadUrl(f"{e.message} (from {where})") from None
 

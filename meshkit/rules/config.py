@@ -127,7 +127,10 @@ SCHEMA: list[Key] = [
     # auth
     Key("auth.keys_file", "path", "keys", "file of signing keys (id role secret), mode 0600"),
     Key("auth.key_id", "str", "", "key a client signs with; empty = the most capable key in keys_file", commented=True),
-    Key("auth.viewer_token_file", "path", "viewer.token", "a file holding a viewer bearer token (for Prometheus and the status page)"),
+    # Commented out by `init`: left unset, the file is used if it exists (init writes it; a test or
+    # quickstart fleet has none); set here, it must exist. Either way a bad file stops the supervisor.
+    Key("auth.viewer_token_file", "path", "viewer.token", "a file holding a viewer bearer token (for Prometheus and the status page), "
+        "mode 0640 or stricter; if set here it must exist; \"\" = none", commented=True),
     Key("auth.max_skew", "interval", 300, "requests whose timestamp is further off than this are refused"),
     # worker
     Key("worker.name", "str", "", "node name; empty = this machine's hostname", commented=True),

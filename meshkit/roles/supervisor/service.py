@@ -5,12 +5,13 @@ import threading
 
 from meshkit import __version__
 from meshkit.adapters import httploop, keyfile, syncstatus
-from meshkit.adapters.atomic import make_dir, write_text
+from meshkit.adapters.atomic import make_dir
 from meshkit.adapters.locks import FileLock
 from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
 from meshkit.core.clock import REAL
-from meshkit.core.errors import ConfigError
+from meshkit.core.errors import ConfigError, LockHeld, StoreError
+from meshkit.roles.supervisor import statusfiles
 from meshkit.roles.supervisor.api import Api, url_of
 from meshkit.roles.supervisor.brain import Brain
 from meshkit.roles.supervisor.leases import Leases
@@ -44,8 +45,12 @@ class Supervisor:
         self.created_keys = cfg.source is None and keyfile.ensure(keys_path)
         self.keys_path = keys_path
         self.keys = keyfile.load(keys_path)
-        self.viewer_tokens = viewer_tokens(self.keys, cfg.path("auth.viewer_token_file"))
-        self.store = Store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
+        self.viewer_tokens, self.viewer_token_file = viewer_tokens(self.keys, cfg)
+        try:
+            self.store = open_store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
+        except BaseException:
+            self.dir_lock.release()
+            raise
         self._load_identity()
         self.tasks = Tasks(self.store, cfg, clock, self.log)
         self.brain = Brain(self.tasks, self.data_dir)
@@ -79,8 +84,9 @@ class Supervisor:
             raise ConfigError(self.cfg.source if key == "supervisor.listen" else None, key,
                               "an address this machine can bind", f'"{value}" ({e.strerror or e})') from None
         self.url = url_of(host, self.server.server_address[1])
-        write_text(os.path.join(self.data_dir, "supervisor.url"), self.url + "\n")
-        self.log.info("supervisor_started", url=self.url, data_dir=self.data_dir, epoch=self.epoch, supervisor_role=self.role)
+        statusfiles.write_url(self.data_dir, self.url)
+        self.log.info("supervisor_started", url=self.url, data_dir=self.data_dir, epoch=self.epoch, supervisor_role=self.role,
+                      viewer_token_file=self.viewer_token_file)
         return self.url
 
     def step(self) -> float:
@@ -112,6 +118,8 @@ class Supervisor:
             self.server.server_close()
         self.ha.stop()
         self.store.close()
+        if self.url is not None:
+            statusfiles.remove_url(self.data_dir, self.url)     # clients then don't try a stopped supervisor
         self.dir_lock.release()
         self.api.flush_refusals(final=True)
         self.log.info("supervisor_stopped")
@@ -139,17 +147,31 @@ class Supervisor:
                 "last_cycle_error": self.last_cycle_error}
 
 
-def viewer_tokens(keys: dict, token_file: str) -> list:
-    """Bearer tokens that grant the viewer role: viewer keys' secrets and auth.viewer_token_file."""
+def viewer_tokens(keys: dict, cfg) -> tuple:
+    """(bearer tokens that grant the viewer role: viewer keys' secrets and the token in
+    auth.viewer_token_file; that file's path, "" if no token comes from a file: the start log says which).
+    The key set in the config file: its file must exist; left at its default ("viewer.token",
+    which `init` writes): used if it exists. An empty key: no file. A file that exists is
+    checked either way (keyfile.load_token): a bad one stops the start, never silently ignored."""
     tokens = [secret for role, secret in keys.values() if role == "viewer"]
+    path = cfg.path("auth.viewer_token_file")
+    token = keyfile.load_token(path, cfg.source, cfg.is_set("auth.viewer_token_file")) if path else None
+    if token is None:
+        return tokens, ""
+    return tokens + [token], path
+
+
+def open_store(path: str, durability: str) -> Store:
+    """The store, or LockHeld (exit 75, EX_TEMPFAIL) if another process holds a write lock on the
+    database for longer than the store waits: nothing to fix here, a later start may succeed."""
     try:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if len(token) >= 16:
-            tokens.append(token)
-    except (OSError, UnicodeDecodeError):
-        pass
-    return tokens
+        return Store(path, durability)
+    except StoreError as e:
+        cause = e.__context__          # the sqlite3 error the store turned into StoreError
+        if not str(getattr(cause, "sqlite_errorname", "")).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            raise
+        raise LockHeld(f"{path}: another process holds a write lock on this database; the supervisor did not "
+                       "start (systemd restarts it)") from None
 
 
 def sync_jobs(status_dir: str) -> list:

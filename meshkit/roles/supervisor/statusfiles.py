@@ -4,6 +4,9 @@
 - HEARTBEAT.md      for people: the supervisor, every node, tasks by state
 - LOAD_STATUS.json  for scripts: load (queue, slots, utilization), mode, memory
 
+and supervisor.url, the URL a running supervisor serves (written at start, removed at a clean
+stop), where client commands look for it.
+
 render_* are pure functions of the status dict (Supervisor.status()) and the time.
 """
 
@@ -14,6 +17,7 @@ from meshkit.adapters.atomic import write_json, write_text
 
 HEARTBEAT = "HEARTBEAT.md"
 LOAD_STATUS = "LOAD_STATUS.json"
+URL_FILE = "supervisor.url"
 STATES = ("waiting", "queued", "leased", "running", "succeeded", "failed", "cancelled")
 
 
@@ -114,3 +118,20 @@ def write(data_dir: str, st: dict, now: float, memory: dict) -> None:
     """Both files, each replaced atomically (no fsync: they are rewritten every cycle)."""
     write_text(os.path.join(data_dir, HEARTBEAT), render_heartbeat(st, now, memory), fsync=False)
     write_json(os.path.join(data_dir, LOAD_STATUS), load_status(st, now, memory), fsync=False)
+
+
+def write_url(data_dir: str, url: str) -> None:
+    write_text(os.path.join(data_dir, URL_FILE), url + "\n")
+
+
+def remove_url(data_dir: str, url: str) -> None:
+    """At a clean stop: remove supervisor.url if it still holds this supervisor's URL (a killed
+    one leaves it; client commands then say where the URL they could not reach came from)."""
+    path = os.path.join(data_dir, URL_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read().strip() != url:
+                return
+        os.unlink(path)
+    except (OSError, UnicodeDecodeError):
+        pass                # gone already, or not ours to remove: nothing to clean
