@@ -20,8 +20,8 @@ class DailyFiles(unittest.TestCase):
         self.addCleanup(self.tmp.cleanup)
         self.dir = os.path.join(self.tmp.name, "logs")
 
-    def read(self, name):
-        with open(os.path.join(self.dir, name)) as f:
+    def read(self, name, where=None):
+        with open(os.path.join(where or self.dir, name)) as f:
             return [json.loads(line) for line in f]
 
     def test_lines_go_to_stderr_and_to_the_day_file(self):
@@ -82,8 +82,19 @@ class DailyFiles(unittest.TestCase):
         stream = io.StringIO()
         log = Logger("w", stream=stream, clock=FakeClock(DAY1), log_dir=os.path.join(blocker, "logs"))
         log.info("still here")
-        self.assertEqual(log.file_errors, 1)
-        self.assertIn("still here", stream.getvalue())
+        log.info("and here")
+        self.assertEqual(log.file_errors, 2)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.assertEqual([r["event"] for r in lines], ["still here", "log_file_unwritable", "and here"])
+        said = lines[1]       # once per outage, on stderr: the day file is what fails
+        self.assertEqual((said["level"], said["path"]), ("error", os.path.join(blocker, "logs", "2025-11-24.jsonl")))
+        self.assertIn("ReadWritePaths", said["hint"])
+        os.unlink(blocker)    # writable again: said once, the file gets the lines from then on
+        log.info("back")
+        log.close()
+        self.assertEqual([json.loads(line)["event"] for line in stream.getvalue().splitlines()][3:],
+                         ["back", "log_file_ok"])
+        self.assertEqual([r["event"] for r in self.read("2025-11-24.jsonl", os.path.join(blocker, "logs"))], ["back"])
 
 
 class SupervisorLogDir(unittest.TestCase):

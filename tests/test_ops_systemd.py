@@ -160,6 +160,39 @@ class Verify(unittest.TestCase):
 
 
 class Command(unittest.TestCase):
+    def test_logging_dir_is_writable_for_the_roles_that_log_to_files(self):
+        """Under ProtectSystem=strict a logging.dir left out of ReadWritePaths is silently dead."""
+        with tempfile.TemporaryDirectory() as d:
+            config = os.path.join(d, "meshkit.toml")
+            with open(config, "w") as f:
+                f.write('[logging]\ndir = "/var/log/meshkit"\n')
+            for role, wanted in (("supervisor", True), ("worker", True), ("watchdog", False)):
+                with self.subTest(role=role):
+                    p = meshkit("systemd", role, "--config", config)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    rw = next(line for line in p.stdout.splitlines() if line.startswith("ReadWritePaths="))
+                    self.assertEqual("/var/log/meshkit" in rw.split("=", 1)[1].split(), wanted, rw)
+
+    def test_sync_source_and_dest_fill_the_placeholder(self):
+        with tempfile.TemporaryDirectory() as d:
+            config = os.path.join(d, "meshkit.toml")
+            open(config, "w").close()
+            dest = os.path.join(d, "memory copy")
+            p = meshkit("systemd", "sync-memory", "--config", config, "--source", "pi@pi.lan:/srv/agents",
+                        "--dest", dest)
+            self.assertEqual((p.returncode, p.stderr), (0, ""))
+            [run] = [line for line in p.stdout.splitlines() if line.startswith("ExecStart=")]
+            self.assertIn(f'--source pi@pi.lan:/srv/agents --dest "{dest}" --quiet', run)
+            [rw] = [line for line in p.stdout.splitlines() if line.startswith("ReadWritePaths=")]
+            self.assertIn(f'"{dest}"', rw)
+            self.assertNotIn("active.lan", p.stdout.split("[Service]", 1)[1].split("\n# ==>")[0])
+            bare = meshkit("systemd", "sync-memory", "--config", config)
+            self.assertEqual(bare.returncode, 0, bare.stderr)
+            self.assertIn("placeholder (meshkit@active.lan:/srv/agents): pass --source SRC", bare.stderr)
+            wrong = meshkit("systemd", "worker", "--config", config, "--source", "x")
+            self.assertEqual(wrong.returncode, 2)
+            self.assertIn("--source and --dest are for the sync roles", wrong.stderr)
+
     def test_a_role_without_templates_is_a_clear_error(self):
         with tempfile.TemporaryDirectory() as d:
             self.assertEqual(cmd_systemd.templates("worker", d), [])

@@ -34,6 +34,7 @@ class Logger:
         self.clock = clock
         self.log_dir = log_dir
         self.file_errors = 0
+        self._file_failing = False   # the day file could not be written: said once, until it works again
         self._file = None
         self._file_path = None
         self._lock = threading.Lock()
@@ -55,26 +56,25 @@ class Logger:
         if number < self.min:
             return
         now = self.clock.time()
-        rec = {"time": round(now, 3), "level": level, "role": self.role,
-               "node": self.node, "event": event}
-        for k, v in fields.items():
-            if v is not None:
-                rec[k] = v
-        line = _ENCODER.encode(rec) + "\n"
+        line = self._line(level, event, fields, now)
         with self._lock:
             if self._held:
                 self._pending.append((line, now, _thread_id(), number))
             else:
                 self._emit(line, ((line, now),))
 
+    def _line(self, level: str, event: str, fields: dict, now: float) -> str:
+        rec = {"time": round(now, 3), "level": level, "role": self.role,
+               "node": self.node, "event": event}
+        for k, v in fields.items():
+            if v is not None:
+                rec[k] = v
+        return _ENCODER.encode(rec) + "\n"
+
     def _emit(self, text: str, lines) -> None:
         """Write `text` (one or more lines) to the stream, and each of `lines` (a tuple that
         starts with (line, time)) to its day's file. Called holding _lock."""
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        self._to_stream(text)
         if self.log_dir:
             for held in lines:
                 self._to_file(held[0], held[1])
@@ -90,9 +90,25 @@ class Logger:
                 self._file, self._file_path = os.fdopen(fd, "a", encoding="utf-8"), path
             self._file.write(line)
             self._file.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
             self.file_errors += 1      # a full disk must not stop the role; stderr still has it
             self._close_file()
+            if not self._file_failing:     # said once per outage, on stderr (the file is what fails)
+                self._file_failing = True
+                self._to_stream(self._line("error", "log_file_unwritable", {
+                    "path": path, "error": getattr(e, "strerror", None) or str(e),
+                    "hint": "logging.dir must be a directory this role may write (systemd: ReadWritePaths)"}, now))
+            return
+        if self._file_failing:
+            self._file_failing = False
+            self._to_stream(self._line("info", "log_file_ok", {"path": path, "failed_lines": self.file_errors}, now))
+
+    def _to_stream(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def _close_file(self) -> None:
         if self._file is not None:

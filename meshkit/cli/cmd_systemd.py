@@ -30,8 +30,8 @@ PYTHON_RE = re.compile(r"^(Exec\w+=[-@:+!]*)(?:/usr/bin/env\s+)?(?:/usr(?:/local
 
 # Config keys naming the directories each role writes (ReadWritePaths).
 WRITABLE = {
-    "supervisor": ("supervisor.data_dir",),
-    "worker": ("worker.work_dir", "locks.dir"),
+    "supervisor": ("supervisor.data_dir", "logging.dir"),
+    "worker": ("worker.work_dir", "locks.dir", "logging.dir"),
     "watchdog": ("watchdog.state_file",),     # a file: its directory (written atomically)
     "sync-memory": ("sync.status_dir", "locks.dir"),
     "sync-backup": ("sync.status_dir", "locks.dir"),
@@ -60,6 +60,9 @@ def register(sub) -> None:
     add_config_arg(p)
     p.add_argument("--user", default=T_USER, help="user (and group) the service runs as (default: meshkit)")
     p.add_argument("--write", metavar="DIR", help="write the unit file(s) into DIR instead of printing them")
+    p.add_argument("--source", metavar="SRC", help="sync roles: the --source of the sync command (sync-memory's "
+                                                   "template has a placeholder, HOST:/srv/agents)")
+    p.add_argument("--dest", metavar="DEST", help="sync roles: the --dest of the sync command (made writable too)")
     p.set_defaults(func=run)
 
 
@@ -78,13 +81,14 @@ def templates(role: str, unit_dir: str = UNIT_DIR) -> list:
 
 
 def render_unit(text: str, python: str, root: str, config: str | None, home: str,
-                writable: list, user: str) -> str:
+                writable: list, user: str, args: dict | None = None) -> str:
     """The template with the machine's values, comments left as they are. Pure.
 
     Exec lines get `python` and `config` (`--config` dropped when there is no config file);
     Environment=MESHKIT_CONFIG= gets `config` (the line goes without one); ReadWritePaths
     gets the role's `writable` directories (/var/lib/meshkit stays when StateDirectory=meshkit
-    creates it); User/Group get `user`; /opt/meshkit becomes `root`."""
+    creates it); User/Group get `user`; /opt/meshkit becomes `root`; `args` ({"--source": SRC, ...})
+    replace those options' values on Exec lines."""
     keep_state = "\nStateDirectory=meshkit" in "\n" + text
     out = []
     for line in text.splitlines():
@@ -97,6 +101,8 @@ def render_unit(text: str, python: str, root: str, config: str | None, home: str
             line = PYTHON_RE.sub(lambda m: m.group(1) + quote(python), line)
             if not config:
                 line = re.sub(r"\s+--config\s+" + re.escape(T_CONFIG), "", line)
+            for option, given in (args or {}).items():
+                line = re.sub(r"(\s" + re.escape(option) + r"\s+)\S+", lambda m: m.group(1) + quote(given), line)
         elif key in ("User", "Group") and value == T_USER:
             line = f"{key}={user}"
         elif key == "ReadWritePaths":
@@ -129,14 +135,23 @@ def run(args) -> int:
         return fail(f"no unit template {os.path.join(UNIT_DIR, f'meshkit-{args.role}.*')} "
                     f"(this command needs a checkout with its systemd/ directory)", EXIT_USAGE)
     cfg_file = config_path(args) if cfg.source else None
+    given = {opt: os.path.abspath(v) if opt == "--dest" else v
+             for opt, v in (("--source", args.source), ("--dest", args.dest)) if v}
+    if given and not args.role.startswith("sync"):
+        return fail("--source and --dest are for the sync roles (sync-memory, sync-backup)", EXIT_USAGE)
+    if args.role == "sync-memory" and not args.source:
+        sys.stderr.write("meshkit: the unit's --source is the template's placeholder (meshkit@active.lan:/srv/agents): "
+                         "pass --source SRC, or edit it later with `systemctl edit --full meshkit-sync-memory`\n")
+    writable = writable_dirs(args.role, cfg) + ([given["--dest"]] if "--dest" in given else [])
     rendered = []
     for path in files:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         name = os.path.basename(path)
-        head = f"# {name}: made by `python3 -m meshkit systemd {args.role}` from {path}\n"
+        head = (f"# {name}: made by `python3 -m meshkit systemd {args.role}` from {path}, with this machine's\n"
+                f"# paths filled in below the comments (the comments describe the template as written)\n")
         rendered.append((name, head + render_unit(text, sys.executable, ROOT, cfg_file, meshkit_home(),
-                                                  writable_dirs(args.role, cfg), args.user)))
+                                                  writable, args.user, given)))
     if args.write:
         for name, text in rendered:
             target = os.path.join(args.write, name)
