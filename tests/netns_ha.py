@@ -18,7 +18,7 @@ from tests.netns_net import (AGENT, ALERT, PORT, Net, netns_unavailable, query, 
                              remove_leftovers)
 from tests.test_worker_harness import FAST, wait_for
 
-ACCEPTS = ("task_leased", "task_dispatched", "task_result")
+ACCEPTS = ("task_leased", "task_dispatched", "task_result", "task_retry")
 WD = dict(watchdog__interval=0.4, watchdog__failures=2, watchdog__recoveries=2)
 LEASE = 0.7           # below watchdog interval x failures (0.8), as documented
 

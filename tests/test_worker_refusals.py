@@ -277,8 +277,10 @@ class RefusedProcesses(unittest.TestCase):
 
     def test_a_clock_far_off_keeps_retrying_with_error_lines(self):
         # The worker's clock 1000 s ahead (auth.max_skew 300): every call is refused, for now.
+        # heartbeat_failed is rate-limited too (worker.HB_LOG_EVERY, 60 s): off here, one line per refusal.
         log_path = os.path.join(self.fleet.dir, "worker-skewed.log")
         code = ("import sys, time; real = time.time; time.time = lambda: real() + 1000; "
+                "from meshkit.roles.worker import worker; worker.HB_LOG_EVERY = 0; "
                 "from meshkit.cli import cmd_worker; sys.exit(cmd_worker.main(sys.argv[1:]))")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-c", code, "--config", self.fleet.config, "--supervisor",

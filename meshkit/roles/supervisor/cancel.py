@@ -58,7 +58,8 @@ def settle_dependents(tx: Tx, n: int, state: str, now: float) -> list:
             if pending == 0:
                 tx.transition(m, "waiting", "queued", "dependencies done", "supervisor", now)
         else:
-            tx.transition(m, "waiting", "failed", f"upstream failed: {task_id(n)}", "supervisor", now)
+            why = f"upstream failed: {task_id(n)}"       # also its error: what the page and overview show
+            tx.transition(m, "waiting", "failed", why, "supervisor", now, error=why)
             failed.append(upstream_line(task_id(m), dep["kind"], task_id(n), state, dep["trace_id"]))
             failed += settle_dependents(tx, m, "failed", now)
     return failed

@@ -45,7 +45,8 @@ def insert(tasks, tx: Tx, fields: dict, dep_ns: list, actor: str, now: float, up
         tx.execute("INSERT OR IGNORE INTO deps(task, dep) VALUES(?, ?)", (n, d["n"]))
     failed = [d for d in deps if d["state"] in ("failed", "cancelled")]
     if failed:
-        tx.transition(n, "waiting", "failed", f"upstream failed: {task_id(failed[0]['n'])}", "supervisor", now)
+        why = f"upstream failed: {task_id(failed[0]['n'])}"      # also its error, as settle_dependents does
+        tx.transition(n, "waiting", "failed", why, "supervisor", now, error=why)
         upstream_failed.append(cancel.upstream_line(task_id(n), fields["kind"], task_id(failed[0]["n"]),
                                                     failed[0]["state"], fields["trace_id"]))
     return n

@@ -300,10 +300,21 @@ class Tasks:
             answer = {"ok": True, "task": tid, "state": to, "duplicate": False}
             tx.execute("INSERT INTO results(task, fence, answer, at) VALUES(?,?,?,?)",
                        (n, fence, json.dumps(answer), now))
-        self.log.info("task_result", task=tid, node=node, fence=fence, state=to, ended_by=ended_by,
-                      trace_id=row["trace_id"])
+        self._log_result(body, row, to, updates.get("not_before"), now)
         self._wake()
         return answer
+
+    def _log_result(self, body: dict, row, to: str, not_before, now: float) -> None:
+        """One line per result: task_retry (info) for a failed attempt that will be retried (claimable
+        again from not_before); task_result for the task's end, a warning if it failed for good."""
+        error = body.get("error") if body["outcome"] == "failed" else None
+        where = dict(task=body["task"], node=body["node"], fence=body["fence"], attempt=row["attempts"],
+                     ended_by=body.get("ended_by", "exit"), error=error and error[:200], trace_id=row["trace_id"])
+        if to == "queued":
+            self.log.info("task_retry", **where, max_attempts=row["max_attempts"], backoff=round(not_before - now, 2),
+                          not_before=round(not_before, 3))
+        else:
+            (self.log.warning if to == "failed" else self.log.info)("task_result", **where, state=to)
 
     def _count_kind(self, tx: Tx, kind: str, verdict, error, now: float) -> None:
         """Consecutive failures per kind that are the kind's own (policy.kind_verdict: not
@@ -368,9 +379,11 @@ class Tasks:
         updates = {"lease_deadline": None, "hb_missing": 0}
         if to == "queued":
             updates["node"] = None
+        elif to == "failed":
+            updates["error"] = reason          # not the error of an earlier attempt: this one's end
         tx.transition(row["n"], fsm.ACTIVE, to, reason, actor, now, **updates)
         if to in fsm.TERMINAL:
             self._settle_dependents(tx, row["n"], to, now)
         self.log.warning("lease_lost", task=task_id(row["n"]), node=row["node"], state=to, reason=reason,
-                         trace_id=row["trace_id"])
+                         attempt=row["attempts"], trace_id=row["trace_id"])
         return to

@@ -48,7 +48,8 @@ class JobRunner:
         try:
             body = self._attempt(job)
         except Exception as e:     # a bug or an OS failure must not leave a slot taken forever
-            self.log.error("task_error", task=job.task["id"], error=f"{e.__class__.__name__}: {e}")
+            self.log.error("task_error", task=job.task["id"], fence=job.task["fence"],
+                           trace_id=job.task.get("trace_id"), error=f"{e.__class__.__name__}: {e}")
             body = refusal(job.task, self.s.name, "error", f"worker error: {e.__class__.__name__}: {e}",
                            self.clock.time())
         self._finish(job, body)
@@ -64,8 +65,8 @@ class JobRunner:
             runner.prepare_dir(self.tasks_dir, name, task.get("payload"))
         except OSError as e:
             shutil.rmtree(task_dir, ignore_errors=True)      # nothing half-made stays
-            self.log.error("task_not_prepared", task=task["id"], fence=task["fence"], error=e.strerror or str(e),
-                           dir=task_dir)
+            self.log.error("task_not_prepared", task=task["id"], fence=task["fence"], trace_id=task.get("trace_id"),
+                           error=e.strerror or str(e), dir=task_dir)
             self.disk_write_failed(e)        # out of space: claims are held back before the slot frees
             return refusal(task, node, "error", cannot_prepare(node, self.s.work_dir, e), self.clock.time())
         if not self._start_call(job):
@@ -102,7 +103,8 @@ class JobRunner:
                 return True
             except ApiError as e:
                 if (e.status in (404, 409) and e.code != "not_active") or self.refused(e):
-                    self.log.warning("task_not_started", task=task["id"], fence=task["fence"], error=e.message)
+                    self.log.warning("task_not_started", task=task["id"], fence=task["fence"],
+                                     trace_id=task.get("trace_id"), error=e.message)
                     return False
                 err = e
             except ClientError as e:
@@ -111,8 +113,9 @@ class JobRunner:
             delay = err.retry_in if isinstance(err, BreakerOpen) else backoff.full_jitter(
                 tries, self.s.retry_base, self.s.retry_cap, self.rand())
             if self.clock.monotonic() + delay > until or self.aborted is not None:
+                given_up = f"{err.message}; given up (its lease will expire)"
                 self.log.warning("task_not_started", task=task["id"], fence=task["fence"],
-                                 error=f"{err.message}; given up (its lease will expire)")
+                                 trace_id=task.get("trace_id"), error=given_up)
                 return False
             self.clock.sleep(max(delay, 0.05))
 
@@ -122,6 +125,7 @@ class JobRunner:
         Both are retried (bounded) before the result is lost."""
         until = self.clock.monotonic() + STORE_RETRY_FOR
         tries = 0
+        where = dict(task=body["task"], fence=body["fence"], trace_id=body.get("trace_id"))
         while True:
             try:
                 return self.outbox.put(body)
@@ -130,21 +134,21 @@ class JobRunner:
                 self.disk_write_failed(e)
             unsent = self.sender.send_now(body)
             if unsent is None:
-                self.log.warning("result_sent_directly", task=body["task"], fence=body["fence"], error=why)
+                self.log.warning("result_sent_directly", **where, error=why)
                 return None
             why += f"; nor send it: {unsent.message}"
             tries += 1
             delay = backoff.full_jitter(tries, self.s.retry_base, self.s.retry_cap, self.rand())
             if self.clock.monotonic() + delay > until:
-                self.log.error("result_lost", task=body["task"], fence=body["fence"], error=why)
+                self.log.error("result_lost", **where, error=why)
                 return None
-            self.log.error("outbox_write_failed", task=body["task"], error=why, retry_in=round(delay, 2))
+            self.log.error("outbox_write_failed", **where, error=why, retry_in=round(delay, 2))
             self.clock.sleep(max(delay, 0.05))
 
     def _finish(self, job: Job, body) -> None:
         tid = job.task["id"]
         if job.stop == "fenced":
-            self.log.warning("result_dropped", task=tid, fence=job.task["fence"],
+            self.log.warning("result_dropped", task=tid, fence=job.task["fence"], trace_id=job.task.get("trace_id"),
                              error="the lease is no longer ours (fenced)")
         name = self._store(body) if body is not None and job.stop != "fenced" else None
         with self.cond:

@@ -39,6 +39,7 @@ class Link:
         self.clock = clock
         self.log = log
         self.on_open = None        # called (any thread, no lock held) when a call opens the breaker
+        self.probe_every = None    # how often the heartbeat probes while it is open (the worker sets it)
         self._lock = threading.Lock()
 
     @property
@@ -100,8 +101,9 @@ class Link:
             self.breaker = br.failed(self.breaker, self.clock.monotonic())
             opened = before != br.OPEN and self.breaker.state == br.OPEN
         if opened and before == br.CLOSED and self.log:
+            # claims and result sends wait the cooldown; the heartbeat still probes every probe_every
             self.log.warning("breaker_open", error=getattr(last, "message", str(last)),
-                             retry_in=round(self.breaker.cooldown, 1))
+                             claims_retry_in=round(self.breaker.cooldown, 1), probe_every=self.probe_every)
         if opened and self.on_open is not None:
             self.on_open()
         raise last

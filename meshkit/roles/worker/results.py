@@ -13,6 +13,8 @@ The result body follows wire.RESULT. Delivery answers are classified:
            the worker stops (on_refused) and the next start sends them
 A result the outbox cannot hold (its disk is full) is sent at once instead (send_now, from the
 task's thread: jobs.py _store); acknowledged, there is nothing to keep.
+An outbox entry is the wire body plus the worker's own fields (LOCAL: the task's trace id, for
+the log lines about its delivery), which are never sent; an entry from before them has none.
 An attempt the worker ended because it is itself stopping says so: ended_by "shutdown"
 (wire.SHUTDOWN); to a supervisor from before that value (400 on field ended_by) it is
 resent in the older form, ended_by "signal" with error policy.WORKER_SHUTDOWN.
@@ -25,6 +27,12 @@ from meshkit.rules.policy import WORKER_SHUTDOWN
 
 MAX_TAIL_CHARS = 65536          # wire.MAX_STR
 REFUSED = "result refused by the supervisor"
+LOCAL = ("trace_id",)           # outbox entry fields for the worker's own log lines: not in wire.RESULT
+
+
+def wire_body(entry: dict) -> dict:
+    """The result as sent: an outbox entry without the worker's own fields (LOCAL)."""
+    return {k: v for k, v in entry.items() if k not in LOCAL}
 
 
 def describe_end(ended_by: str, exit_code, sig, timeout) -> str | None:
@@ -53,14 +61,15 @@ def build_result(task: dict, node: str, fin, timeout, result, result_error, arti
             "outcome": "failed" if error else "succeeded", "ended_by": ended_by,
             "exit_code": fin.exit_code, "signal": fin.signal, "result": result, "error": error,
             "stdout_tail": fin.stdout_tail[-MAX_TAIL_CHARS:], "stderr_tail": fin.stderr_tail[-MAX_TAIL_CHARS:],
-            "started_at": fin.started_at, "finished_at": fin.finished_at}
+            "started_at": fin.started_at, "finished_at": fin.finished_at, "trace_id": task.get("trace_id")}
 
 
 def refusal(task: dict, node: str, ended_by: str, error: str, now: float) -> dict:
     """A failure for an attempt whose process never started (kind not allowed, worker stopping)."""
     return {"task": task["id"], "fence": task["fence"], "node": node, "outcome": "failed",
             "ended_by": ended_by, "exit_code": None, "signal": None, "result": None, "error": error,
-            "stdout_tail": "", "stderr_tail": "", "started_at": now, "finished_at": now}
+            "stdout_tail": "", "stderr_tail": "", "started_at": now, "finished_at": now,
+            "trace_id": task.get("trace_id")}
 
 
 def classify(err, body: dict) -> str:
@@ -119,8 +128,8 @@ class Sender:
             else:
                 delay = backoff.full_jitter(n + 1, self.base, self.cap, self.rand())
                 self.tries[name] = (n + 1, now + delay)
-                self.log.info("result_retry", task=body["task"], fence=body["fence"], error=err.message,
-                              retry_in=round(delay, 2))
+                self.log.info("result_retry", task=body["task"], fence=body["fence"], trace_id=body.get("trace_id"),
+                              error=err.message, retry_in=round(delay, 2))
                 if refused or not isinstance(err, ApiError) or err.status >= 500:
                     break      # the supervisor is not answering, or refuses our key: not the others now
         return self.next_due()
@@ -142,10 +151,11 @@ class Sender:
     def _send(self, body: dict, **fields):
         """One POST of a result, its answer logged (fields: added to the line); the error, or None."""
         try:
-            answer, err = self.link.call("POST", "/v1/results", body), None
+            answer, err = self.link.call("POST", "/v1/results", wire_body(body)), None
         except MeshkitError as e:
             answer, err = None, e
-        action, where = classify(err, body), dict(task=body["task"], fence=body["fence"], **fields)
+        action = classify(err, body)
+        where = dict(task=body["task"], fence=body["fence"], trace_id=body.get("trace_id"), **fields)
         if action == "ack":
             answer = answer if isinstance(answer, dict) else {}
             self.log.info("result_delivered", **where, state=answer.get("state"), duplicate=answer.get("duplicate"))

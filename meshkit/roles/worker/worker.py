@@ -15,7 +15,7 @@ from meshkit import __version__
 from meshkit.adapters import runner, sysinfo
 from meshkit.adapters.wakeup import PipeEvent
 from meshkit.core.errors import ApiError, MeshkitError
-from meshkit.rules import backoff
+from meshkit.rules import auth, backoff
 from meshkit.roles.worker.link import BreakerOpen
 from meshkit.roles.worker import refusals
 from meshkit.roles.worker.holds import Holds
@@ -26,6 +26,7 @@ from meshkit.roles.worker.settings import Settings
 ABORT_WAIT = 5.0             # after an abort, seconds beyond the grace to wait for tasks to end
 MAX_RUNNING_LISTED = 1000    # wire.MAX_LIST
 AUTH_LOG_EVERY = 30.0        # at most one auth_refused error line per this many seconds
+HB_LOG_EVERY = 60.0          # at most one heartbeat_failed line per this many seconds (an outage's first at once)
 
 
 def spawn_thread(target, *args) -> threading.Thread:
@@ -56,11 +57,11 @@ class Worker(JobRunner, Holds):
         self.stopped_jobs = False
         self.next_heartbeat = 0.0
         self.next_cleanup = 0.0
-        self.hb_failures = 0
+        self.hb_failures = 0          # heartbeats failed in a row
+        self.hb_logged = None         # (time of the last heartbeat_failed line, failures left out since) or None
         self.claim_failures = 0
         self.refusal = None           # (url, message, reason) once the supervisor refuses our key for good
-        self.auth_refusals = 0        # refusals that may pass (clock skew, replay) since the last line
-        self.auth_log_next = 0.0
+        self.auth_logged = None       # refusals that may pass (clock skew, replay): as hb_logged
         self.hold = None              # why we claim no new work now (holds.combine of `holds`), or None
         self.holds = {}               # guard -> its hold or None (set_hold: the memory and disk guards)
         self.next_disk_check = 0.0
@@ -71,6 +72,7 @@ class Worker(JobRunner, Holds):
         self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
                              self.refused)
         link.on_open = self.wake.set    # any thread's call that opens the breaker: the heartbeat probes soon
+        link.probe_every = min(s.heartbeat_interval, s.poll_interval)     # said by its breaker_open line
 
     # ---- shared state -------------------------------------------------------------------
 
@@ -137,11 +139,16 @@ class Worker(JobRunner, Holds):
                 delay = probe_every
             cap = probe_every if unregistered else self.s.heartbeat_interval
             self.next_heartbeat = now + min(cap, max(delay, 0.05))
-            self.log.warning("heartbeat_failed", error=e.message, retry_in=round(self.next_heartbeat - now, 2))
+            # at most one line per HB_LOG_EVERY (auth.refusal_verdict), with the failures since the last one
+            line, left_out, self.hb_logged = auth.refusal_verdict(self.hb_logged, now, HB_LOG_EVERY)
+            if line:
+                self.log.warning("heartbeat_failed", error=e.message, retry_in=round(self.next_heartbeat - now, 2),
+                                 failures=left_out + 1)
             return
-        if self.hb_failures or not self.registered.is_set():
-            self.log.info("registered", supervisor=self.link.url, epoch=answer.get("epoch"))
-        self.hb_failures = 0
+        if self.hb_failures or not self.registered.is_set():     # failures: every one of the outage, logged or not
+            self.log.info("registered", supervisor=self.link.url, epoch=answer.get("epoch"),
+                          failures=self.hb_failures or None)
+        self.hb_failures, self.hb_logged = 0, None
         self.registered.set()
         told, self.hold_told = self.hold_told, body.get("hold")
         if was_open or (told is not None and self.hold_told is None):
@@ -165,7 +172,7 @@ class Worker(JobRunner, Holds):
         if job is None or job.stop is not None:
             return
         job.stop = why
-        self.log.info("task_stopping", task=tid, reason=why)
+        self.log.info("task_stopping", task=tid, fence=job.task["fence"], reason=why, trace_id=job.task.get("trace_id"))
         if job.run is not None:
             job.run.cancel("signal" if why == "signal" else "cancel")
 
@@ -307,11 +314,7 @@ class Worker(JobRunner, Holds):
                 if first:
                     self.refusal = (url, e.message, reason)
             else:
-                self.auth_refusals += 1
-                first = now >= self.auth_log_next
-                if first:
-                    self.auth_log_next = now + AUTH_LOG_EVERY
-                    count, self.auth_refusals = self.auth_refusals, 0
+                first, left_out, self.auth_logged = auth.refusal_verdict(self.auth_logged, now, AUTH_LOG_EVERY)
         if refusals.for_good(reason):
             if first:
                 self.log.error("key_refused", key=self.key_id, supervisor=url, error=e.message, reason=reason,
@@ -320,7 +323,7 @@ class Worker(JobRunner, Holds):
             return True
         if first:
             self.log.error("auth_refused", key=self.key_id, supervisor=url, error=e.message, reason=reason,
-                           hint=refusals.hint(reason), refusals=count)
+                           hint=refusals.hint(reason), refusals=left_out + 1)
         return False
 
     # ---- stopping ---------------------------------------------------------------------------------
