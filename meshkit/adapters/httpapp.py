@@ -220,8 +220,10 @@ class App:
             if m:
                 if route.method == method:
                     return route, m.groups()
-                allowed.append(route.method)
+                allowed.append(route)
         if allowed:
-            raise MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {', '.join(sorted(set(allowed)))}",
-                                   allow=", ".join(sorted(set(allowed))))
+            methods = ", ".join(sorted({r.method for r in allowed}))
+            error = MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {methods}", allow=methods)
+            error.route = allowed[0].name       # /metrics counts it under the path's route (the first listed)
+            raise error
         raise NotFound(f"no such endpoint: {path[:200]}")

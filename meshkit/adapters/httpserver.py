@@ -172,7 +172,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                            errors="strict") if query else ()
         except UnicodeDecodeError:
             raise BadRequest("query parameters must be ASCII once percent-decoded") from None
-        route, params = self._match(self.command, path)
+        try:
+            route, params = self._match(self.command, path)
+        except MethodNotAllowed as e:       # the path has a route, the method is wrong: counted under it
+            self._route_name = getattr(e, "route", self._route_name)
+            raise
         self._route_name = route.name
         query = query_dict(pairs, route.repeatable, route.query) if pairs else {}
         req = self._req = Request(self.command, self.path, path, query, params, self.headers, body,

@@ -289,12 +289,17 @@ class Store(Replicated):
         return [{"from": r["from_state"], "to": r["to_state"], "at": r["at"], "reason": r["reason"],
                  "actor": r["actor"], "fence": r["fence"], "trace_id": r["trace_id"]} for r in rows]
 
-    def tasks(self, state: str | None = None, limit: int = 100, after_n: int = 0) -> list:
+    def tasks(self, state: str | None = None, limit: int = 100, after_n: int = 0, before_n: int | None = None,
+              newest_first: bool = False) -> list:
+        """Up to `limit` tasks numbered above after_n (and below before_n), oldest first, or newest first."""
         sql, args = "SELECT * FROM tasks WHERE n > ?", [after_n]
+        if before_n is not None:
+            sql += " AND n < ?"
+            args.append(before_n)
         if state:
             sql += " AND state = ?"
             args.append(state)
-        sql += " ORDER BY n LIMIT ?"
+        sql += " ORDER BY n DESC LIMIT ?" if newest_first else " ORDER BY n LIMIT ?"
         args.append(limit)
         return [task_dict(r) for r in self.read(sql, args)]
 

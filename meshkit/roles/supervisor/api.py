@@ -19,6 +19,10 @@ ACTIVE_ONLY = {"heartbeat", "claim", "start", "results", "dispatch", "cancel", "
 ACKNOWLEDGED = {"dispatch", "results", "graph", "cancel"}     # sync replication waits for these
 SERIAL = {"heartbeat", "claim", "start", "results", "dispatch", "cancel"}   # short, store-bound: App.lock
 REFUSALS_EVERY = 60.0        # at most one request_refused line per (client, reason) per this many seconds
+# Every node state meshkit_nodes shows, 0 when no node is in it (a series that vanished could
+# not be alerted on: `meshkit_nodes{state="alive"} < 1`); nodes rows are 'alive' or 'stale'.
+NODE_STATES = ("alive", "stale")
+ORDERS = ("asc", "desc")     # GET /v1/tasks?order=: oldest first (the default) or newest first
 
 
 class Api:
@@ -34,12 +38,21 @@ class Api:
         self.requests = reg.add(m.Counter("meshkit_http_requests_total", "HTTP requests by route and status",
                                           ("route", "status")))
         self.errors = reg.add(m.Counter("meshkit_http_errors_total", "HTTP answers >= 400 by route", ("route",)))
-        self.duration = reg.add(m.Histogram("meshkit_http_request_duration_seconds", "request duration by route",
-                                            ("route",)))
-        self.claim_latency = reg.add(m.Histogram("meshkit_claim_latency_seconds",
-                                                 "time to answer a claim that leased work"))
+        self.duration = reg.add(m.Histogram(
+            "meshkit_http_request_duration_seconds",
+            "request duration by route, from the request read to the answer sent; a long-poll (claim, replicate) "
+            "includes the time it was held waiting (up to its wait), a replicated write the standby's acknowledgement",
+            ("route",)))
+        self.claim_latency = reg.add(m.Histogram(
+            "meshkit_claim_latency_seconds",
+            "time to answer a claim that leased work, from the start of the pass that leased it (a long-poll's wait "
+            "before it is left out)"))
         self.task_gauge = reg.add(m.Gauge("meshkit_tasks", "tasks by state", ("state",)))
         self.node_gauge = reg.add(m.Gauge("meshkit_nodes", "nodes by state", ("state",)))
+        self.kinds_quarantined = reg.add(m.Gauge("meshkit_kinds_quarantined", "task kinds quarantined now"))
+        self.kind_quarantined = reg.add(m.Gauge("meshkit_kind_quarantined",
+                                                "1 while this task kind is quarantined, 0 when not (kinds that "
+                                                "ever failed)", ("kind",)))
         self.oldest = reg.add(m.Gauge("meshkit_oldest_queued_seconds", "age of the oldest queued task"))
         self.epoch_gauge = reg.add(m.Gauge("meshkit_epoch", "the supervisor's epoch"))
         self.repl_lag = reg.add(m.Gauge("meshkit_replication_lag_changes",
@@ -56,7 +69,8 @@ class Api:
             Route("POST", "/v1/tasks/([^/]+)/start", "start", self.start),
             Route("POST", "/v1/results", "results", self.results),
             Route("POST", "/v1/tasks", "dispatch", self.dispatch, auth="admin"),
-            Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer", query=("state", "limit", "after")),
+            Route("GET", "/v1/tasks", "tasks", self.list_tasks, auth="viewer",
+                  query=("state", "limit", "after", "before", "order")),
             Route("GET", "/v1/tasks/([^/]+)", "task", self.get_task, auth="viewer"),
             Route("POST", "/v1/tasks/([^/]+)/cancel", "cancel", self.cancel, auth="admin"),
             Route("GET", "/v1/tasks/([^/]+)/explain", "explain", self.explain, auth="viewer"),
@@ -174,13 +188,31 @@ class Api:
         return dict(self.tasks.heartbeat(req.json()), epoch=self.sup.epoch)
 
     def claim(self, req):
-        start = self.sup.clock.monotonic()
-        leased = self.tasks.claim(req.json(), req.connected, req.may_wait)
+        if req.may_wait:
+            start, leased = self._claim_waiting(req)
+        else:                       # the event loop's pass: it never waits
+            start = self.sup.clock.monotonic()
+            leased = self.tasks.claim(req.json(), req.connected, False)
         if leased is None:
             raise WouldWait()       # nothing yet: the server lets it wait on a thread
         if leased:
             self.claim_latency.observe(self.sup.clock.monotonic() - start)
         return {"tasks": leased, "epoch": self.sup.epoch}
+
+    def _claim_waiting(self, req) -> tuple:
+        """(when the claim's last pass over the queue began, what it leased) for a claim that may
+        wait: it tries, waits for a wake, tries again. Tasks.claim asks `connected` at the start
+        of every pass, so the time noted there starts the pass that leased: the claim latency
+        leaves the long-poll's idle wait out (the route's duration keeps it)."""
+        clock, connected = self.sup.clock, req.connected
+        began = [clock.monotonic()]
+
+        def connected_now():
+            began[0] = clock.monotonic()
+            return connected()
+
+        leased = self.tasks.claim(req.json(), connected_now, True)
+        return began[0], leased
 
     def start(self, req):
         return dict(self.tasks.start(req.params[0], req.json()), epoch=self.sup.epoch)
@@ -264,10 +296,11 @@ class Api:
         limit = q.get("limit", "100")
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
             raise BadRequest("limit must be from 1 to 1000")
-        after = q.get("after", "t0")
-        if not (after[:1] == "t" and after[1:].isdigit() and len(after) < 20):
-            raise BadRequest("after must be a task id like t12")
-        tasks = self.sup.store.tasks(state, int(limit), int(after[1:]))
+        order = q.get("order", "asc")
+        if order not in ORDERS:
+            raise BadRequest("order must be asc (oldest first) or desc (newest first)")
+        after, before = task_number(q, "after", "t0"), task_number(q, "before", None)
+        tasks = self.sup.store.tasks(state, int(limit), after, before, newest_first=order == "desc")
         return {"tasks": tasks, "epoch": self.sup.epoch}
 
     def openapi(self, req):
@@ -279,10 +312,13 @@ class Api:
     def metrics(self, req):
         st = self.sup.status()
         self.task_gauge.replace({(s,): c for s, c in st["tasks"].items()})
-        nodes = {}
+        nodes = dict.fromkeys(NODE_STATES, 0)
         for node in st["nodes"]:
-            nodes[(node["state"],)] = nodes.get((node["state"],), 0) + 1
-        self.node_gauge.replace(nodes or {("alive",): 0})
+            nodes[node["state"]] = nodes.get(node["state"], 0) + 1
+        self.node_gauge.replace({(state,): count for state, count in nodes.items()})
+        kinds = {(k["kind"],): int(k["quarantined"]) for k in self.sup.brain.kinds()}
+        self.kind_quarantined.replace(kinds)
+        self.kinds_quarantined.set(sum(kinds.values()))
         self.oldest.set(st["oldest_queued_age"] or 0)
         self.epoch_gauge.set(st["epoch"])
         self.repl_lag.set(st["replication"].get("lag_changes") or 0)
@@ -290,6 +326,16 @@ class Api:
         self.sync_failures.replace({(j["job"],): j.get("consecutive_failures") or 0 for j in st["sync"] if j.get("job")})
         self.sync_success.replace({(j["job"],): j.get("last_success") or 0 for j in st["sync"] if j.get("job")})
         return Raw(200, self.registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+
+def task_number(query: dict, name: str, default):
+    """The number of the task id given as query parameter `name` (t12 -> 12), or `default`'s."""
+    value = query.get(name, default)
+    if value is None:
+        return None
+    if not (value[:1] == "t" and value[1:].isascii() and value[1:].isdigit() and len(value) < 20):
+        raise BadRequest(f"{name} must be a task id like t12")
+    return int(value[1:])
 
 
 def url_of(host: str, port: int) -> str:

@@ -50,7 +50,12 @@ PATH_PARAM = {"id": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "descriptio
 LIST_QUERY = {
     "state": {"type": "string", "enum": list(fsm.STATES) + [""], "description": "empty = any state"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-    "after": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "page after this task id"},
+    "after": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "only tasks with a larger id (the next "
+                                                                           "page, oldest first)"},
+    "before": {"type": "string", "pattern": r"^t[0-9]{1,18}$", "description": "only tasks with a smaller id (with "
+                                                                            "order=desc: the previous page)"},
+    "order": {"type": "string", "enum": ["asc", "desc"], "default": "asc",
+              "description": "asc: oldest first; desc: newest first"},
 }
 # The schemas of the query parameters a route takes. Which names a route takes is its Route.query
 # (api.py; the server refuses any other); a name listed there but not here (the replication and

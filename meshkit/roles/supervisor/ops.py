@@ -10,9 +10,12 @@ from meshkit.adapters import procself, sdnotify
 from meshkit.core import metrics as m
 from meshkit.core.errors import MeshkitError
 from meshkit.roles.supervisor import statusfiles
-from meshkit.rules import memguard
+from meshkit.rules import memguard, modes
 
 MB = memguard.MB
+# Every mode meshkit_mode shows, 1 for the current one and 0 for the others (a series that
+# vanished could not be alerted on: `meshkit_mode{mode="normal"} < 1`).
+MODES = tuple(modes.SEVERITY) + ("maintenance",)
 
 
 def status_line(st: dict) -> str:
@@ -36,7 +39,9 @@ class Ops:
         self.memory = memguard.OK
         self.files_failing = False
         reg = sup.api.registry
-        self.mode_gauge = reg.add(m.Gauge("meshkit_mode", "the supervisor's degradation mode (1 = current)", ("mode",)))
+        self.mode_gauge = reg.add(m.Gauge("meshkit_mode", "the supervisor's degradation mode (1 = current, 0 = not)",
+                                          ("mode",)))
+        self.update_mode(sup.brain.mode_state.mode)
         self.rss_gauge = reg.add(m.Gauge("meshkit_process_resident_memory_bytes", "the supervisor's resident memory"))
         self.guard_gauge = reg.add(m.Gauge("meshkit_memory_guard", "memory guard decision (1 = current)", ("state",)))
         reg.add(m.Gauge("meshkit_build_info", "meshkit version", ("version",))).set(1, __version__)
@@ -84,10 +89,14 @@ class Ops:
     def update_metrics(self, st) -> None:
         """Gauges /metrics shows that come from the cycle (tasks and nodes come at scrape time)."""
         if st:
-            self.mode_gauge.replace({(str(st.get("mode")),): 1})
+            self.update_mode(str(st.get("mode")))
         if self.rss:
             self.rss_gauge.set(self.rss)
         self.guard_gauge.replace({(s,): float(s == self.memory) for s in (memguard.OK, memguard.SHED, memguard.EXIT)})
+
+    def update_mode(self, current: str) -> None:
+        """meshkit_mode: every mode, 1 for the current one (one meshkit does not know is added)."""
+        self.mode_gauge.replace({(mode,): float(mode == current) for mode in dict.fromkeys(MODES + (current,))})
 
     def guard(self) -> str:
         """Read RSS, decide, act: shed = collect garbage (logged when it starts); exit = ask
