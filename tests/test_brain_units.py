@@ -87,7 +87,8 @@ class Explain(unittest.TestCase):
         self.assertEqual(d["reasons"], ["waiting for `t12` (running on `pi`)"])
         d = self.decide(task(state="running", node="pi", started_at=NOW - 5, lease_deadline=NOW + 60))
         self.assertIn("running on `pi` since", d["reason"])
-        self.assertIn("ended failed: boom", self.decide(task(state="failed", error="boom"))["reason"])
+        self.assertRegex(self.decide(task(state="failed", error="boom"))["reason"],
+                         r"^ended failed at \d\d:\d\d:\d\d: boom$")
 
     def test_may_claim(self):
         f = dispatch.Fleet(now=NOW, mode="degraded")

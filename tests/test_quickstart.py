@@ -14,7 +14,8 @@ class Quickstart(unittest.TestCase):
             out = r.stdout
             for text in ("waiting -> queued    dependencies done", "retry 2 of 3", "failed (timeout)",
                          "$ meshkit status", "tasks: succeeded 5  failed 1", "quick-a", "quick-b",
-                         "$ meshkit explain", "ended failed: timed out after 2 s", "quickstart fleet stopped"):
+                         "$ meshkit explain", "ended failed at ", "timed out after 2 s (priority 0, class P2)",
+                         "quickstart fleet stopped"):
                 self.assertIn(text, out)
             self.assertNotIn("keeps running", out)        # --exit: it says the fleet stops, not how to use it
 

@@ -294,8 +294,8 @@ class InitAndEmbeddedDefault(unittest.TestCase):
                 url = read_line(proc, 15)
                 self.assertTrue(url.startswith("http://127.0.0.1:"))
                 instructions = "".join(read_line(proc, 5) + "\n" for _ in range(4))
-                self.assertIn("python -m meshkit worker", instructions)
-                self.assertIn("python -m meshkit dispatch", instructions)
+                self.assertIn("python3 -m meshkit worker", instructions)
+                self.assertIn("python3 -m meshkit dispatch", instructions)
                 self.assertEqual(stat.S_IMODE(os.stat(os.path.join(fleet_home, "keys")).st_mode), 0o600)
                 self.assertTrue(os.path.exists(os.path.join(fleet_home, "data", "meshkit.db")))
                 # made now, so private: the database holds every payload and result

@@ -5,23 +5,24 @@ import urllib.parse
 
 from meshkit.cli.common import EXIT_USAGE, fail, load_config, print_json, table
 from meshkit.cli.remote import client_parser, make_client
+from meshkit.rules.dispatch import headline
 
 
 def register(sub) -> None:
-    p = client_parser(sub, "explain", "say why a task is or is not running", "python -m meshkit explain t12")
+    p = client_parser(sub, "explain", "say why a task is or is not running", "python3 -m meshkit explain t12")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=explain)
 
     p = client_parser(sub, "kinds", "task kinds with failure counts and quarantine; `kinds resume KIND`",
-                "python -m meshkit kinds resume summarize")
+                "python3 -m meshkit kinds resume summarize")
     p.add_argument("action", nargs="?", choices=["list", "resume"], default="list")
     p.add_argument("kind", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=kinds)
 
     p = client_parser(sub, "mode", "show the degradation mode, or hold the fleet for maintenance",
-                "python -m meshkit mode maintenance --reason 'disk swap'   # ... later: mode normal")
+                "python3 -m meshkit mode maintenance --reason 'disk swap'   # ... later: mode normal")
     p.add_argument("mode", nargs="?", choices=["maintenance", "normal"])
     p.add_argument("--reason", default=None)
     p.add_argument("--json", action="store_true")
@@ -34,11 +35,12 @@ def explain(args) -> int:
     if args.json:
         print_json(d)
         return 0
-    verdict = "would dispatch now" if d["dispatch"] else "not dispatched"
-    print(f"{d['task']}: {d['state']}, {verdict} (priority {d['priority']}, class {d['class']}, mode {d['mode']})")
-    for reason in d["reasons"]:
-        print(f"  - {reason}")
-    for h in d.get("history", []):
+    print(headline(d))
+    history = d.get("history") or []
+    if not history:           # an ended task's reason is its headline; its history follows
+        for reason in d["reasons"]:
+            print(f"  - {reason}")
+    for h in history:
         stamp = time.strftime("%H:%M:%S", time.localtime(h["at"]))
         print(f"  {stamp} {(h['from'] or '-'):>9} -> {h['to']:<9} {h['reason']}")
     return 0

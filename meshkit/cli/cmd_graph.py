@@ -5,12 +5,12 @@ import json
 import sys
 
 from meshkit.cli.common import EXIT_FAILED, UsageError, fail, load_config, print_json, table
-from meshkit.cli.cmd_tasks import follow
+from meshkit.cli.cmd_tasks import StillWaiting, follow
 from meshkit.cli.remote import client_parser, make_client
 from meshkit.core.clock import REAL
 from meshkit.rules import fsm
 
-EXAMPLE = """python -m meshkit graph nightly.json --wait
+EXAMPLE = """python3 -m meshkit graph nightly.json --wait
   where nightly.json is
   {"tasks": [{"name": "fetch", "kind": "fetch", "key": "nightly-2026-11-25-fetch"},
              {"name": "sum", "kind": "summarize", "after": ["fetch"], "key": "nightly-2026-11-25-sum"}]}
@@ -21,7 +21,8 @@ def register(sub) -> None:
     p = client_parser(sub, "graph", "dispatch a dependency graph from a JSON file", EXAMPLE)
     p.add_argument("file", help="the graph as JSON ({\"tasks\": [...]}, see README), or - for standard input")
     p.add_argument("--json", action="store_true", help="print the supervisor's answer")
-    p.add_argument("--wait", action="store_true", help="wait until every task ended; exit 0 only if all succeeded")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every task ended, saying why one does not start; exit 0 only if all succeeded")
     p.set_defaults(func=graph)
 
 
@@ -65,8 +66,10 @@ def graph(args) -> int:
 
 
 def wait_all(client, ids: dict, clock=REAL) -> int:
-    """Follow each task's history (stderr) until all ended; a last table of states (stdout)."""
+    """Follow each task's history (stderr) until all ended, saying why one does not start
+    (StillWaiting); a last table of states (stdout)."""
     seen = {tid: 0 for tid in ids.values()}
+    still = StillWaiting(client, clock)
     ended = {}
     while len(ended) < len(ids):
         for name, tid in ids.items():
@@ -78,6 +81,8 @@ def wait_all(client, ids: dict, clock=REAL) -> int:
             seen[tid] = len(task["history"])
             if task["state"] in fsm.TERMINAL:
                 ended[name] = task
+            else:
+                still.check(task, f" {name}")
         else:
             if len(ended) < len(ids):
                 clock.sleep(0.3)

@@ -11,13 +11,16 @@ from meshkit.rules.config import render_default_toml
 
 
 def register(sub) -> None:
-    p = sub.add_parser("init", help="write meshkit.toml and a keys file",
+    p = sub.add_parser("init", help="write meshkit.toml, a keys file and viewer.token",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Write DIR/meshkit.toml (every key with its default) and DIR/keys (mode 0600).",
-                       epilog="example:\n  python -m meshkit init --dir /etc/meshkit\n"
-                              "  python -m meshkit supervisor --config /etc/meshkit/meshkit.toml")
+                       description="Write DIR/meshkit.toml (every key with its default), DIR/keys (mode 0600: one "
+                                   "signing key per role) and DIR/viewer.token (mode 0640: the viewer bearer token "
+                                   "for Prometheus and the status page).",
+                       epilog="example:\n  python3 -m meshkit init --dir /etc/meshkit\n"
+                              "  python3 -m meshkit supervisor --config /etc/meshkit/meshkit.toml")
     p.add_argument("--dir", default=None, help="where to write (default: $MESHKIT_HOME, ~/.meshkit)")
-    p.add_argument("--force", action="store_true", help="overwrite existing files (makes new keys!)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing files (makes new keys and a new viewer.token!)")
     p.set_defaults(func=run)
 
 
@@ -43,5 +46,5 @@ def run(args) -> int:
     print(f"wrote {toml}")
     print(f"wrote {keys} (mode 0600; give workers only its worker line)")
     print(f"wrote {token} (the viewer bearer token, for Prometheus and the status page)")
-    print(f"start the supervisor: python -m meshkit supervisor --config {toml}")
+    print(f"start the supervisor: python3 -m meshkit supervisor --config {toml}")
     return 0

@@ -22,15 +22,15 @@ states: free, held, stale-record (kernel lock free, record left by a dead holder
 hung (held longer than its TTL)
 
 examples:
-  python -m meshkit locks list
-  python -m meshkit locks reap --dry-run
-  python -m meshkit locks run --name memory-sync --wait 0 -- rsync -a src/ dst/
+  python3 -m meshkit locks list
+  python3 -m meshkit locks reap --dry-run
+  python3 -m meshkit locks run --name memory-sync --wait 0 -- rsync -a src/ dst/
 """
 
 LIST_EXAMPLE = """\
 examples:
-  python -m meshkit locks list
-  python -m meshkit locks list --dir /var/lib/meshkit/locks --json
+  python3 -m meshkit locks list
+  python3 -m meshkit locks list --dir /var/lib/meshkit/locks --json
 """
 
 REAP_EXAMPLE = """\
@@ -43,8 +43,8 @@ Every action is logged as a JSON line on stderr.
 exit: 0 nothing left to do, 1 a hung holder or orphaned command remains
 
 examples:
-  python -m meshkit locks reap --dry-run
-  python -m meshkit locks reap --ttl 3600 --kill --json
+  python3 -m meshkit locks reap --dry-run
+  python3 -m meshkit locks reap --ttl 3600 --kill --json
 """
 
 RUN_EXAMPLE = """\
@@ -56,8 +56,8 @@ exit: the command's exit code; 75 if the lock is still held after --wait (the ho
 is named on stderr); 127 if the command cannot be started
 
 examples:
-  python -m meshkit locks run --name memory-sync -- rsync -a host:mem/ /srv/mem/
-  python -m meshkit locks run --name gpu --wait 600 --ttl 3600 --purpose "train" -- ./train.sh
+  python3 -m meshkit locks run --name memory-sync -- rsync -a host:mem/ /srv/mem/
+  python3 -m meshkit locks run --name gpu --wait 600 --ttl 3600 --purpose "train" -- ./train.sh
 """
 
 

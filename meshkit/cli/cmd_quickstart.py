@@ -43,8 +43,8 @@ def register(sub) -> None:
                        description="Start a supervisor and two workers in a temporary directory, run a small "
                                    "graph (parallel tasks, a dependency, a failure that retries, a timeout), "
                                    "show it live, and keep the fleet running until Ctrl-C.",
-                       epilog="example:\n  python -m meshkit quickstart\n"
-                              "  python -m meshkit quickstart --dir /tmp/demo --exit   # stop after the demo")
+                       epilog="example:\n  python3 -m meshkit quickstart\n"
+                              "  python3 -m meshkit quickstart --dir /tmp/demo --exit   # stop after the demo")
     p.add_argument("--dir", help="where to put the demo fleet (default: a new temporary directory)")
     p.add_argument("--exit", action="store_true", help="stop the fleet after the demo instead of waiting for Ctrl-C")
     p.set_defaults(func=run)

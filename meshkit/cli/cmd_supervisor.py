@@ -16,10 +16,10 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run the supervisor. With no config it keeps everything in $MESHKIT_HOME "
                                    "(~/.meshkit): data/ and the keys file, created on first start.",
-                       epilog="examples:\n  python -m meshkit supervisor\n"
-                              "  python -m meshkit supervisor --config /etc/meshkit/meshkit.toml --listen 0.0.0.0:8765\n"
-                              "  python -m meshkit supervisor --listen 127.0.0.1:0   # a free port; URL on line 1\n"
-                              "  python -m meshkit supervisor --standby-of http://10.0.0.1:8765   # HA standby")
+                       epilog="examples:\n  python3 -m meshkit supervisor\n"
+                              "  python3 -m meshkit supervisor --config /etc/meshkit/meshkit.toml --listen 0.0.0.0:8765\n"
+                              "  python3 -m meshkit supervisor --listen 127.0.0.1:0   # a free port; URL on line 1\n"
+                              "  python3 -m meshkit supervisor --standby-of http://10.0.0.1:8765   # HA standby")
     add_config_arg(p)
     p.add_argument("--listen", metavar="HOST:PORT", help="override supervisor.listen (port 0 = any free port)")
     p.add_argument("--standby-of", metavar="URL", help="run as the standby of the primary at URL (replicates it)")
@@ -66,9 +66,9 @@ def run(args) -> int:
     cfg_arg = f" --config {cfg.source}" if cfg.source else ""
     print(f"meshkit supervisor: serving {url} (data in {sup.data_dir}, keys in {sup.keys_path}"
           f"{', created now' if sup.created_keys else ''})")
-    print(f"  connect a worker:  python -m meshkit worker{cfg_arg} --supervisor {url}")
-    print(f"  dispatch a task:   python -m meshkit dispatch echo --payload '{{\"hello\": 1}}' --wait{cfg_arg}")
-    print(f"  fleet status:      python -m meshkit status{cfg_arg}", flush=True)
+    print(f"  connect a worker:  python3 -m meshkit worker{cfg_arg} --supervisor {url}")
+    print(f"  dispatch a task:   python3 -m meshkit dispatch echo --payload '{{\"hello\": 1}}' --wait{cfg_arg}")
+    print(f"  fleet status:      python3 -m meshkit status{cfg_arg}", flush=True)
     sup.ops.ready()                # systemd: READY=1 (no-op without NOTIFY_SOCKET)
     try:
         sup.run(stop)

@@ -46,8 +46,8 @@ DEST, validates each copy, and only then points DEST/current at it.
 
 """ + EXIT_TEXT + """
 examples:
-  python -m meshkit sync memory --source /srv/agents --dest /var/lib/meshkit/memory
-  python -m meshkit sync status
+  python3 -m meshkit sync memory --source /srv/agents --dest /var/lib/meshkit/memory
+  python3 -m meshkit sync status
 """
 
 MEMORY_EXAMPLE = """\
@@ -58,8 +58,8 @@ changed no snapshot is made.
 
 """ + EXIT_TEXT + """
 examples:
-  python -m meshkit sync memory --source /srv/agents --dest /var/lib/meshkit/memory
-  python -m meshkit sync memory --source meshkit@pi.lan:agents --dest /var/lib/meshkit/memory \\
+  python3 -m meshkit sync memory --source /srv/agents --dest /var/lib/meshkit/memory
+  python3 -m meshkit sync memory --source meshkit@pi.lan:agents --dest /var/lib/meshkit/memory \\
       --ssh-key ~/.ssh/meshkit_sync --ssh-port 2222
 """
 
@@ -71,8 +71,8 @@ after a new one succeeded: kept are current, the newest of each of the last
 
 """ + EXIT_TEXT + """
 examples:
-  python -m meshkit sync backup --source /srv/agents --dest /backup/agents --keep-hourly 24 --keep-daily 14
-  python -m meshkit sync list /backup/agents
+  python3 -m meshkit sync backup --source /srv/agents --dest /backup/agents --keep-hourly 24 --keep-daily 14
+  python3 -m meshkit sync list /backup/agents
 """
 
 
@@ -95,8 +95,8 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_backup)
 
     q = _sub(ss, "list", "show the snapshots under DEST: state, files, size, age",
-             "examples:\n  python -m meshkit sync list /var/lib/meshkit/memory\n"
-             "  python -m meshkit sync list /backup/agents --json\n")
+             "examples:\n  python3 -m meshkit sync list /var/lib/meshkit/memory\n"
+             "  python3 -m meshkit sync list /backup/agents --json\n")
     q.add_argument("dest", metavar="DEST")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_list)
@@ -105,8 +105,8 @@ def register(sub) -> None:
              "SNAPSHOT is a name from `sync list` or 'current'. Without --delete, files in\n"
              "TARGET that the snapshot lacks are left alone. Incomplete or invalid snapshots\n"
              "need --force. Takes the job's lock so rotation cannot remove the snapshot meanwhile.\n\n"
-             "examples:\n  python -m meshkit sync restore /backup/agents 20250102T030405Z /srv/agents-restored\n"
-             "  python -m meshkit sync restore /var/lib/meshkit/memory current /srv/agents --dry-run\n")
+             "examples:\n  python3 -m meshkit sync restore /backup/agents 20250102T030405Z /srv/agents-restored\n"
+             "  python3 -m meshkit sync restore /var/lib/meshkit/memory current /srv/agents --dry-run\n")
     q.add_argument("dest", metavar="DEST")
     q.add_argument("snapshot", metavar="SNAPSHOT")
     q.add_argument("target", metavar="TARGET", help="a local directory or [user@]host:path")
@@ -118,7 +118,7 @@ def register(sub) -> None:
 
     q = _sub(ss, "status", "last success, last failure and consecutive failures of each sync job",
              "exit: 0 every job's last run succeeded, 1 one failed, 2 sync.status_dir can't be read\n\n"
-             "examples:\n  python -m meshkit sync status\n  python -m meshkit sync status memory --json\n")
+             "examples:\n  python3 -m meshkit sync status\n  python3 -m meshkit sync status memory --json\n")
     q.add_argument("job", nargs="?", metavar="JOB")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_status)

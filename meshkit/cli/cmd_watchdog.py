@@ -14,10 +14,10 @@ from meshkit.roles.watchdog.watchdog import Watchdog
 
 EXAMPLE = """\
 examples:
-  python -m meshkit watchdog --config /etc/meshkit/watchdog.toml          # run (systemd: meshkit-watchdog.service)
-  python -m meshkit watchdog status      # the watchdog's view and both supervisors' checks
-  python -m meshkit watchdog failback    # hand back to the primary now (failback = "manual")
-  python -m meshkit watchdog drill       # switch over and back, timed, counting tasks
+  python3 -m meshkit watchdog --config /etc/meshkit/watchdog.toml          # run (systemd: meshkit-watchdog.service)
+  python3 -m meshkit watchdog status      # the watchdog's view and both supervisors' checks
+  python3 -m meshkit watchdog failback    # hand back to the primary now (failback = "manual")
+  python3 -m meshkit watchdog drill       # switch over and back, timed, counting tasks
 
 config:
   [watchdog]

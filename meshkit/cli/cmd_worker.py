@@ -32,8 +32,8 @@ from meshkit.rules.auth import pick_key
 from meshkit.rules.config import URL_EXPECTED, describe, is_url
 
 EXAMPLE = """examples:
-  python -m meshkit worker --config /etc/meshkit/meshkit.toml
-  python -m meshkit worker --name pi-1 --capability gpu --slots 2 \\
+  python3 -m meshkit worker --config /etc/meshkit/meshkit.toml
+  python3 -m meshkit worker --name pi-1 --capability gpu --slots 2 \\
       --supervisor http://10.0.0.5:8765 --supervisor http://10.0.0.6:8765
 
 Task kinds come only from the config's allowlist:

@@ -21,12 +21,12 @@ from meshkit.core.errors import MeshkitError
 # commands; each subparser sets func=handler(args) -> exit code.
 COMMANDS = {
     "quickstart": ("cmd_quickstart", "a local demo fleet: supervisor, two workers, a task graph"),
-    "init": ("cmd_init", "write meshkit.toml and a keys file"),
+    "init": ("cmd_init", "write meshkit.toml, a keys file and viewer.token"),
     "supervisor": ("cmd_supervisor", "run the supervisor (the fleet's state)"),
     "dispatch": ("cmd_tasks", "queue a task; prints its id"),
     "graph": ("cmd_graph", "dispatch a dependency graph from a JSON file"),
-    "task": ("cmd_tasks", "show one task with its full history"),
-    "tasks": ("cmd_tasks", "list tasks"),
+    "task": ("cmd_tasks", "show one task: its spec, state, full history and result"),
+    "tasks": ("cmd_tasks", "list the newest tasks (the newest last)"),
     "cancel": ("cmd_tasks", "cancel a task (a running one is stopped by its worker)"),
     "status": ("cmd_tasks", "fleet status: nodes and tasks"),
     "explain": ("cmd_brain", "say why a task is or is not running"),
@@ -75,8 +75,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command is "*") registers its commands in full, the others are summaries."""
     parser = _Parser(prog="meshkit", description="Run a small fleet of AI-agent machines.",
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="example:\n  python -m meshkit supervisor        # start on 127.0.0.1:8765\n"
-                            "  python -m meshkit dispatch echo --payload '{\"hi\": 1}' --wait")
+                     epilog="example:\n  python3 -m meshkit supervisor        # start on 127.0.0.1:8765\n"
+                            "  python3 -m meshkit dispatch echo --payload '{\"hi\": 1}' --wait")
     parser.add_argument("--version", action="version", version=f"meshkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     full = COMMAND_MODULES if command == "*" else [COMMANDS[command][0]] if command in COMMANDS else []

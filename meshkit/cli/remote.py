@@ -62,7 +62,8 @@ def make_client(args, cfg: Config, at_most: str = "admin"):
 def add_client_args(parser) -> None:
     add_config_arg(parser)
     parser.add_argument("--supervisor", metavar="URL",
-                        help="supervisor URL (default: $MESHKIT_SUPERVISOR, else from the config)")
+                        help="supervisor URL, http://HOST:PORT (default: $MESHKIT_SUPERVISOR, else <data_dir>/supervisor.url "
+                             "that a running supervisor writes, else the config's supervisor.listen)")
 
 
 def client_parser(sub, name: str, help: str, example: str):

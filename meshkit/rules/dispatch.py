@@ -123,13 +123,23 @@ def may_claim(task: dict, node: dict, fleet: Fleet) -> str | None:
     return blocks[0] if blocks else None
 
 
-def explain(task: dict, deps: list, fleet: Fleet, stale_after: float) -> dict:
-    """Decision for one task: {dispatch, reason, reasons, priority, class, target}."""
+def explain(task: dict, deps: list, fleet: Fleet, stale_after: float, start_timeout: float | None = None,
+            history: list | None = None) -> dict:
+    """Decision for one task: {dispatch, verdict, reason, reasons, priority, base_priority, class, target}.
+    `verdict` says in a few words where the task is ("queued, not dispatched", "running on `w1` since
+    12:00:00", "ended succeeded at 12:00:03"); `reasons` why, in full. Aging (`priority`) applies only
+    while a task waits to be dispatched: the priority of a task that was leased or ended is its own.
+    `class` always comes from the task's own priority (what a mode holds back; aging orders the queue
+    only). `start_timeout` (supervisor.start_timeout): when a leased task that never starts is requeued;
+    `history` (the task's rows): an ended task's last row says why it ended (a cancel's reason)."""
     state = task["state"]
-    prio = effective_priority(task["priority"], fleet.now - task["created_at"], fleet.policy.aging)
-    out = {"dispatch": False, "reasons": [], "priority": round(prio, 2),
-           "class": fleet.policy.class_of(task["priority"]), "target": [], "state": state}
+    base = task["priority"]
+    waits = state in ("waiting", "queued")
+    prio = effective_priority(base, fleet.now - task["created_at"], fleet.policy.aging) if waits else base
+    out = {"dispatch": False, "reasons": [], "priority": round(prio, 2), "base_priority": base,
+           "class": fleet.policy.class_of(base), "target": [], "state": state}
     if state == "waiting":
+        out["verdict"] = "waiting, not dispatched"
         for d in deps:
             if d["state"] != "succeeded":
                 where = f"{d['state']} on `{d['node']}`" if d.get("node") and d["state"] in ("leased", "running") else d["state"]
@@ -140,16 +150,69 @@ def explain(task: dict, deps: list, fleet: Fleet, stale_after: float) -> dict:
         reasons += node_reasons
         out["target"] = free
         out["reasons"] = reasons
+        out["verdict"] = "queued, not dispatched"
         if free and not fleet_blocks(task, fleet):
             out["dispatch"] = True
+            out["verdict"] = "queued, would dispatch now"
             out["reasons"] = [f"ready: the next claim from {', '.join(f'`{n}`' for n in free)} takes it"] + node_reasons
-    elif state in ("leased", "running"):
-        since = task.get("started_at") or task["updated_at"]
-        out["target"] = [task["node"]]
-        out["reasons"].append(f"{state} on `{task['node']}` since {clock_text(since)}, "
-                              f"lease until {clock_text(task['lease_deadline'])}"
-                              + (" (cancel requested)" if task.get("cancel_requested") else ""))
+    elif state == "leased":
+        node, cancel = task["node"], " (cancel requested)" if task.get("cancel_requested") else ""
+        out["target"] = [node]
+        out["verdict"] = f"leased to `{node}` at {clock_text(task['updated_at'])}, not started yet"
+        out["reasons"].append(out["verdict"] + "; " + requeue_text(task, fleet.now, start_timeout) + cancel)
+    elif state == "running":
+        node, cancel = task["node"], " (cancel requested)" if task.get("cancel_requested") else ""
+        out["target"] = [node]
+        out["verdict"] = f"running on `{node}` since {clock_text(task.get('started_at') or task['updated_at'])}"
+        out["reasons"].append(f"{out['verdict']}, lease until {clock_text(task['lease_deadline'])}{cancel}")
     else:
-        out["reasons"].append(f"ended {state}" + (f": {task['error']}" if task.get("error") else ""))
+        row = ending_row(history or [], state)
+        if row:
+            out["verdict"] = ended_text(state, row["at"], row["reason"])
+        else:       # no history given: the task's own error (a worker's bare "cancelled" says nothing more)
+            error = task.get("error")
+            out["verdict"] = ended_text(state, task["updated_at"], None if error == state else error)
+        out["reasons"].append(out["verdict"])
     out["reason"] = out["reasons"][0] if out["reasons"] else "no reason found"
     return out
+
+
+def requeue_text(task: dict, now: float, start_timeout: float | None) -> str:
+    """When a leased task its worker never starts goes back to the queue: after start_timeout
+    (the heal rule never_started, from the lease: updated_at), or when its lease ends if that is sooner."""
+    node, deadline = task["node"], task["lease_deadline"]
+    at, why = deadline, "its lease ends then"
+    if start_timeout is not None and task["updated_at"] + start_timeout < deadline:
+        at, why = task["updated_at"] + start_timeout, f"supervisor.start_timeout {start_timeout:g} s"
+    if at <= now:
+        return f"not started in time ({why}): requeued at the supervisor's next cycle"
+    return f"requeued at {clock_text(at)} if `{node}` has not started it by then ({why})"
+
+
+def ending_row(history: list, state: str) -> dict | None:
+    """The history row by which a task entered its end state `state`, if there is one."""
+    return next((h for h in reversed(history) if h.get("to") == state), None)
+
+
+def ended_text(state: str, at: float, detail: str | None) -> str:
+    """"ended failed at 12:00:03: exit code 3"; a success's detail says nothing more ("attempt succeeded")."""
+    return f"ended {state} at {clock_text(at)}" + (f": {detail}" if detail and state != "succeeded" else "")
+
+
+def headline(d: dict) -> str:
+    """`explain`'s first line from the decision as the API answers it (with its "task", "mode",
+    and "history" for an ended task), e.g. `t12: queued, not dispatched (priority 2, class P2;
+    aged to 21.27 for queue order; mode normal)` or `t12: ended cancelled at 12:00:03: wrong input
+    (priority 2, class P2)`. An ended task's words come from the history row that ended it, so a
+    cancel's reason shows even when the supervisor gave explain() no history."""
+    state, base = d["state"], d.get("base_priority", d["priority"])
+    verdict = d.get("verdict") or state
+    row = ending_row(d.get("history") or [], state) if state in ("succeeded", "failed", "cancelled") else None
+    if row:
+        verdict = ended_text(state, row["at"], row["reason"])
+    if state in ("waiting", "queued"):
+        aged = f"; aged to {d['priority']:.2f} for queue order" if d["priority"] != base else ""
+        figures = f"priority {base}, class {d['class']}{aged}; mode {d.get('mode', '?')}"
+    else:
+        figures = f"priority {base}, class {d['class']}"
+    return f"{d['task']}: {verdict} ({figures})"

@@ -250,10 +250,12 @@ class Brain:
             fleet = self.tasks.fleet_view(tx, now)
         memory = self.memory_view()
         fleet.memory = memory if memory["state"] == "shed" else None
-        decision = dispatch_rules.explain(task, deps, fleet, self.cfg.get("supervisor.stale_after"))
+        history = self.store.history(row["n"]) if task["state"] in ("succeeded", "failed", "cancelled") else None
+        decision = dispatch_rules.explain(task, deps, fleet, self.cfg.get("supervisor.stale_after"),
+                                          start_timeout=self.cfg.get("supervisor.start_timeout"), history=history)
         decision.update(task=tid, mode=self.mode_state.mode)
-        if task["state"] in ("succeeded", "failed", "cancelled"):
-            decision["history"] = self.store.history(row["n"])
+        if history is not None:
+            decision["history"] = history
         return decision
 
     def kinds(self) -> list:
