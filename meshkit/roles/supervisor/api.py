@@ -201,17 +201,16 @@ class Api:
 
     def _claim_waiting(self, req) -> tuple:
         """(when the claim's last pass over the queue began, what it leased) for a claim that may
-        wait: it tries, waits for a wake, tries again. Tasks.claim asks `connected` at the start
-        of every pass, so the time noted there starts the pass that leased: the claim latency
-        leaves the long-poll's idle wait out (the route's duration keeps it)."""
-        clock, connected = self.sup.clock, req.connected
+        wait: it tries, waits for a wake, tries again. The time noted as each pass begins starts
+        the pass that leased: the claim latency leaves the long-poll's idle wait out (the route's
+        duration keeps it)."""
+        clock = self.sup.clock
         began = [clock.monotonic()]
 
-        def connected_now():
+        def pass_begins():
             began[0] = clock.monotonic()
-            return connected()
 
-        leased = self.tasks.claim(req.json(), connected_now, True)
+        leased = self.tasks.claim(req.json(), req.connected, True, on_pass=pass_begins)
         return began[0], leased
 
     def start(self, req):

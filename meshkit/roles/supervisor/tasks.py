@@ -75,9 +75,10 @@ class Tasks:
 
     # -- claims -----------------------------------------------------------------
 
-    def claim(self, body: dict, connected=lambda: True, may_wait: bool = True):
+    def claim(self, body: dict, connected=lambda: True, may_wait: bool = True, on_pass=None):
         """Lease up to `max` tasks this node can run; hold the request up to `wait` seconds.
-        With may_wait False, None instead of waiting (the caller asks again where it may wait)."""
+        With may_wait False, None instead of waiting (the caller asks again where it may wait).
+        on_pass(): called as each pass over the queue begins (the claim latency's start)."""
         wire.validate(body, wire.CLAIM, "claim")
         node = body["node"]
         want = body.get("max", 1)
@@ -91,6 +92,8 @@ class Tasks:
             return leased if leased or wait <= 0 or self.draining else None
         deadline = self.clock.monotonic() + wait
         while True:
+            if on_pass is not None:
+                on_pass()
             with self.cond:
                 generation = self.generation
             if not connected() or not self.accepting():   # hung-up worker, or we were fenced meanwhile
