@@ -62,6 +62,10 @@ class StatusPage(unittest.TestCase):
         self.assertNotIn("pi-kitchen", html)
         for _, (_, secret) in self.fleet.keys.items():
             self.assertNotIn(secret, html)
+        # without JavaScript (curl, w3m) it says what it needs and where else to look
+        noscript = re.search(r"<noscript>(.*?)</noscript>", html, re.S).group(1)
+        self.assertIn("/v1/overview", noscript)
+        self.assertIn("python3 -m meshkit status", noscript)
 
     def test_overview_needs_the_viewer_token(self):
         url = self.fleet.url + "/v1/overview"

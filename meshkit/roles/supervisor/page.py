@@ -60,6 +60,9 @@ It stays in this tab (sessionStorage).</p>
 <form id="loginform"><input id="token" type="password" autocomplete="off" placeholder="viewer secret" required>
 <button type="submit">Show the fleet</button></form>
 <p id="loginerr" class="err"></p></section></div>
+<noscript><p class="err">This page needs JavaScript: it reads <code>/v1/overview</code> with a viewer token.
+Without it: <code>python3 -m meshkit status</code>, or
+<code>curl -H "Authorization: Bearer VIEWER_SECRET" http://HOST:PORT/v1/overview</code>.</p></noscript>
 <main id="app" class="hidden">
 <p id="problem" class="err"></p>
 <section><h2>Tasks</h2><div id="counts" class="counts"></div>
