@@ -10,7 +10,11 @@ round_refused line says what was refused and why, and /metrics counts the 503 th
     get 503 store_error "disk is full" with Retry-After; the log has no task_dispatched,
     task_leased or task_result line for them and one round_refused line naming the three
     routes; /metrics counts 503 for each, not 201/200; once space is freed the same requests
-    work and each task id is named by one task_dispatched line.
+    work and each task id is named by one task_dispatched line;
+  - a real supervisor whose database another process holds locked (BEGIN IMMEDIATE): graph
+    requests, answered on a thread, not in a round, get 503 store_error "busy" and are logged
+    in the same round_refused lines (rounds 0): the first at once, the rest, with a refused
+    round's dispatch, in one line carrying the sums (at shutdown here); /metrics counts 503.
 """
 
 import http.client
@@ -27,7 +31,7 @@ import time
 import unittest
 
 from tests.helpers import register
-from tests.test_diskfault import WHY_NOT, supervisor_on_tmpfs
+from tests.test_diskfault import WHY_NOT, locked_supervisor, release, supervisor_on_tmpfs
 from tests.test_supervisor_logs import events, log_lines
 
 from meshkit.adapters.log import Logger, Throttle
@@ -236,6 +240,45 @@ class DiskFullRound(unittest.TestCase):
         print(f"\n  disk full: one round of dispatch + claim + result refused (503, Retry-After 5); "
               f"log: one round_refused line (routes {line['routes']}, {line['dropped_lines']} lines dropped), "
               f"no phantom task lines; /metrics 503 x3; space freed: all three work", file=sys.stderr)
+
+
+class ThreadedRouteRefused(unittest.TestCase):
+    def answer(self, fleet, role, path, body) -> tuple:
+        conn = signed_conn(fleet, role, "POST", path, body)
+        try:
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())["error"], resp.getheader("Retry-After")
+        finally:
+            conn.close()
+
+    def test_a_store_error_on_a_thread_is_logged_rate_limited_with_the_rounds(self):
+        fleet, _, _, _, holder = locked_supervisor(self)
+        graph = {"tasks": [{"name": "a", "kind": "l"}, {"name": "b", "kind": "l", "after": ["a"]}]}
+        answers = [self.answer(fleet, "admin", "/v1/graph", graph) for _ in range(3)]
+        answers.append(self.answer(fleet, "admin", "/v1/tasks", {"kind": "l", "key": "round"}))   # in a round
+        for status, error, retry_after in answers:
+            self.assertEqual((status, error["code"], retry_after), (503, "store_error", "1"), answers)
+            self.assertIn("busy", error["message"])
+
+        def refused():
+            return [r for r in events(log_lines(fleet), "round_refused") if "busy" in r["error"]]
+        (first,) = refused()                         # the window's first, at once; the rest wait for its end
+        self.assertEqual((first["level"], first["status"], first["code"], first["requests"], first["rounds"],
+                          first["routes"], first["dropped_lines"]),
+                         ("error", 503, "store_error", 1, 0, {"graph": 1}, 0))
+        release(holder)
+        text = scrape(fleet)
+        self.assertEqual([metric(text, "graph", 503), metric(text, "graph", 201), metric(text, "dispatch", 503)],
+                         [3, 0, 1], text)
+        self.assertEqual(fleet.stop(), 0)
+        lines = refused()
+        self.assertEqual(len(lines), 2, lines)
+        rest = lines[1]
+        self.assertEqual((rest["requests"], rest["rounds"], rest["routes"], rest["window"]),
+                         (3, 1, {"graph": 2, "dispatch": 1}, 10.0))
+        print(f"\n  database locked by another process: 3 graph requests (on a thread) and a dispatch refused "
+              f"(503 busy); log: {len(lines)} round_refused lines ({first['routes']}, then {rest['routes']})",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

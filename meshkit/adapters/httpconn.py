@@ -83,8 +83,10 @@ class LoopHandler(Handler):
     def refuse(self, error: MeshkitError) -> str:
         """Replace the answer: the batch this request's work was in did not commit. What
         /metrics counts follows (the status sent, not the one its handler wrote); a request
-        that was to wait (WouldWait) after its work is counted now. Its route's name."""
-        route = getattr(self, "_route_name", "unmatched")
+        that was to wait (WouldWait) after its work is counted now; a store error of its own
+        is left to the round's log line. Its route's name."""
+        route = self.route
+        self.failed = None
         if self.counted is not None:
             req, _, _, seconds = self.counted
             self.counted = (req, route, error.status, seconds)
@@ -95,6 +97,10 @@ class LoopHandler(Handler):
         retry = error.details.get("retry_after")
         self._write(encode_json(error.status, error.to_json(), {"Retry-After": str(retry)} if retry else None))
         return route
+
+    @property
+    def route(self) -> str:
+        return getattr(self, "_route_name", "unmatched")
 
     def answer(self) -> bytes:
         return self.wfile.getvalue()

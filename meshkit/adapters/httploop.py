@@ -252,11 +252,13 @@ class LoopServer(http.server.HTTPServer):
         for conn, _ in answered:
             self._process(conn)                             # pipelined requests: the next round
 
-    def _refused(self, error: MeshkitError, routes: list, dropped: int) -> None:
+    def _refused(self, error: MeshkitError, routes: list, dropped: int, rounds: int = 1) -> None:
         """One line for a refused round (event round_refused): how many requests got which
         error, their routes, how many of their log lines were dropped. While rounds keep
         failing (a full disk, a database locked by another process), at most one line per
-        error per REFUSED_EVERY seconds, the next one carrying the sums (log.Throttle)."""
+        error per REFUSED_EVERY seconds, the next one carrying the sums (log.Throttle).
+        A request answered with a store error outside a refused round (on a thread: graph,
+        mode, leases, promote...; _answer) is added the same way, with rounds=0."""
         if self._refusals is None or not routes:
             return
         by_route = {}
@@ -264,7 +266,7 @@ class LoopServer(http.server.HTTPServer):
             by_route[route] = by_route.get(route, 0) + 1
         self._refusals.note((error.status, error.code, error.message), self.app.clock.monotonic(),
                             {"status": error.status, "code": error.code, "error": error.message},
-                            {"requests": len(routes), "rounds": 1, "routes": by_route, "dropped_lines": dropped})
+                            {"requests": len(routes), "rounds": rounds, "routes": by_route, "dropped_lines": dropped})
 
     def _on_thread(self, conn: Conn, handler: LoopHandler, work) -> None:
         try:
@@ -302,6 +304,8 @@ class LoopServer(http.server.HTTPServer):
     def _answer(self, conn: Conn, handler: LoopHandler) -> None:
         if handler.counted is not None:     # counted before the answer leaves: a scrape next sees it
             self.app.on_response(*handler.counted)
+        if handler.failed is not None:      # a store error not in a refused round (refuse() clears it)
+            self._refused(handler.failed, [handler.route], 0, rounds=0)
         conn.out = handler.answer()
         conn.close_after = handler.close_connection or conn.eof
         conn.linger = handler.linger and not conn.eof

@@ -14,7 +14,7 @@ import urllib.parse
 
 from meshkit.adapters.httpapp import Raw, Request, Route, WouldWait, body_length, encode_json, query_dict, split_target
 from meshkit.adapters.httphead import HeadError, parse_version, read_headers
-from meshkit.core.errors import BadRequest, MeshkitError, MethodNotAllowed, Unavailable
+from meshkit.core.errors import BadRequest, MeshkitError, MethodNotAllowed, StoreError, Unavailable
 
 
 class _Running:
@@ -41,6 +41,7 @@ _STATUS_LINES = {int(status): f"HTTP/1.1 {int(status)} {phrase}\r\n"
 
 class Handler(http.server.BaseHTTPRequestHandler):
     may_wait = True                     # the loop's handler (httploop) says False
+    failed = None                       # the StoreError answered, if any (httploop logs it: _refused)
     protocol_version = "HTTP/1.1"
     server_version = "meshkit"
     sys_version = ""
@@ -194,6 +195,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             result = work()
             return result if isinstance(result, Raw) else encode_json(200, result)
         except MeshkitError as e:
+            if isinstance(e, StoreError):
+                self.failed = e
             extra = {}
             if isinstance(e, MethodNotAllowed):
                 extra["Allow"] = e.details.get("allow", "")
