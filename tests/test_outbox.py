@@ -1,13 +1,29 @@
-"""The durable outbox: one atomic file per result, exclusive per directory."""
+"""The durable outbox: one atomic file per result, exclusive per directory.
 
+Across versions, through a real supervisor (its database read for the tasks' states): an
+entry written with the trace id inside NAME.json (the layout before .NAME.local) and one
+written now (body + .NAME.local) are both delivered by the worker's sender, each line
+carrying its trace id; a worker from before the trace id (it sends each *.json entry whole)
+gets an entry written now accepted, and the .local it leaves is removed at the next open."""
+
+import io
 import json
 import os
+import random
 import shutil
+import sqlite3
 import tempfile
 import unittest
 
+from tests.helpers import Fleet, register
+
+from meshkit.adapters.log import Logger
 from meshkit.adapters.outbox import Outbox, entry_name
+from meshkit.core.clock import REAL
 from meshkit.core.errors import LockHeld
+from meshkit.roles.worker.link import Link
+from meshkit.roles.worker.results import Sender
+from meshkit.rules.breaker import Breaker
 
 
 def body(task, fence, finished_at=1.0, **extra):
@@ -69,6 +85,71 @@ class OutboxTest(unittest.TestCase):
                 else:
                     self.assertNotIn("/", name)
                     self.assertTrue(name.endswith(f".{fence}.json"))
+
+
+def sent_whole(directory: str, client) -> list:
+    """A worker from before the trace id: each *.json entry (hidden ones skipped) is read
+    and sent as it is; acknowledged, its file is removed (that version's pending/remove)."""
+    answers = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json") and not name.startswith("."):
+            with open(os.path.join(directory, name), "rb") as f:
+                answers.append(client.request("POST", "/v1/results", json.loads(f.read())))
+            if answers[-1][0] == 200:
+                os.unlink(os.path.join(directory, name))
+    return answers
+
+
+class AcrossVersions(unittest.TestCase):
+    def test_each_layout_is_delivered_and_a_downgraded_worker_sends_the_new_one(self):
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        fleet.start_supervisor()
+        admin, worker = fleet.client("admin"), fleet.client("worker")
+        register(worker, "w1", kinds=("d",), slots=3)
+        formats = ("downgraded", "inside", "beside")
+        for f in formats:
+            admin.call("POST", "/v1/tasks", {"kind": "d", "key": f, "trace_id": f"trace-{f}"})
+        leased = worker.call("POST", "/v1/claim", {"node": "w1", "max": 3, "wait": 0})["tasks"]
+        entries = {}
+        for t in leased:
+            worker.call("POST", f"/v1/tasks/{t['id']}/start", {"node": "w1", "fence": t["fence"]})
+            f = t["trace_id"][len("trace-"):]
+            entries[f] = {"task": t["id"], "fence": t["fence"], "node": "w1", "outcome": "succeeded",
+                          "ended_by": "exit", "exit_code": 0, "result": {"format": f}, "finished_at": 1.0,
+                          "trace_id": t["trace_id"]}
+        self.assertEqual(sorted(entries), sorted(formats))
+        d = os.path.join(fleet.dir, "outbox")
+
+        ob = Outbox(d)                                    # written now, then the worker downgraded
+        name = ob.put(entries["downgraded"])
+        ob.close()
+        self.assertEqual(sorted(os.listdir(d)), [".lock", f".{name}.local", name])
+        self.assertEqual([(status, answer.get("state")) for status, answer in sent_whole(d, worker)],
+                         [(200, "succeeded")])
+
+        ob = Outbox(d)                                    # upgraded again
+        self.addCleanup(ob.close)
+        self.assertEqual(os.listdir(d), [".lock"], "the .local the old worker left is removed")
+        inside = entry_name(entries["inside"]["task"], entries["inside"]["fence"])
+        with open(os.path.join(d, inside), "w") as f:    # as the version before .local wrote it
+            json.dump(entries["inside"], f)
+        ob.put(entries["beside"])
+        stream = io.StringIO()
+        log = Logger("worker", stream=stream)
+        link = Link([worker], Breaker(), REAL, log)
+        Sender(ob, link, REAL, random.random, 0.1, 1.0, log).step(force=True)
+        self.assertEqual((ob.pending(), os.listdir(d)), ([], [".lock"]))
+        delivered = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.assertEqual(sorted((r["event"], r["task"], r.get("trace_id")) for r in delivered),
+                         sorted(("result_delivered", entries[f]["task"], f"trace-{f}") for f in ("inside", "beside")))
+
+        db = sqlite3.connect(f"file:{os.path.join(fleet.dir, 'data', 'meshkit.db')}?mode=ro", uri=True)
+        self.addCleanup(db.close)
+        for f, e in entries.items():
+            with self.subTest(format=f):
+                row = db.execute("SELECT state, result FROM tasks WHERE n = ?", (int(e["task"][1:]),)).fetchone()
+                self.assertEqual((row[0], json.loads(row[1])["result"]), ("succeeded", {"format": f}))
 
 
 if __name__ == "__main__":

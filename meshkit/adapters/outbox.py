@@ -4,6 +4,14 @@ A result is written (temp file, fsync, rename, fsync of the directory) before it
 sent and removed only when the supervisor acknowledges it, so a worker killed at any
 point sends it again after a restart; the supervisor's (task, fence) idempotency makes
 the resend harmless. One worker per outbox: an fcntl lock on DIR/.lock, held while open.
+
+An entry is two files: NAME.json holds exactly the body the supervisor is sent, and
+.NAME.json.local the worker's own fields (LOCAL: the trace id for its log lines), when it has any.
+A worker from before the trace id reads every *.json entry and sends it whole; the
+supervisor refuses unknown fields (400), so a trace id in NAME.json would have its result
+dropped after a downgrade. Such a worker ignores the hidden .local file (a left-over one is
+removed when the outbox opens next). An entry written with the trace id inside NAME.json
+(the version before this layout) is still read and sent (the sender strips LOCAL).
 """
 
 import fcntl
@@ -15,6 +23,7 @@ import re
 from meshkit.adapters.atomic import write_bytes
 from meshkit.core.errors import LockHeld
 
+LOCAL = ("trace_id",)           # an entry's fields for the worker's own log lines: never sent, kept in .NAME.local
 
 def entry_name(task, fence) -> str:
     task = str(task)
@@ -33,6 +42,7 @@ class Outbox:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise LockHeld(f"another worker is using the outbox in {directory}") from None
+        self._forget_stray_locals()
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -47,18 +57,52 @@ class Outbox:
             os.close(fd)
 
     def put(self, result: dict) -> str:
-        """Store a result durably; returns its entry name. Replaces one with the same (task, fence)."""
+        """Store a result durably; returns its entry name. Replaces one with the same (task, fence).
+        Its LOCAL fields go to .NAME.local first (not fsynced: they only name log lines)."""
         name = entry_name(result["task"], result["fence"])
-        write_bytes(os.path.join(self.dir, name), json.dumps(result, separators=(",", ":")).encode(), 0o600)
+        body = {k: v for k, v in result.items() if k not in LOCAL}
+        local = {k: result[k] for k in LOCAL if result.get(k) is not None}
+        if local:
+            write_bytes(self._local(name), json.dumps(local, separators=(",", ":")).encode(), 0o600, fsync=False)
+        else:
+            self._unlink(self._local(name))
+        write_bytes(os.path.join(self.dir, name), json.dumps(body, separators=(",", ":")).encode(), 0o600)
         self._sync_dir()
         return name
 
     def remove(self, name: str) -> None:
+        gone = self._unlink(os.path.join(self.dir, name))
+        self._unlink(self._local(name))
+        if gone:
+            self._sync_dir()
+
+    def _local(self, name: str) -> str:
+        return os.path.join(self.dir, f".{name}.local")
+
+    @staticmethod
+    def _unlink(path: str) -> bool:
         try:
-            os.unlink(os.path.join(self.dir, name))
+            os.unlink(path)
+            return True
         except FileNotFoundError:
-            return
-        self._sync_dir()
+            return False
+
+    def _read_local(self, name: str) -> dict:
+        """An entry's LOCAL fields from .NAME.local; none if it is missing or unreadable."""
+        try:
+            with open(self._local(name), "rb") as f:
+                local = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        return {k: local[k] for k in LOCAL if k in local} if isinstance(local, dict) else {}
+
+    def _forget_stray_locals(self) -> None:
+        """.NAME.local files whose entry is gone (sent by a worker from before them, set aside
+        as *.bad, or a crash between the two unlinks of remove())."""
+        names = set(os.listdir(self.dir))
+        for n in names:
+            if n.startswith(".") and n.endswith(".json.local") and n[1:-len(".local")] not in names:
+                self._unlink(os.path.join(self.dir, n))
 
     def pending(self) -> list:
         """[(entry name, result)] oldest first (by finished_at). Unreadable entries are skipped
@@ -79,6 +123,8 @@ class Outbox:
                 os.replace(path, path + ".bad")
                 self.on_bad(path + ".bad", str(e)[:200])
                 continue
+            for k, v in self._read_local(name).items():
+                result.setdefault(k, v)      # (an entry with them inside keeps its own)
             out.append((name, result))
         out.sort(key=lambda e: (e[1].get("finished_at") or 0, e[0]))
         return out

@@ -13,13 +13,15 @@ The result body follows wire.RESULT. Delivery answers are classified:
            the worker stops (on_refused) and the next start sends them
 A result the outbox cannot hold (its disk is full) is sent at once instead (send_now, from the
 task's thread: jobs.py _store); acknowledged, there is nothing to keep.
-An outbox entry is the wire body plus the worker's own fields (LOCAL: the task's trace id, for
-the log lines about its delivery), which are never sent; an entry from before them has none.
+An outbox entry is the wire body plus the worker's own fields (outbox.LOCAL: the task's trace
+id, for the log lines about its delivery), which are never sent; the outbox keeps them beside
+the body, an entry from before them has none.
 An attempt the worker ended because it is itself stopping says so: ended_by "shutdown"
 (wire.SHUTDOWN); to a supervisor from before that value (400 on field ended_by) it is
 resent in the older form, ended_by "signal" with error policy.WORKER_SHUTDOWN.
 """
 
+from meshkit.adapters.outbox import LOCAL
 from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.core.wire import SHUTDOWN
 from meshkit.rules import backoff
@@ -27,7 +29,6 @@ from meshkit.rules.policy import WORKER_SHUTDOWN
 
 MAX_TAIL_CHARS = 65536          # wire.MAX_STR
 REFUSED = "result refused by the supervisor"
-LOCAL = ("trace_id",)           # outbox entry fields for the worker's own log lines: not in wire.RESULT
 
 
 def wire_body(entry: dict) -> dict:
