@@ -54,6 +54,17 @@ class OutboxTest(unittest.TestCase):
         self.assertEqual(oct(os.stat(os.path.join(self.d, "t2.5.json")).st_mode & 0o777), "0o600")
         ob.close()
 
+    def test_an_entry_with_its_trace_id_inside_is_rewritten_beside_at_open(self):
+        os.makedirs(self.d)
+        with open(os.path.join(self.d, "t1.3.json"), "w") as f:     # as the version before .local wrote it
+            json.dump(body("t1", 3, trace_id="tr-1"), f)
+        ob = Outbox(self.d)
+        self.addCleanup(ob.close)
+        with open(os.path.join(self.d, "t1.3.json")) as f:
+            self.assertEqual(json.load(f), body("t1", 3), "NAME.json is now exactly the body sent")
+        self.assertEqual(ob.pending(), [("t1.3.json", body("t1", 3, trace_id="tr-1"))])
+        self.assertEqual(sorted(os.listdir(self.d)), [".lock", ".t1.3.json.local", "t1.3.json"])
+
     def test_one_worker_per_outbox(self):
         ob = Outbox(self.d)
         with self.assertRaises(LockHeld):

@@ -11,7 +11,7 @@ A worker from before the trace id reads every *.json entry and sends it whole; t
 supervisor refuses unknown fields (400), so a trace id in NAME.json would have its result
 dropped after a downgrade. Such a worker ignores the hidden .local file (a left-over one is
 removed when the outbox opens next). An entry written with the trace id inside NAME.json
-(the version before this layout) is still read and sent (the sender strips LOCAL).
+(the version before this layout) is rewritten in this layout when the outbox opens.
 """
 
 import fcntl
@@ -43,6 +43,7 @@ class Outbox:
             os.close(self._lock_fd)
             raise LockHeld(f"another worker is using the outbox in {directory}") from None
         self._forget_stray_locals()
+        self._move_locals_out()
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -103,6 +104,13 @@ class Outbox:
         for n in names:
             if n.startswith(".") and n.endswith(".json.local") and n[1:-len(".local")] not in names:
                 self._unlink(os.path.join(self.dir, n))
+
+    def _move_locals_out(self) -> None:
+        """Entries written with their LOCAL fields inside NAME.json (the layout before .local)
+        are rewritten in the current layout, so a downgrade after this start sends them too."""
+        for _, result in self.pending():
+            if any(k in result for k in LOCAL):
+                self.put(result)
 
     def pending(self) -> list:
         """[(entry name, result)] oldest first (by finished_at). Unreadable entries are skipped
