@@ -10,6 +10,7 @@ import unittest
 import urllib.error
 import urllib.request
 
+from meshkit.rules.policy import quarantine_last_error, quarantine_reason
 from tests.helpers import Fleet
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -99,6 +100,7 @@ class StatusPage(unittest.TestCase):
         self.assertIn("exit 3: &lt;b&gt;boom&lt;/b&gt;", dom)      # a failure reason, as text, never HTML
         self.assertNotIn("<b>boom</b>", dom)
         self.assertIn("mode normal", dom)
+        self.assertIn('<section id="quarantine" class="hidden">', dom)     # no kind is quarantined
         self.assertNotIn(secret_of(self.fleet, "viewer"), dom)    # the token left the address bar
 
     @unittest.skipUnless(CHROMIUM, "chromium is not installed (Debian package chromium)")
@@ -110,6 +112,64 @@ class StatusPage(unittest.TestCase):
         refused = self.chromium("#token=" + secret_of(self.fleet, "admin"))
         self.assertIn("That token was refused", refused)
         self.assertNotIn("pi-kitchen", refused)
+
+
+class QuarantinedKinds(unittest.TestCase):
+    """A quarantined kind on the page: since when, the failures in a row, the last error (as
+    text), and the command that releases it."""
+    ERROR = "exit code 3: <img src=x onerror=alert(1)>"
+
+    @classmethod
+    def setUpClass(cls):
+        fleet = cls.fleet = Fleet(supervisor__cycle=0.2, tasks__quarantine_after=2)
+        fleet.start_supervisor()
+        admin, worker = fleet.client("admin"), fleet.client("worker")
+        worker.call("POST", "/v1/heartbeat", {"node": "pi", "kinds": ["flaky", "echo"], "slots": 1})
+        for error in ("exit code 1: first", cls.ERROR):
+            admin.call("POST", "/v1/tasks", {"kind": "flaky", "max_attempts": 1})
+            t = worker.call("POST", "/v1/claim", {"node": "pi", "wait": 0})["tasks"][0]
+            worker.call("POST", "/v1/results", {"task": t["id"], "fence": t["fence"], "node": "pi",
+                                                "outcome": "failed", "error": error})
+        admin.close()
+        worker.close()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fleet.close()
+
+    def test_the_overview_says_since_when_why_and_how_to_release(self):
+        _, _, body = get(self.fleet.url + "/v1/overview", secret_of(self.fleet, "viewer"))
+        data = json.loads(body)
+        [q] = data["quarantined"]
+        self.assertEqual((q["kind"], q["failures_in_a_row"], q["last_error"]), ("flaky", 2, self.ERROR))
+        self.assertEqual(q["reason"], "2 failures in a row, last: " + self.ERROR)
+        self.assertEqual(q["release"], "python3 -m meshkit kinds resume flaky")
+        self.assertLessEqual(q["since"], data["server_time"])
+        self.assertGreater(q["since"], data["server_time"] - 60)
+        # the page reads those fields, and puts them in the DOM as text only
+        _, _, page = get(self.fleet.url + "/")
+        html = page.decode()
+        for field in ("d.quarantined", "q.since", "q.failures_in_a_row", "q.last_error", "q.release"):
+            self.assertIn(field, html)
+        self.assertNotIn("innerHTML", html)
+
+    def test_the_last_error_is_read_back_from_the_stored_reason(self):
+        self.assertEqual(quarantine_last_error(quarantine_reason(3, "x, last: y")), "x, last: y")
+        self.assertIsNone(quarantine_last_error(quarantine_reason(3, None)))
+        self.assertIsNone(quarantine_last_error(None))
+
+    @unittest.skipUnless(CHROMIUM, "chromium is not installed (Debian package chromium)")
+    def test_a_person_sees_the_quarantined_kind(self):
+        dom = StatusPage.chromium(self, "#token=" + secret_of(self.fleet, "viewer"))
+        self.assertIn('<section id="quarantine" class="">', dom)
+        row = re.search(r'<tr data-kind="flaky">(.*?)</tr>', dom).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        self.assertEqual(cells[0], "flaky")
+        self.assertRegex(cells[1], r"\(\d+s ago\)$")
+        self.assertEqual(cells[2], "2")
+        self.assertEqual(cells[3], "exit code 3: &lt;img src=x onerror=alert(1)&gt;")     # text, never HTML
+        self.assertEqual(cells[4], "<code>python3 -m meshkit kinds resume flaky</code>")
+        self.assertNotIn("<img", dom)
 
 
 if __name__ == "__main__":

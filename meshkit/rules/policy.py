@@ -160,3 +160,19 @@ def kind_verdict(outcome: str, ended_by: str, exit_code, output: str, error, kin
     if stopped_by_worker(ended_by, error) or is_transient(ended_by, exit_code, output, error, kind):
         return None
     return "count"
+
+
+QUARANTINE_LAST = ", last: "      # in a quarantine reason: what follows is the last failure's error
+QUARANTINE_ERROR_CHARS = 120
+
+
+def quarantine_reason(failures: int, error) -> str:
+    """Why a kind was quarantined, as the kinds table keeps it (explain and `kinds` show it):
+    "3 failures in a row, last: exit code 3"."""
+    return f"{failures} failures in a row" + (f"{QUARANTINE_LAST}{error[:QUARANTINE_ERROR_CHARS]}" if error else "")
+
+
+def quarantine_last_error(reason) -> str | None:
+    """The last failure's error in a reason made by quarantine_reason(), or None (no error given)."""
+    _, sep, error = (reason or "").partition(QUARANTINE_LAST)
+    return error if sep else None

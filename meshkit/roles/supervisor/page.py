@@ -7,8 +7,11 @@ only a viewer key's secret is accepted as a bearer token (never worker or admin)
 Data goes into the DOM with textContent only, never as HTML.
 """
 
+import shlex
+
 from meshkit.adapters.httpapp import Raw
 from meshkit.adapters.storetx import task_id
+from meshkit.rules.policy import quarantine_last_error
 
 REFRESH_SECONDS = 5
 MAX_RUNNING = 200
@@ -67,6 +70,11 @@ Without it: <code>python3 -m meshkit status</code>, or
 <p id="problem" class="err"></p>
 <section><h2>Tasks</h2><div id="counts" class="counts"></div>
 <p class="muted" id="oldest"></p><p id="notes"></p></section>
+<section id="quarantine" class="hidden"><h2>Quarantined kinds</h2>
+<p class="muted">No task of these kinds is handed out (they stay queued) until the kind is released
+with the admin key: the command in the last column.</p>
+<table><thead><tr><th>kind</th><th>since</th><th>failures in a row</th><th>last error</th>
+<th>release with</th></tr></thead><tbody id="quarantined"></tbody></table></section>
 <section><h2>Nodes</h2><table><thead><tr><th>node</th><th>health</th><th>last seen</th>
 <th>running / slots</th><th>load 1m</th><th>mem free</th><th>disk free</th><th>capabilities</th></tr></thead>
 <tbody id="nodes"></tbody></table></section>
@@ -135,13 +143,18 @@ function render(d) {
   $("oldest").textContent = "oldest queued task: " + age(st.oldest_queued_age);
   const notes = [];
   if (st.mode_reason) notes.push("mode: " + st.mode_reason);
-  if (st.quarantined && st.quarantined.length) notes.push("quarantined kinds: " + st.quarantined.map((q) => q.kind || q.name || q).join(", "));
   if (st.last_cycle_error) notes.push("cycle error: " + st.last_cycle_error);
   (st.leases || []).forEach((l) => notes.push("lease " + l.name + ": " + l.explain));
   (st.sync || []).forEach((j) => notes.push("sync " + j.job + ": " + (j.last_result || "?") + ", last success " +
       (j.last_success ? age(now - j.last_success) + " ago" : "never") + ", " + (j.consecutive_failures || 0) + " failures in a row"));
   if (st.replication && st.replication.lag_changes) notes.push("replication lag: " + st.replication.lag_changes + " changes");
   $("notes").textContent = notes.join(" \\u00b7 ");
+  const quarantined = d.quarantined || [];
+  $("quarantine").classList.toggle("hidden", !quarantined.length);
+  fill("quarantined", quarantined.map((q) => { const r = row([q.kind,
+      q.since ? new Date(q.since * 1000).toLocaleString() + " (" + age(now - q.since) + " ago)" : "-",
+      q.failures_in_a_row, q.last_error || q.reason || "-", el("code", q.release)]);
+      r.dataset.kind = q.kind; return r; }), "no kind is quarantined", 5);
   fill("nodes", (st.nodes || []).map((n) => { const r = row([n.name, health(n.state), age(n.last_seen_age) + " ago",
       (n.running || 0) + " / " + (n.slots || 1), n.load && n.load.length ? n.load[0].toFixed(2) : "-",
       bytes(n.mem_available), bytes(n.disk_free), (n.capabilities || []).join(", ") || "-"]);
@@ -190,8 +203,18 @@ def _tasks(store, where: str, order: str, limit: int) -> list:
              "error": (r["error"] or "")[:REASON_CHARS] or None, "trace_id": r["trace_id"]} for r in rows]
 
 
+def quarantined(kinds: list) -> list:
+    """The quarantined kinds (status()["quarantined"]) as the page shows them: since when, the
+    failures in a row, the last failure's error, and the command that releases the kind."""
+    return [{"kind": k["kind"], "since": k["since"], "failures_in_a_row": k["failures_in_a_row"],
+             "reason": k["reason"], "last_error": quarantine_last_error(k["reason"]),
+             "release": f"python3 -m meshkit kinds resume {shlex.quote(k['kind'])}"} for k in kinds]
+
+
 def overview(sup) -> dict:
     """GET /v1/overview (viewer): what the page shows, in one answer."""
-    return {"status": sup.status(), "server_time": sup.clock.time(),
+    status = sup.status()
+    return {"status": status, "server_time": sup.clock.time(),
+            "quarantined": quarantined(status["quarantined"]),
             "running": _tasks(sup.store, "state IN ('leased','running')", "n", MAX_RUNNING),
             "failures": _tasks(sup.store, "state='failed'", "updated_at DESC", MAX_FAILURES)}

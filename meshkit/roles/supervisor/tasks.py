@@ -15,7 +15,7 @@ from meshkit.core.errors import BadRequest, Conflict, StaleFence, UnknownNode
 from meshkit.rules import backoff, fsm
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules.config import Config
-from meshkit.rules.policy import Policy, kind_verdict
+from meshkit.rules.policy import Policy, kind_verdict, quarantine_reason
 from meshkit.roles.supervisor import cancel, heartbeat, queue
 
 MAX_WAIT = 60.0
@@ -336,7 +336,7 @@ class Tasks:
         limit = self.policy.kind(kind).quarantine_after
         limit = self.cfg.get("tasks.quarantine_after") if limit is None else limit
         if limit and failures["failures"] >= limit and not failures["quarantined"]:
-            reason = f"{failures['failures']} failures in a row" + (f", last: {error[:120]}" if error else "")
+            reason = quarantine_reason(failures["failures"], error)
             tx.execute("UPDATE kinds SET quarantined=1, since=?, reason=? WHERE kind=?", (now, reason, kind))
             self.log.warning("kind_quarantined", kind=kind, reason=reason)
 
