@@ -16,6 +16,11 @@ from meshkit.rules.config import render_default_toml
 
 UNIT_DIR = os.path.join(ROOT, "systemd")
 MINE = {"meshkit-supervisor.service": "-500", "meshkit-worker.service": "500", "meshkit-watchdog.service": None}
+# Exit codes no restart can fix: 2 bad config or usage, 3 the worker's key refused for good.
+# The supervisor restarts after 2: it also means its listen address could not be bound
+# (in use, or not on this machine yet at boot), which can clear by itself.
+NO_RESTART = {"meshkit-supervisor.service": set(), "meshkit-worker.service": {"2", "3"},
+              "meshkit-watchdog.service": {"2"}}
 ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -72,6 +77,15 @@ class UnitContents(unittest.TestCase):
                 self.assertIn("StartLimitBurst", unit)
                 if oom:
                     self.assertEqual(svc["OOMScoreAdjust"], [oom])
+
+    def test_a_config_error_is_not_restarted(self):
+        units = self.units()
+        for name, wanted in NO_RESTART.items():
+            with self.subTest(name):
+                svc = units[name]["Service"]
+                got = {code for value in svc.get("RestartPreventExitStatus", []) for code in value.split()}
+                self.assertEqual(got, wanted)
+                self.assertEqual(svc["Restart"], ["always"])      # everything else restarts (70, 75, ...)
 
     def test_restart_delay_can_never_trip_the_start_limit(self):
         """With restarts RestartSec apart, at most interval/RestartSec + 1 starts fit in the
@@ -192,6 +206,26 @@ class Command(unittest.TestCase):
             wrong = meshkit("systemd", "worker", "--config", config, "--source", "x")
             self.assertEqual(wrong.returncode, 2)
             self.assertIn("--source and --dest are for the sync roles", wrong.stderr)
+
+    def test_the_roles_exit_2_on_a_bad_config(self):
+        """What RestartPreventExitStatus=2 relies on: a config error, whether the file's or the
+        role's own check, exits 2 with one line naming the file and key."""
+        with tempfile.TemporaryDirectory() as d:
+            bad = os.path.join(d, "bad.toml")
+            with open(bad, "w") as f:
+                f.write('[worker]\nslots = "many"\n')
+            empty = os.path.join(d, "empty.toml")       # no [worker.kinds.NAME]
+            open(empty, "w").close()
+            init = meshkit("init", "--dir", os.path.join(d, "ok"))
+            self.assertEqual(init.returncode, 0, init.stderr)
+            ok = os.path.join(d, "ok", "meshkit.toml")      # keys, but no watchdog URLs
+            for role, own in (("worker", (empty, "worker.kinds")), ("watchdog", (ok, "watchdog.primary"))):
+                for config, key in ((bad, "worker.slots"), own):
+                    with self.subTest(role=role, key=key):
+                        p = meshkit(role, "--config", config, timeout=30)
+                        self.assertEqual(p.returncode, 2, p.stderr)
+                        self.assertEqual(len(p.stderr.splitlines()), 1, p.stderr)
+                        self.assertIn(f"{config}: {key}: expected", p.stderr)
 
     def test_a_role_without_templates_is_a_clear_error(self):
         with tempfile.TemporaryDirectory() as d:
