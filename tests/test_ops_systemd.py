@@ -12,7 +12,7 @@ import unittest
 from tests.helpers import ROOT, meshkit
 
 from meshkit.cli import cmd_systemd
-from meshkit.rules.config import render_default_toml
+from meshkit.rules.config import parse_config, render_default_toml
 
 UNIT_DIR = os.path.join(ROOT, "systemd")
 MINE = {"meshkit-supervisor.service": "-500", "meshkit-worker.service": "500", "meshkit-watchdog.service": None}
@@ -194,7 +194,8 @@ class Command(unittest.TestCase):
             dest = os.path.join(d, "memory copy")
             p = meshkit("systemd", "sync-memory", "--config", config, "--source", "pi@pi.lan:/srv/agents",
                         "--dest", dest)
-            self.assertEqual((p.returncode, p.stderr), (0, ""))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertNotIn("placeholder", p.stderr)      # (a warning may name d: under /tmp, see below)
             [run] = [line for line in p.stdout.splitlines() if line.startswith("ExecStart=")]
             self.assertIn(f'--source pi@pi.lan:/srv/agents --dest "{dest}" --quiet', run)
             [rw] = [line for line in p.stdout.splitlines() if line.startswith("ReadWritePaths=")]
@@ -226,6 +227,49 @@ class Command(unittest.TestCase):
                         self.assertEqual(p.returncode, 2, p.stderr)
                         self.assertEqual(len(p.stderr.splitlines()), 1, p.stderr)
                         self.assertIn(f"{config}: {key}: expected", p.stderr)
+
+    def test_paths_under_tmp_are_named_on_stderr(self):
+        """PrivateTmp=yes gives the service its own empty /tmp and /var/tmp: a config, directory
+        or file the unit needs there is hidden from it. The unit is still printed, exit 0."""
+        with tempfile.TemporaryDirectory(dir="/tmp") as d, tempfile.TemporaryDirectory(dir="/var/tmp") as v:
+            config = os.path.join(d, "meshkit.toml")
+            with open(config, "w") as f:
+                f.write(f'[logging]\ndir = "{v}/log"\n[worker]\nwork_dir = "/srv/work"\n')
+            cases = {
+                ("supervisor",): {"config file": config, "supervisor.data_dir": f"{d}/data",
+                                  "logging.dir": f"{v}/log", "auth.keys_file": f"{d}/keys"},
+                ("worker",): {"config file": config, "locks.dir": f"{d}/locks", "logging.dir": f"{v}/log",
+                              "auth.keys_file": f"{d}/keys"},
+                ("sync-memory", "--source", f"{v}/agents", "--dest", f"{v}/memory"):
+                    {"config file": config, "sync.status_dir": f"{d}/sync", "locks.dir": f"{d}/locks",
+                     "--source": f"{v}/agents", "--dest": f"{v}/memory"},
+            }
+            for argv, hidden in cases.items():
+                with self.subTest(role=argv[0]):
+                    p = meshkit("systemd", *argv, "--config", config)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    self.assertIn("\nExecStart=", p.stdout)
+                    self.assertIn("PrivateTmp=yes", p.stderr)
+                    named = dict(line.strip().split(": ", 1) for line in p.stderr.splitlines() if line.startswith("  "))
+                    self.assertEqual(named, hidden, p.stderr)          # /srv/work (worker) is not named
+                    w = meshkit("systemd", *argv, "--config", config, "--write", d)
+                    self.assertEqual((w.returncode, w.stderr), (0, p.stderr))
+
+    @unittest.skipIf(any(map(cmd_systemd.under_private_tmp, (ROOT, sys.executable))), "the checkout is under /tmp")
+    def test_no_warning_when_nothing_is_under_tmp(self):
+        cfg = parse_config('[logging]\ndir = "/var/log/meshkit"\n', "/etc/meshkit/meshkit.toml")
+        for role in cmd_systemd.ROLES:
+            given = {"--source": "pi@pi.lan:/tmp/agents", "--dest": "/srv/memory"} if role.startswith("sync") else {}
+            self.assertEqual(cmd_systemd.hidden_paths(role, cfg, cfg.source, given), [], role)
+        p = meshkit("systemd", "supervisor", home=os.path.join(ROOT, "no-such-home"))   # default config, not made
+        self.assertEqual((p.returncode, p.stderr), (0, ""))
+        for path, hidden in (("/tmp", True), ("/var/tmp/x", True), ("/tmpfs/x", False), ("/var/tmpx", False)):
+            self.assertEqual(cmd_systemd.under_private_tmp(path), hidden, path)
+        # a checkout under /tmp is named; a remote --source is not a path under it
+        self.assertEqual(cmd_systemd.hidden_paths("sync-memory", cfg, cfg.source, {"--source": "pi@pi.lan:/srv/agents"},
+                                                  root="/tmp/mk", python="/usr/bin/python3"),
+                         [("the checkout (WorkingDirectory)", "/tmp/mk")])
+        self.assertIsNone(cmd_systemd.PRIVATE_TMP_RE.search("[Service]\nPrivateTmp=no\n"))
 
     def test_a_role_without_templates_is_a_clear_error(self):
         with tempfile.TemporaryDirectory() as d:

@@ -37,6 +37,19 @@ WRITABLE = {
     "sync-backup": ("sync.status_dir", "locks.dir"),
 }
 
+# Config keys naming files each role reads (not in ReadWritePaths, but the service must see them).
+READS = {
+    "supervisor": ("auth.keys_file", "auth.viewer_token_file", "supervisor.priorities_file"),
+    "worker": ("auth.keys_file",),
+    "watchdog": ("auth.keys_file",),
+    "sync-memory": ("sync.ssh_key",),
+    "sync-backup": ("sync.ssh_key",),
+}
+# PrivateTmp=yes gives the service its own empty /tmp and /var/tmp.
+PRIVATE_TMP = ("/tmp", "/var/tmp")
+PRIVATE_TMP_RE = re.compile(r"^\s*PrivateTmp\s*=\s*(?:yes|true|on|1)\s*$", re.I | re.M)
+REMOTE_RE = re.compile(r"^[^/]*:")      # rsync's HOST:PATH, USER@HOST:PATH, HOST::MODULE, rsync://
+
 EXAMPLE = """examples:
   python3 -m meshkit systemd supervisor --config /etc/meshkit/meshkit.toml \\
       | sudo tee /etc/systemd/system/meshkit-supervisor.service
@@ -45,7 +58,9 @@ EXAMPLE = """examples:
 
 The unit runs as --user (default meshkit; create it with `useradd --system meshkit`) and
 may write only the role's directories from the config (ReadWritePaths); create them
-owned by that user before the first start."""
+owned by that user before the first start. The units have PrivateTmp=yes: a config,
+directory or file they need under /tmp or /var/tmp is hidden from them, and each such
+path is named in a warning on stderr (the unit is printed all the same)."""
 
 
 def register(sub) -> None:
@@ -128,6 +143,35 @@ def writable_dirs(role: str, cfg: Config) -> list:
     return list(dict.fromkeys(d for d in dirs if d))
 
 
+def under_private_tmp(path: str) -> bool:
+    """The path (as written, or with its links resolved) is /tmp, /var/tmp or below them."""
+    return any(p == t or p.startswith(t + "/") for p in {os.path.abspath(path), os.path.realpath(path)}
+               for t in PRIVATE_TMP)
+
+
+def hidden_paths(role: str, cfg: Config, cfg_file: str | None, given: dict, root: str = ROOT,
+                 python: str = sys.executable) -> list:
+    """[(what, path)] the unit needs that PrivateTmp=yes hides: under /tmp or /var/tmp."""
+    named = [("config file", cfg_file)]
+    for key in WRITABLE[role] + READS[role]:
+        if key != "auth.viewer_token_file" or cfg.is_set(key) or os.path.exists(cfg.path(key)):
+            named.append((key, cfg.path(key)))
+    source = given.get("--source")
+    if source and not REMOTE_RE.match(source):
+        named.append(("--source", os.path.join(root, source)))     # relative: to WorkingDirectory
+    named += [("--dest", given.get("--dest")), ("the checkout (WorkingDirectory)", root), ("python", python)]
+    return list(dict.fromkeys((what, path) for what, path in named if path and under_private_tmp(path)))
+
+
+def warn_private_tmp(hidden: list) -> None:
+    lines = ["meshkit: warning: the unit has PrivateTmp=yes: the service gets its own empty /tmp and "
+             "/var/tmp and will not see:"]
+    lines += [f"  {what}: {path}" for what, path in hidden]
+    lines.append("meshkit: move them out of /tmp and /var/tmp (e.g. under /var/lib/meshkit), "
+                 "or take PrivateTmp=yes out of the unit")
+    sys.stderr.write("\n".join(lines) + "\n")
+
+
 def run(args) -> int:
     cfg = load_config(args)
     files = templates(args.role)
@@ -152,6 +196,9 @@ def run(args) -> int:
                 f"# paths filled in below the comments (the comments describe the template as written)\n")
         rendered.append((name, head + render_unit(text, sys.executable, ROOT, cfg_file, meshkit_home(),
                                                   writable, args.user, given)))
+    hidden = hidden_paths(args.role, cfg, cfg_file, given)
+    if hidden and any(PRIVATE_TMP_RE.search(text) for _, text in rendered):
+        warn_private_tmp(hidden)
     if args.write:
         for name, text in rendered:
             target = os.path.join(args.write, name)
