@@ -251,18 +251,24 @@ class Command(unittest.TestCase):
                     self.assertIn("\nExecStart=", p.stdout)
                     self.assertIn("PrivateTmp=yes", p.stderr)
                     named = dict(line.strip().split(": ", 1) for line in p.stderr.splitlines() if line.startswith("  "))
+                    if cmd_systemd.under_private_tmp(ROOT):            # a CI clone under /tmp
+                        hidden = dict(hidden, **{"the checkout (WorkingDirectory)": ROOT})
                     self.assertEqual(named, hidden, p.stderr)          # /srv/work (worker) is not named
                     w = meshkit("systemd", *argv, "--config", config, "--write", d)
                     self.assertEqual((w.returncode, w.stderr), (0, p.stderr))
 
-    @unittest.skipIf(any(map(cmd_systemd.under_private_tmp, (ROOT, sys.executable))), "the checkout is under /tmp")
     def test_no_warning_when_nothing_is_under_tmp(self):
         cfg = parse_config('[logging]\ndir = "/var/log/meshkit"\n', "/etc/meshkit/meshkit.toml")
         for role in cmd_systemd.ROLES:
             given = {"--source": "pi@pi.lan:/tmp/agents", "--dest": "/srv/memory"} if role.startswith("sync") else {}
-            self.assertEqual(cmd_systemd.hidden_paths(role, cfg, cfg.source, given), [], role)
-        p = meshkit("systemd", "supervisor", home=os.path.join(ROOT, "no-such-home"))   # default config, not made
-        self.assertEqual((p.returncode, p.stderr), (0, ""))
+            self.assertEqual(cmd_systemd.hidden_paths(role, cfg, cfg.source, given, root="/opt/meshkit",
+                                                      python="/usr/bin/python3"), [], role)
+        p = meshkit("systemd", "supervisor", home="/nonexistent-meshkit-home")   # default config, not made
+        if cmd_systemd.under_private_tmp(ROOT):     # a CI clone under /tmp: only the checkout is named
+            self.assertEqual((p.returncode, p.stderr.count("\n  ")), (0, 1), p.stderr)
+            self.assertIn(f"the checkout (WorkingDirectory): {ROOT}", p.stderr)
+        else:
+            self.assertEqual((p.returncode, p.stderr), (0, ""))
         for path, hidden in (("/tmp", True), ("/var/tmp/x", True), ("/tmpfs/x", False), ("/var/tmpx", False)):
             self.assertEqual(cmd_systemd.under_private_tmp(path), hidden, path)
         # a checkout under /tmp is named; a remote --source is not a path under it
