@@ -21,7 +21,7 @@ STATUS = {
         {"name": "mac|x", "state": "alive", "last_seen_age": 1, "slots": 4, "running": 1, "load": None},
         {"name": "old", "state": "stale", "last_seen_age": 9000, "slots": 8, "running": 0},
     ],
-    "quarantined": [{"kind": "flaky", "quarantined": True}],
+    "quarantined": [{"kind": "flaky", "quarantined": True, "reason": "3 failures in a row, last: exit 1"}],
 }
 MEMORY = {"rss_bytes": 40 * 1024 * 1024, "soft_bytes": None, "hard_bytes": None, "state": "ok"}
 
@@ -51,7 +51,8 @@ class Render(unittest.TestCase):
         self.assertIn("| old | stale | 2h30m ago |", text)
         self.assertIn("waiting 0 · queued 3 · leased 1 · running 2 · succeeded 10 · failed 1 · cancelled 0", text)
         self.assertIn("Oldest queued task: 75s.", text)
-        self.assertIn("Quarantined kinds: flaky.", text)
+        self.assertIn("- flaky: 3 failures in a row, last: exit 1 (release: `python3 -m meshkit kinds resume flaky`)",
+                      text)
 
     def test_empty_fleet(self):
         text = statusfiles.render_heartbeat({"role": "primary", "epoch": 1, "mode": "normal", "tasks": {}, "nodes": []},

@@ -363,7 +363,7 @@ def status(args) -> int:
         print(line)
     for q in st.get("quarantined") or []:
         print(f"quarantined kind {q.get('kind')}: {q.get('reason') or 'failing'} "
-              f"(its tasks wait; meshkit kinds resume {q.get('kind')})")
+              f"(its tasks wait; python3 -m meshkit kinds resume {q.get('kind')})")
     counts = "  ".join(f"{s} {c}" for s, c in st["tasks"].items() if c)
     print(f"tasks: {counts or 'none'}")
     columns = [("NODE", 18, "<"), ("STATE", 6, "<"), ("SEEN", 5, ">"), ("RUN", 7, ">"), ("LOAD", 5, ">"),

@@ -12,6 +12,7 @@ render_* are pure functions of the status dict (Supervisor.status()) and the tim
 
 import datetime
 import os
+import shlex
 
 from meshkit.adapters.atomic import write_json, write_text
 
@@ -108,9 +109,12 @@ def render_heartbeat(st: dict, now: float, memory: dict) -> str:
               " · ".join(f"{s} {tasks.get(s, 0)}" for s in STATES),
               "", f"Oldest queued task: {human_age(st.get('oldest_queued_age'))}."]
     quarantined = st.get("quarantined") or []
-    if quarantined:
-        names = ", ".join(_cell(q.get("kind") or q.get("name") if isinstance(q, dict) else q) for q in quarantined)
-        lines += ["", f"Quarantined kinds: {names}."]
+    if quarantined:      # each with its reason and the command that releases it
+        lines += ["", "## Quarantined kinds (their tasks wait)", ""]
+        for q in quarantined:
+            kind = q.get("kind") or "?"
+            lines.append(f"- {_cell(kind)}: {_cell(q.get('reason') or 'failing')}"
+                         f" (release: `python3 -m meshkit kinds resume {shlex.quote(kind)}`)")
     return "\n".join(lines) + "\n"
 
 
