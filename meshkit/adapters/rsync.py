@@ -7,6 +7,10 @@ Linux the child gets SIGKILL if meshkit dies (PR_SET_PDEATHSIG), so a killed
 run never leaves an rsync writing into a snapshot behind it.
 Times are compared to the nanosecond (--modify-window=-1): a file rewritten
 with the same size in the same second is still seen as changed.
+Symlinks are copied as symlinks (-a), except unsafe ones (--safe-links): absolute,
+empty, or climbing out of the copied tree with '..' are not copied, so no copy can
+read the receiving machine's files through them; rsync names each (--info=name1)
+and RsyncRun.skipped_links lists them. Links that stay inside the tree are kept.
 rsync >= 3.1.3 is needed (--ignore-missing-args, nanosecond times): macOS's /usr/bin/rsync is too
 old or openrsync; use Homebrew's (`brew install rsync`, then [sync] rsync = PATH).
 """
@@ -22,7 +26,7 @@ import sys
 from meshkit.core.clock import REAL
 from meshkit.core.errors import SyncError
 from meshkit.core.record import Record
-from meshkit.rules.syncplan import OUT_FORMAT
+from meshkit.rules.syncplan import OUT_FORMAT, UNSAFE_LINK, unsafe_links
 
 INSTALL_HINT = ("install the package `rsync` (Debian/Ubuntu: apt-get install rsync; "
                 "macOS: brew install rsync)")
@@ -56,10 +60,12 @@ _PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 class RsyncRun(Record):
-    __slots__ = ("argv", "code", "stdout", "stderr", "seconds")
+    __slots__ = ("argv", "code", "stdout", "stderr", "seconds", "skipped_links")
 
-    def __init__(self, argv: list, code: int, stdout: bytes, stderr: str, seconds: float):
+    def __init__(self, argv: list, code: int, stdout: bytes, stderr: str, seconds: float,
+                 skipped_links: list | None = None):
         self.argv, self.code, self.stdout, self.stderr, self.seconds = argv, code, stdout, stderr, seconds
+        self.skipped_links = [] if skipped_links is None else skipped_links   # [(path, target)] not copied
 
     @property
     def ok(self) -> bool:
@@ -105,8 +111,9 @@ class Rsync:
             argv += ["-o", f"ConnectTimeout={int(self.io_timeout)}"]
         return shlex.join(argv + self.ssh_options)
 
-    def _base(self, remote: bool, itemize: bool = True) -> list:
-        argv = [self.find(), "-a", "--modify-window=-1"] + ([f"--out-format={OUT_FORMAT}"] if itemize else [])
+    def _base(self, remote: bool) -> list:
+        argv = [self.find(), "-a", "--safe-links", "--modify-window=-1", f"--out-format={OUT_FORMAT}",
+                "--info=name1"]
         if remote:
             argv += ["-e", self.ssh_command()]
         if self.io_timeout:
@@ -121,12 +128,11 @@ class Rsync:
         return self.run(argv + list(filters) + ["--", src, dest])
 
     def copy_tree(self, src: str, dest: str, filters, prune: bool, remote: bool,
-                  link_dest: str | None, itemize: bool = True, on_lines=None) -> RsyncRun:
+                  link_dest: str | None, on_lines=None) -> RsyncRun:
         """Make dest an exact copy of src (a new or resumed snapshot directory);
         unchanged files are hard-linked to link_dest. With on_lines, the itemized
         output goes to on_lines(list of lines) while rsync runs (see run())."""
-        argv = self._base(remote, itemize or on_lines is not None) + ["--delete", "--delete-excluded"] \
-            + (["-m"] if prune else [])
+        argv = self._base(remote) + ["--delete", "--delete-excluded"] + (["-m"] if prune else [])
         if link_dest:
             argv.append(f"--link-dest={link_dest}")
         return self.run(argv + list(filters) + ["--", src, dest], on_lines=on_lines)
@@ -150,9 +156,10 @@ class Rsync:
         on_lines(None) is called when nothing arrived for IDLE_CALL seconds (the
         caller may use the wait); if on_lines raises, rsync is killed."""
         start = self.clock.monotonic()
+        skipped = []
         try:
             if on_lines is not None:
-                code, out, err = _stream(argv, on_lines)
+                code, out, err = _stream(argv, on_lines, skipped)
             else:
                 feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
                 proc = subprocess.run(argv, capture_output=True, close_fds=True, **feed, preexec_fn=_PREEXEC)
@@ -161,14 +168,16 @@ class Rsync:
             raise SyncError(f"rsync not found ({argv[0]}): {INSTALL_HINT}") from None
         except OSError as e:
             raise SyncError(f"cannot run rsync ({argv[0]}): {e.strerror}") from None
-        return RsyncRun(argv, code, out, err.decode("utf-8", "replace"), self.clock.monotonic() - start)
+        return RsyncRun(argv, code, out, err.decode("utf-8", "replace"), self.clock.monotonic() - start,
+                        unsafe_links(out.split(b"\n") if out else skipped))
 
 
 IDLE_CALL = 0.005
 
 
-def _stream(argv: list, on_lines) -> tuple[int, bytes, bytes]:
-    """(exit code, b"", stderr) of rsync, its stdout fed to on_lines line by line."""
+def _stream(argv: list, on_lines, skipped: list) -> tuple[int, bytes, bytes]:
+    """(exit code, b"", stderr) of rsync, its stdout fed to on_lines line by line;
+    the lines about unsafe symlinks it skipped are also added to skipped."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, close_fds=True, preexec_fn=_PREEXEC)
     err, rest = [], b""
@@ -189,8 +198,11 @@ def _stream(argv: list, on_lines) -> tuple[int, bytes, bytes]:
                     else:
                         lines = (rest + data).split(b"\n")
                         rest = lines.pop()
+                        skipped += [ln for ln in lines if ln.startswith(UNSAFE_LINK)]
                         on_lines(lines)
         if rest:
+            if rest.startswith(UNSAFE_LINK):
+                skipped.append(rest)
             on_lines([rest])
     except BaseException:
         proc.kill()

@@ -16,7 +16,7 @@ from meshkit.core.errors import BadRequest, ConfigError, LockHeld, MeshkitError,
 from meshkit.roles.sync import views
 from meshkit.roles.sync.job import StatusUnwritable, SyncJob
 from meshkit.roles.sync.store import SnapshotStore
-from meshkit.rules.syncplan import JobSpec, job_problem, parse_location
+from meshkit.rules.syncplan import JobSpec, job_problem, parse_location, skipped_links_warning
 from meshkit.rules.syncstatus import FAILURE
 
 EXIT_REFUSED = 4       # the deletion guard refused (source empty, missing, mass deletion)
@@ -26,14 +26,14 @@ EXIT_BY_RESULT = {"ok": EXIT_OK, "unchanged": EXIT_OK, "warning": EXIT_OK, "inva
                   "refused": EXIT_REFUSED, "failed": EXIT_COPY}
 
 EXIT_TEXT = """\
-exit codes: 0 synced (or nothing changed, or rsync said files vanished: exit 24,
-a warning); 1 validation failed (current unchanged, copy kept in DEST/invalid/);
-2 bad arguments or config, or the status file (sync.status_dir) cannot be
-written: checked before anything is copied; 4 refused by the deletion guard
-(source empty, missing, or too many deletions; nothing changed); 5 rsync/ssh
-failed or rsync is missing; 6 synced, but the status file could not be written
-at the end (a failed run keeps its own code; both say so on stderr); 75 another
-run of the job holds its lock.
+exit codes: 0 synced (or nothing changed; or a warning: rsync said files vanished,
+exit 24, or skipped symlinks that point outside the source); 1 validation failed
+(current unchanged, copy kept in DEST/invalid/); 2 bad arguments or config, or
+the status file (sync.status_dir) cannot be written: checked before anything is
+copied; 4 refused by the deletion guard (source empty, missing, or too many
+deletions; nothing changed); 5 rsync/ssh failed or rsync is missing; 6 synced,
+but the status file could not be written at the end (a failed run keeps its own
+code; both say so on stderr); 75 another run of the job holds its lock.
 """
 
 SYNC_HELP = """\
@@ -53,8 +53,9 @@ examples:
 MEMORY_EXAMPLE = """\
 Copies every agent's memory/ tree and MEMORY.md (SRC/AGENT/memory/..., SRC/AGENT/MEMORY.md)
 unless --include is given. Validation: *.json parses, each *.jsonl line parses, *.md is
-UTF-8 and not empty, [sync.memory.require] keys, no file shrank to zero. When nothing
-changed no snapshot is made.
+UTF-8 and not empty, [sync.memory.require] keys, no file shrank to zero, no symlink leads
+out of the copy. Symlinks that point outside SRC (absolute, or up by '..') are not copied
+(rsync --safe-links; the run warns, naming them). When nothing changed no snapshot is made.
 
 """ + EXIT_TEXT + """
 examples:
@@ -263,10 +264,11 @@ def _report(kind: str, args, out) -> int:
 
 
 def _summary(kind: str, out) -> str:
-    if out.result == "unchanged":
-        return f"sync {kind}: nothing changed; current stays at {out.snapshot} ({out.files} files, {out.seconds:.2f} s)"
-    text = (f"sync {kind}: current -> snapshots/{out.snapshot} ({out.files} files; {out.changed} new or changed, "
-            f"{_size(out.bytes)}; {out.deleted} removed; {out.seconds:.2f} s)")
+    if not out.made:        # nothing changed (the result may still be a warning)
+        text = f"sync {kind}: nothing changed; current stays at {out.snapshot} ({out.files} files, {out.seconds:.2f} s)"
+    else:
+        text = (f"sync {kind}: current -> snapshots/{out.snapshot} ({out.files} files; {out.changed} new or "
+                f"changed, {_size(out.bytes)}; {out.deleted} removed; {out.seconds:.2f} s)")
     if out.removed:
         text += f"; rotated out: {', '.join(out.removed)}"
     for w in out.warnings:
@@ -318,6 +320,9 @@ def cmd_restore(args) -> int:
         return fail(f"restore failed: {e.message}", EXIT_COPY)
     if args.dry_run:
         sys.stdout.write(run.stdout.decode("utf-8", "replace"))
+    why = skipped_links_warning(run.skipped_links, "the snapshot")
+    if why:
+        sys.stderr.write(f"meshkit: warning: {why}\n")
     print(f"{'would restore' if args.dry_run else 'restored'} {row.name} ({row.state}, {row.files} files) "
           f"to {args.target}")
     return EXIT_OK

@@ -22,6 +22,10 @@ OUT_FORMAT = "%i|%l|%n"
 _ITEM = re.compile(rb"^(\*deleting *|[<>ch.*][fdLDS][^|]{9})\|(\d+)\|(.*)$")
 _ESCAPE = re.compile(rb"\\#([0-7]{3})")
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# What rsync --safe-links says (with --info=name1) of a link it did not copy.
+UNSAFE_LINK = b"ignoring unsafe symlink "
+_UNSAFE = re.compile(rb'^ignoring unsafe symlink "(.*)" -> "(.*)"$')
+SHOWN_LINKS = 3         # skipped links named in a warning
 
 
 class Location(Frozen):
@@ -227,6 +231,30 @@ def reported_files(lines) -> list[str]:
             name = line[12:].partition(b"|")[2]
             out.append(unescape(name) if b"\\#" in name else os.fsdecode(name))
     return out
+
+
+def unsafe_links(lines) -> list[tuple[str, str]]:
+    """[(path, target)] of the symlinks rsync --safe-links skipped, from its output
+    lines: absolute, empty, or climbing out of the copied tree with '..'."""
+    out = []
+    for line in lines:
+        m = _UNSAFE.match(line) if line.startswith(UNSAFE_LINK) else None
+        if m:
+            out.append((unescape(m.group(1)), unescape(m.group(2))))
+    return out
+
+
+def skipped_links_warning(links, source: str = "the source") -> str | None:
+    """The warning for the symlinks a copy left out (None if none)."""
+    links = sorted(set(links))
+    if not links:
+        return None
+    shown = ", ".join(f"{p} -> {t}" for p, t in links[:SHOWN_LINKS])
+    more = f" (and {len(links) - SHOWN_LINKS} more)" if len(links) > SHOWN_LINKS else ""
+    n = len(links)
+    return (f"skipped {n} {'symlinks that point' if n > 1 else 'symlink that points'} outside {source} "
+            f"(absolute, or up out of it by '..'), so nothing reading the copy follows them to this "
+            f"machine's files: {shown}{more}")
 
 
 def guard(current_files: int, changes: Changes, max_delete_share: float) -> str | None:

@@ -3,7 +3,8 @@
 A run ends with one result:
   ok          a new snapshot was made, validated and made current
   unchanged   nothing changed since the current snapshot (no new snapshot)
-  warning     like ok, but rsync said some files vanished while it ran (exit 24)
+  warning     like ok (or unchanged), but rsync said some files vanished while it ran
+              (exit 24), or it skipped symlinks that point outside the source
   invalid     the new copy failed validation; it was kept aside, current unchanged
   refused     the deletion guard refused (source empty, missing, mass deletion)
   failed      rsync (or ssh) failed, or the copy could not be written

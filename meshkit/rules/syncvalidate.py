@@ -7,6 +7,8 @@
            (each line, for .jsonl) that has those keys; GLOB is an fnmatch
            pattern on the path relative to the copy ('*' also matches '/')
   any file that had content in the current copy did not shrink to zero bytes
+  a symlink stays inside the copy (link_problem): not absolute or empty, no '..'
+           climbing above the copy's top, none after a name (rsync --safe-links' rule)
 
 The caller reads only the files for which needs_content() is true.
 """
@@ -125,3 +127,26 @@ def check_file(path: str, data: bytes | None, size: int, old_size: int | None, r
         if rules:                        # the usual .json (10,000 on a first sync) has none: parsed only
             problems += _check_keys([(1, obj)], rules, jsonl=False)
     return problems
+
+
+def link_problem(path: str, target: str) -> str | None:
+    """Why the symlink at path (relative to the copy) pointing to target may lead out
+    of the copy, or None. Lexical, like rsync --safe-links: absolute or empty is out;
+    leading '..' may climb only as high as the link's own directory; a '..' after a
+    name is out too (a name may itself be a link, so the climb can't be counted)."""
+    if not target or target.startswith("/"):
+        return f"is a symlink to {target!r}, outside the copy (an absolute or empty target)"
+    depth = path.count("/")
+    named = False
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            named = True
+        elif named:
+            return f"is a symlink to {target!r}, with '..' after a name (it may lead out of the copy)"
+        elif depth == 0:
+            return f"is a symlink to {target!r}, which climbs out of the copy with '..'"
+        else:
+            depth -= 1
+    return None

@@ -8,6 +8,9 @@ whole. FirstCopy reads each file rsync reports as soon as it is there, which
 overlaps reading and parsing 10,000 files with the copy instead of following it;
 finish(), after rsync, lists the copy once and checks every file that was not
 read yet or is no longer the inode that was read. Every file is checked either way.
+A symlink is checked too, by its target only (never followed): one that leads out of
+the copy is a problem (rsync --safe-links leaves such links out, so one found here came
+another way, e.g. from a snapshot made before meshkit passed it).
 """
 
 import os
@@ -15,7 +18,7 @@ import stat
 
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import reported_files
-from meshkit.rules.syncvalidate import check_file, needs_content
+from meshkit.rules.syncvalidate import check_file, link_problem, needs_content
 
 RETRY_AFTER = 32        # reports to wait for before trying a file that was not in place yet
 
@@ -28,14 +31,17 @@ class _Checks:
 
     def one(self, rel: str, size: int | None = None) -> list:
         """The problems of one file; size: its size if the caller knows it is a
-        regular file (else it is looked up, and anything else is skipped)."""
-        old = SnapshotStore.lstat(self.old_root, rel) if self.old_root else None
-        old_size = old.st_size if old is not None and stat.S_ISREG(old.st_mode) else None
+        regular file (else it is looked up: a symlink's target is checked, anything
+        else that is not a regular file is skipped)."""
         if size is None:
             st = SnapshotStore.lstat(self.root, rel)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                return self.link(rel)
             if st is None or not stat.S_ISREG(st.st_mode):
                 return []
             size = st.st_size
+        old = SnapshotStore.lstat(self.old_root, rel) if self.old_root else None
+        old_size = old.st_size if old is not None and stat.S_ISREG(old.st_mode) else None
         if not needs_content(rel, self.require):
             return check_file(rel, None, size, old_size, self.require)
         try:
@@ -45,6 +51,15 @@ class _Checks:
         if data is None:        # no longer a regular file
             return []
         return check_file(rel, data, st.st_size, old_size, self.require)
+
+    def link(self, rel: str) -> list:
+        """The problem of a symlink in the copy that may lead out of it ([] if none)."""
+        try:
+            target = os.readlink(os.path.join(self.root, rel))
+        except OSError as e:
+            return [f"cannot be read: {e.strerror}"]
+        why = link_problem(rel, target)
+        return [why] if why else []
 
 
 def _problems(rel: str, found: list) -> list:
@@ -125,5 +140,7 @@ class FirstCopy:
                     if stat.S_ISREG(st.st_mode):
                         checked += 1
                         problems += _problems(r, one(r, st.st_size))
+                    elif stat.S_ISLNK(st.st_mode):
+                        problems += _problems(r, self.checks.link(r))
         problems.sort(key=lambda p: p["path"])
         return files, size, checked, problems

@@ -9,8 +9,8 @@
        the files the dry run reported unchanged and rsync (--link-dest=current)
        copies only the listed changes (much faster than rsync linking 10,000 files)
     4. validate what changed (everything on a first run, read while rsync is still
-       copying: roles/sync/check.py); a bad copy moves to invalid/NAME with a
-       report and `current` stays where it was
+       copying: roles/sync/check.py) and every symlink carried over from current; a bad
+       copy moves to invalid/NAME with a report and `current` stays where it was
     5. rename to snapshots/NAME, point `current` at it, then rotate old snapshots
     6. status file, one JSON log line, the alert command on failure and recovery
 
@@ -35,8 +35,8 @@ from meshkit.roles.sync.check import FirstCopy, validate
 from meshkit.roles.sync.statusfile import StatusUnwritable, os_error
 from meshkit.roles.sync.store import SnapshotStore
 from meshkit.rules.syncplan import (empty_source_reason, filter_args, guard, job_problem,
-                                    missing_source, parse_itemized, parse_location, summarize,
-                                    transferred_files)
+                                    missing_source, parse_itemized, parse_location, skipped_links_warning,
+                                    summarize, transferred_files)
 from meshkit.rules.syncrotate import incomplete_plan, invalid_plan, new_name, rotation_plan
 from meshkit.rules.syncstatus import is_success, next_status
 
@@ -46,12 +46,12 @@ MAX_REPORTED = 50       # problems kept in a report and the outcome
 class Outcome(Record):
     """What one run did."""
     __slots__ = ("result", "error", "snapshot", "files", "changed", "deleted", "bytes", "seconds",
-                 "problems", "aside", "removed", "warnings", "unrecorded")
+                 "problems", "aside", "removed", "warnings", "unrecorded", "made")
 
     def __init__(self, result: str, error: str | None = None, snapshot: str | None = None, files: int = 0,
                  changed: int = 0, deleted: int = 0, bytes: int = 0, seconds: float = 0.0,
                  problems: list | None = None, aside: str | None = None, removed: list | None = None,
-                 warnings: list | None = None, unrecorded: str | None = None):
+                 warnings: list | None = None, unrecorded: str | None = None, made: bool = False):
         self.result = result            # see meshkit.rules.syncstatus
         self.error = error
         self.snapshot = snapshot        # the snapshot made, or current if none was made
@@ -65,6 +65,7 @@ class Outcome(Record):
         self.removed = [] if removed is None else removed
         self.warnings = [] if warnings is None else warnings
         self.unrecorded = unrecorded    # why the status file could not be written (the run's work stands)
+        self.made = made                # a new snapshot was made (else snapshot is the current one)
 
 
 class SyncJob:
@@ -178,6 +179,7 @@ class SyncJob:
             bad = self._rsync_failed(dry, out)
             if bad:
                 return bad
+            _warn_skipped(dry, out)     # the dry run goes through the whole source
             changes = summarize(parse_itemized(dry.stdout))
             cur_files = self._file_count(current)
             why = guard(cur_files, changes, spec.max_delete_share)
@@ -201,8 +203,7 @@ class SyncJob:
             work = store.resume(resume, name)
             if current:
                 store.unlink_shared(work, cur_path, changes.fetch)
-            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, cur_path,
-                                       itemize=bool(current))
+            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, cur_path)
         elif current:
             work = store.start(name)
             linked = store.link_tree(cur_path, work, changes.skip_set())
@@ -211,7 +212,7 @@ class SyncJob:
         else:       # the first copy, checked while rsync writes it
             work = store.start(name)
             first = FirstCopy(work, spec.require) if spec.validate else None
-            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, None, itemize=False,
+            run = self.rsync.copy_tree(src, work + "/", filters, prune, loc.remote, None,
                                        on_lines=first.feed if first else None)
         if run is not None:
             bad = self._rsync_failed(run, out)
@@ -219,6 +220,8 @@ class SyncJob:
                 if bad.result == "refused" and not resume:
                     store.remove("incomplete", name)
                 return bad
+            if not current:
+                _warn_skipped(run, out)     # a whole copy, not checked by a dry run first
         sent = transferred_files(parse_itemized(run.stdout)) if run is not None and current else []
         return self._finish(name, started, work, current, changes, linked, sent, names, out, first)
 
@@ -232,13 +235,13 @@ class SyncJob:
         elif linked is None or spec.check_all:
             inventory = store.walk(work)
             out.files, size = len(inventory), sum(s for _, s, _ in inventory)
-            check = [(p, s) for p, s, reg in inventory if reg] if (not current or spec.check_all) \
+            check = [(p, s if reg else None) for p, s, reg in inventory] if (not current or spec.check_all) \
                 else [(p, None) for p in changed]
             if not current:
                 out.changed, out.bytes = out.files, size
-        else:
-            check = [(p, None) for p in changed]
-            out.files, size = self._count(work, current, linked, changes)
+        else:       # linked: (files, the symlinks among them), carried over from current
+            check = [(p, None) for p in sorted(set(changed).union(linked[1]))]
+            out.files, size = self._count(work, current, linked[0], changes)
         why = empty_source_reason(out.files)
         if why:
             store.remove("incomplete", name)
@@ -266,7 +269,7 @@ class SyncJob:
             return out
         store.commit(name, meta)
         store.point_current(name)
-        out.snapshot = name
+        out.snapshot, out.made = name, True
         out.result = "warning" if out.warnings else "ok"
         plan = rotation_plan(names["complete"] + [name], name, spec.keep_last,
                              spec.keep_hourly, spec.keep_daily)
@@ -356,6 +359,12 @@ class SyncJob:
                      files=out.files, changed=out.changed, deleted=out.deleted, bytes=out.bytes,
                      duration=out.seconds, error=out.error, removed=out.removed or None,
                      warnings=out.warnings or None)
+
+
+def _warn_skipped(run, out: Outcome) -> None:
+    why = skipped_links_warning(run.skipped_links)
+    if why:
+        out.warnings.append(why)
 
 
 def _take(lock: FileLock) -> None:

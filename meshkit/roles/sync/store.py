@@ -212,11 +212,12 @@ class SnapshotStore:
         return path
 
     @staticmethod
-    def link_tree(src: str, dst: str, skip: set) -> int:
+    def link_tree(src: str, dst: str, skip: set) -> tuple[int, list]:
         """Fill the new directory dst with hard links to src's files, except the
         paths in skip (a skipped directory is skipped whole). Directories are made
-        anew, with src's attributes. Returns the number of files linked."""
-        files = 0
+        anew, with src's attributes. Returns the number of files linked and the
+        paths of the symlinks among them (a symlink is linked, not followed)."""
+        files, links = 0, []
         made = [(os.lstat(src), dst)]
         todo = [("", src, dst)]
         link, mkdir = os.link, os.mkdir
@@ -235,9 +236,11 @@ class SnapshotStore:
                     else:
                         link(e.path, target, follow_symlinks=False)
                         files += 1
+                        if e.is_symlink():
+                            links.append(r)
         for st, d in reversed(made):
             _copy_dir_attrs(st, d)
-        return files
+        return files, links
 
     @staticmethod
     def unlink_shared(work: str, base: str, paths) -> None:
