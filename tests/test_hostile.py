@@ -172,6 +172,23 @@ class Attacks(unittest.TestCase):
         self.assertIn("limit", answer["error"]["message"])
 
 
+    def test_any_transfer_encoding_field_is_refused(self):
+        """An empty Transfer-Encoding field before `chunked` was let through (only the first field
+        was looked at) and the body framed by Content-Length, where a proxy in front may read it as
+        chunked: any such field, whatever its value, however many, is refused; a signed dispatch
+        sent right after it on the same connection is not run either."""
+        body = json.dumps({"kind": "h", "payload": {"te": 1}}).encode()
+        for fields in ([("Transfer-Encoding", ""), ("Transfer-Encoding", "chunked")],
+                       [("Transfer-Encoding", "")], [("transfer-encoding", " ")], [("Transfer-Encoding", "identity")],
+                       [("Transfer-Encoding", "gzip"), ("TRANSFER-ENCODING", "chunked")]):
+            with self.subTest(fields=fields):
+                then = request_bytes("POST", "/v1/tasks", body, self.signed("POST", "/v1/tasks", body))
+                data = request_bytes("POST", "/v1/tasks", body, fields + self.signed("POST", "/v1/tasks", body))
+                answer = self.refused(f"Transfer-Encoding fields {[v for _, v in fields]}", data + then, 400,
+                                      "bad_request")
+                self.assertIn("Transfer-Encoding is not accepted", answer["error"]["message"])
+                self.assertEqual(raw(self.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0], 200)
+
     def test_lone_surrogate_sent_as_utf8_bytes(self):
         # json.loads(bytes) decodes with "surrogatepass": ED A0 80 became a string SQLite can't store (a 500)
         for path, body, kid in (("/v1/leases/hz/acquire", '{"holder": "hw", "ttl": 10, "purpose": "\ud800"}', "worker-1"),

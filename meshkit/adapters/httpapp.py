@@ -160,9 +160,11 @@ def query_dict(pairs, repeatable=(), takes=None) -> dict:
 
 def body_length(headers, command: str, max_body: int) -> int:
     """The length of a request's body by its head: a Content-Length, one, a whole number, at
-    most max_body (TooLarge); no Transfer-Encoding; none needed without a body but for
-    POST, PUT and PATCH. Anything else is BadRequest."""
-    if headers.get("Transfer-Encoding"):
+    most max_body (TooLarge); no Transfer-Encoding field at all (whatever its value, empty
+    too, however many: a proxy in front may read a later one, e.g. chunked, and frame the
+    body otherwise); none needed without a body but for POST, PUT and PATCH. Anything else
+    is BadRequest."""
+    if headers.get_all("Transfer-Encoding") is not None:
         raise BadRequest("Transfer-Encoding is not accepted; send a Content-Length")
     cl = headers.get_all("Content-Length") or []
     if len(cl) > 1:
