@@ -23,6 +23,37 @@ NO_RESTART = {"meshkit-supervisor.service": set(), "meshkit-worker.service": {"2
               "meshkit-watchdog.service": {"2"}}
 ANALYZE = shutil.which("systemd-analyze")
 
+# Sandboxing, role by role (README: "Deploying with systemd"). The supervisor runs no other
+# program; the watchdog and the sync units run ssh, rsync and the operator's fence/alert
+# commands; the worker runs any allowlisted task program, so it keeps only what no ordinary
+# program needs. Each key: its values, in order; None: must not be set.
+STRICT = {"CapabilityBoundingSet": [""], "AmbientCapabilities": [""], "NoNewPrivileges": ["yes"],
+          "PrivateDevices": ["yes"], "PrivateMounts": ["yes"], "ProtectProc": ["invisible"],
+          "ProtectClock": ["yes"], "ProtectHostname": ["yes"], "ProtectKernelLogs": ["yes"],
+          "ProtectKernelTunables": ["yes"], "ProtectKernelModules": ["yes"], "ProtectControlGroups": ["yes"],
+          "RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"], "RestrictNamespaces": ["yes"],
+          "RestrictRealtime": ["yes"], "RestrictSUIDSGID": ["yes"], "LockPersonality": ["yes"],
+          "MemoryDenyWriteExecute": ["yes"], "SystemCallArchitectures": ["native"],
+          "SystemCallFilter": ["@system-service"], "SystemCallErrorNumber": ["EPERM"], "UMask": ["0027"]}
+# a fence command that needs a JIT (node, java) would crash on the failover path
+WATCHDOG = dict(STRICT, MemoryDenyWriteExecute=None)
+WORKER = {"CapabilityBoundingSet": [""], "AmbientCapabilities": [""], "NoNewPrivileges": ["yes"],
+          "PrivateMounts": ["yes"], "ProtectHostname": ["yes"], "ProtectKernelLogs": ["yes"],
+          "ProtectKernelTunables": ["yes"], "ProtectKernelModules": ["yes"], "ProtectControlGroups": ["yes"],
+          "RestrictRealtime": ["yes"], "RestrictSUIDSGID": ["yes"], "LockPersonality": ["yes"], "UMask": ["0027"],
+          # GPUs (/dev/nvidia*), ps, browser sandboxes and containers, ip, 32-bit binaries, debuggers, JITs;
+          # ProtectClock: on systemd < 253 its implied DeviceAllow=char-rtc shuts every other device
+          "PrivateDevices": None, "ProtectClock": None, "ProtectProc": None, "RestrictNamespaces": None,
+          "RestrictAddressFamilies": None, "SystemCallArchitectures": None, "SystemCallFilter": None,
+          "MemoryDenyWriteExecute": None}
+HARDENING = {"meshkit-supervisor.service": dict(STRICT, SystemCallFilter=["@system-service", "~@privileged @resources"]),
+             "meshkit-watchdog.service": WATCHDOG, "meshkit-worker.service": WORKER,
+             "meshkit-sync-memory.service": STRICT, "meshkit-sync-backup.service": STRICT}
+
+
+def hardening_of(svc: dict, unit: str) -> dict:
+    return {key: svc.get(key) for key in HARDENING[unit]}
+
 
 def parse_unit(text: str) -> dict:
     """{section: {key: [values]}} (keys may repeat)."""
@@ -77,6 +108,12 @@ class UnitContents(unittest.TestCase):
                 self.assertIn("StartLimitBurst", unit)
                 if oom:
                     self.assertEqual(svc["OOMScoreAdjust"], [oom])
+
+    def test_each_role_is_sandboxed_as_far_as_its_programs_allow(self):
+        units = self.units()
+        for name, wanted in HARDENING.items():
+            with self.subTest(name):
+                self.assertEqual(hardening_of(units[name]["Service"], name), wanted)
 
     def test_a_config_error_is_not_restarted(self):
         units = self.units()
@@ -170,6 +207,10 @@ class Verify(unittest.TestCase):
                           open(os.path.join(out, "meshkit-supervisor.service")).read())
             # the watchdog writes its state file (default: next to the config), nothing else
             self.assertIn(f"ReadWritePaths={d} ", open(os.path.join(out, "meshkit-watchdog.service")).read())
+            for name, wanted in HARDENING.items():       # what gets installed keeps the sandbox
+                with self.subTest(name):
+                    unit = parse_unit(open(os.path.join(out, name)).read())
+                    self.assertEqual(hardening_of(unit["Service"], name), wanted)
             verify(self, printed)
 
 
