@@ -67,6 +67,12 @@ class Fleet:
         self.procs = []
         self.url = None
 
+    def make_viewer_token(self) -> str:
+        """Write viewer.token as `init` does (a random token, mode 0640), before the supervisor
+        starts; returns it: the bearer token of /metrics and /v1/overview."""
+        self.viewer_token = keyfile.write_token(os.path.join(self.dir, "viewer.token"))
+        return self.viewer_token
+
     def write_config(self, **overrides):
         """Overrides use __ for dots: supervisor__stale_after=5."""
         self.overrides = overrides

@@ -96,11 +96,11 @@ class RealSupervisor(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.fleet = Fleet(supervisor__lease_ttl=600, supervisor__cycle=0.2, supervisor__request_timeout=30)
+        cls.viewer_token = cls.fleet.make_viewer_token()
         cls.url = cls.fleet.start_supervisor()
         cls.admin = cls.fleet.client("admin")
         cls.worker = cls.fleet.client("worker")
         cls.db = os.path.join(cls.fleet.dir, "data", "meshkit.db")
-        cls.viewer_token = auth.pick_key(cls.fleet.keys, "", "viewer")[2]
 
     @classmethod
     def tearDownClass(cls):

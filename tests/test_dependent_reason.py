@@ -18,8 +18,7 @@ from tests.test_worker_harness import dispatch, get_task, wait_for
 
 
 def overview_errors(fleet) -> dict:
-    secret = next(s for _, (role, s) in fleet.keys.items() if role == "viewer")
-    req = urllib.request.Request(fleet.url + "/v1/overview", headers={"Authorization": f"Bearer {secret}"})
+    req = urllib.request.Request(fleet.url + "/v1/overview", headers={"Authorization": f"Bearer {fleet.viewer_token}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return {t["id"]: t["error"] for t in json.loads(resp.read())["failures"]}
 
@@ -29,6 +28,7 @@ class DependentReason(unittest.TestCase):
         self.fleet = Fleet(supervisor__cycle=0.2, supervisor__stale_after=2, tasks__backoff_base=0.1,
                            tasks__backoff_cap=0.2)
         self.addCleanup(self.fleet.close)
+        self.fleet.make_viewer_token()
         self.fleet.start_supervisor()
         self.admin, self.worker = self.fleet.client("admin"), self.fleet.client("worker")
         self.addCleanup(self.admin.close)

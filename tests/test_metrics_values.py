@@ -17,8 +17,7 @@ NAN, INF = float("nan"), float("inf")
 
 
 def scrape(fleet) -> str:
-    token = next(s for _, (r, s) in fleet.keys.items() if r == "viewer")
-    req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {fleet.viewer_token}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.read().decode()
 
@@ -141,6 +140,7 @@ class Live(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.fleet = Fleet(**cls.OVERRIDES)
+        cls.fleet.make_viewer_token()
         cls.fleet.start_supervisor()
         cls.admin, cls.worker = cls.fleet.client("admin"), cls.fleet.client("worker")
         if cls.NODE:

@@ -14,7 +14,8 @@ PROMTOOL = shutil.which("promtool")
 
 
 def secret_of(fleet, role):
-    return next(s for _, (r, s) in fleet.keys.items() if r == role)
+    """The viewer token (the bearer token Prometheus sends), else the signing secret of a key with `role`."""
+    return fleet.viewer_token if role == "viewer" else next(s for _, (r, s, *_) in fleet.keys.items() if r == role)
 
 
 def scrape(fleet, token):
@@ -27,6 +28,7 @@ class LiveMetrics(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.fleet = Fleet(supervisor__cycle=0.1)
+        cls.fleet.make_viewer_token()
         cls.fleet.start_supervisor()
         admin, worker = cls.fleet.client("admin"), cls.fleet.client("worker")
         register(worker, "w1")

@@ -19,7 +19,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 
 def secret_of(fleet, role):
-    return next(s for _, (r, s) in fleet.keys.items() if r == role)
+    """The viewer token (what a person pastes), else the signing secret of a key with `role`."""
+    return fleet.viewer_token if role == "viewer" else next(s for _, (r, s, *_) in fleet.keys.items() if r == role)
 
 
 def get(url, token=None):
@@ -32,6 +33,7 @@ class StatusPage(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         fleet = cls.fleet = Fleet(supervisor__cycle=0.2)
+        fleet.make_viewer_token()
         fleet.start_supervisor()
         admin, worker = fleet.client("admin"), fleet.client("worker")
         worker.call("POST", "/v1/heartbeat", {"node": "pi-kitchen", "kinds": ["echo"], "slots": 2,
@@ -61,8 +63,9 @@ class StatusPage(unittest.TestCase):
         self.assertEqual(re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html), [])
         self.assertNotIn("@import", html)
         self.assertNotIn("pi-kitchen", html)
-        for _, (_, secret) in self.fleet.keys.items():
+        for _, (_, secret, *_) in self.fleet.keys.items():
             self.assertNotIn(secret, html)
+        self.assertNotIn(self.fleet.viewer_token, html)
         # without JavaScript (curl, w3m) it says what it needs and where else to look
         noscript = re.search(r"<noscript>(.*?)</noscript>", html, re.S).group(1)
         self.assertIn("/v1/overview", noscript)
@@ -122,6 +125,7 @@ class QuarantinedKinds(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         fleet = cls.fleet = Fleet(supervisor__cycle=0.2, tasks__quarantine_after=2)
+        fleet.make_viewer_token()
         fleet.start_supervisor()
         admin, worker = fleet.client("admin"), fleet.client("worker")
         worker.call("POST", "/v1/heartbeat", {"node": "pi", "kinds": ["flaky", "echo"], "slots": 1})

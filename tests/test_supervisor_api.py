@@ -31,6 +31,7 @@ class SupervisorApi(unittest.TestCase):
     def setUpClass(cls):
         cls.fleet = Fleet(supervisor__lease_ttl=2, supervisor__cycle=0.2, tasks__backoff_base=0.01,
                           tasks__backoff_cap=0.05)
+        cls.fleet.make_viewer_token()
         cls.url = cls.fleet.start_supervisor()
         cls.admin = cls.fleet.client("admin")
         cls.worker = cls.fleet.client("worker")
@@ -158,8 +159,8 @@ class SupervisorApi(unittest.TestCase):
         st = self.worker.call("GET", "/v1/status")
         for key in ("role", "epoch", "nodes", "tasks"):
             self.assertIn(key, st)
-        viewer = self.fleet.keys["viewer-1"][1]
-        status, text = raw_request(self.url, "GET", "/metrics", headers={"Authorization": f"Bearer {viewer}"})
+        status, text = raw_request(self.url, "GET", "/metrics",
+                                   headers={"Authorization": f"Bearer {self.fleet.viewer_token}"})
         self.assertEqual(status, 200)
         self.assertIn(b'meshkit_tasks{state="queued"}', text)
         self.assertIn(b"meshkit_http_requests_total", text)

@@ -2,7 +2,8 @@
 refuses to start (exit 2, one line naming the config file, the key, the token file, what was
 expected and what was found) when the token file is missing, not a file, readable or writable by
 others, or holds a token under 16 characters; and one that starts with a good file (group-read
-0640, as `init` writes it), with the key left at its default and no file, or with the key empty."""
+0640, as `init` writes it), with the key left at its default and no file, or with the key empty
+(then no bearer token opens /metrics: a viewer key's signing secret never does)."""
 
 import os
 import subprocess
@@ -105,9 +106,9 @@ class ViewerTokenFile(unittest.TestCase):
             with self.subTest(overrides=overrides):
                 fleet = self.fleet(**overrides)
                 url = fleet.start_supervisor()
-                viewer = [s for role, s in fleet.keys.values() if role == "viewer"][0]
-                self.assertEqual(raw_request(url, "GET", "/metrics",
-                                             headers={"Authorization": f"Bearer {viewer}"})[0], 200)
+                viewer = [s for role, s, *_ in fleet.keys.values() if role == "viewer"][0]
+                self.assertEqual(raw_request(url, "GET", "/metrics",         # a signing secret is no bearer token
+                                             headers={"Authorization": f"Bearer {viewer}"})[0], 401)
                 self.assertEqual(raw_request(url, "GET", "/metrics",
                                              headers={"Authorization": f"Bearer {GOOD}"})[0], 401)
                 self.assertEqual(fleet.stop(), 0)

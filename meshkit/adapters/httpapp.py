@@ -28,7 +28,7 @@ class Route:
     after: Callable = None       # after(request), run once the handler returned, without App.lock
     query: tuple = ()            # the query parameters it takes; any other one is refused (400, query_dict)
     repeatable: tuple = ()       # of those, the ones that may be given more than once (a list each in Request.query)
-    bearer: bool = False         # a viewer route that also takes the viewer secret as a bearer token
+    bearer: bool = False         # a viewer route that also takes the viewer token as a bearer token
     regex: re.Pattern = field(init=False)
 
     def __post_init__(self):

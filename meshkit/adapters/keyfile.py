@@ -1,11 +1,12 @@
 """The keys file: created with mode 0600 and never overwritten by accident; and the viewer
-token file (auth.viewer_token_file), checked as strictly."""
+token file (auth.viewer_token_file): a random bearer token of its own, never a key's signing
+secret, checked as strictly."""
 
 import os
 import secrets
 import stat
 
-from meshkit.adapters.atomic import create_exclusive
+from meshkit.adapters.atomic import create_exclusive, write_text
 from meshkit.core.errors import ConfigError
 from meshkit.rules.auth import parse_keys
 
@@ -15,11 +16,40 @@ TOKEN_MIN = 16                  # characters: a shorter bearer token is guessabl
 
 def new_keys_text(node: str = "fleet") -> str:
     return ("# meshkit signing keys: ID ROLE SECRET (roles: admin > worker > viewer).\n"
-            "# Give workers only the worker line; Prometheus/browsers only the viewer line.\n"
+            "# Give workers only the worker line. Prometheus and the status page use viewer.token, not a key.\n"
             "# Several keys per role may be listed at once (rotation).\n"
             f"admin-1 admin {secrets.token_hex(32)}\n"
             f"worker-1 worker {secrets.token_hex(32)}\n"
             f"viewer-1 viewer {secrets.token_hex(24)}\n")
+
+
+def new_token() -> str:
+    """A viewer bearer token: random, unrelated to any key's secret (whoever reads the token,
+    which Prometheus sends in clear, cannot sign with it)."""
+    return secrets.token_hex(32)
+
+
+def write_token(path: str) -> str:
+    """Write a new viewer token to `path` (atomically, mode 0640, the group of the file it
+    replaces kept when this user may set it); returns the token."""
+    try:
+        gid = os.stat(path).st_gid
+    except FileNotFoundError:
+        gid = -1
+    token = new_token()
+    write_text(path, token + "\n", mode=0o640)
+    if gid != -1 and gid != os.stat(path).st_gid:
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            pass
+    return token
+
+
+def secret_ids(keys: dict, token: str) -> list:
+    """The ids of the keys whose signing secret is `token` (an install from before the token was
+    made apart from the keys: its viewer.token is viewer-1's secret)."""
+    return sorted(kid for kid, (_, secret, *_) in keys.items() if secret == token)
 
 
 def create(path: str) -> None:

@@ -15,7 +15,8 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Write DIR/meshkit.toml (every key with its default), DIR/keys (mode 0600: one "
                                    "signing key per role) and DIR/viewer.token (mode 0640: the viewer bearer token "
-                                   "for Prometheus and the status page).",
+                                   "for Prometheus and the status page, a random token of its own: not a "
+                                   "signing secret).",
                        epilog="example:\n  python3 -m meshkit init --dir /etc/meshkit\n"
                               "  python3 -m meshkit supervisor --config /etc/meshkit/meshkit.toml")
     p.add_argument("--dir", default=None, help="where to write (default: $MESHKIT_HOME, ~/.meshkit)")
@@ -39,12 +40,12 @@ def run(args) -> int:
         if os.path.exists(keys):
             os.unlink(keys)
         keyfile.create(keys)
-        viewer = [secret for role, secret in keyfile.load(keys).values() if role == "viewer"][0]
-        write_text(token, viewer + "\n", mode=0o640)
+        keyfile.write_token(token)
     except OSError as e:     # a read-only directory, a full disk, a directory named keys
         raise ConfigError(None, where, "a directory init can write", f'"{d}" ({e.strerror or e})') from None
     print(f"wrote {toml}")
     print(f"wrote {keys} (mode 0600; give workers only its worker line)")
-    print(f"wrote {token} (the viewer bearer token, for Prometheus and the status page)")
+    print(f"wrote {token} (mode 0640: the viewer bearer token for Prometheus and the status page; not a signing "
+          "secret)")
     print(f"start the supervisor: python3 -m meshkit supervisor --config {toml}")
     return 0

@@ -73,7 +73,7 @@ SECURITY_SCHEMES = {
     "MeshkitSignature": {"type": "apiKey", "in": "header", "name": auth.H_SIG,
                          "description": "hex HMAC-SHA256 (key: the secret as text) of "
                                         "METHOD\\nPATH_WITH_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA-256(BODY))"},
-    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer secret (GET /metrics and /v1/overview only)"},
+    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer token of auth.viewer_token_file, not a signing secret (GET /metrics and /v1/overview only)"},
 }
 
 ERRORS = {
@@ -238,8 +238,8 @@ def document(routes) -> dict:
                  "description": "JSON over HTTP/1.1. Every answer carries X-Meshkit-Epoch; errors are "
                                 '{"error": {"code", "message"}} with a 4xx status, 503 for the server\'s own '
                                 "trouble (retry). Requests but /health, / and /v1/openapi.json are signed "
-                                "(four X-Meshkit-* headers); GET /metrics and /v1/overview also take the viewer secret as a "
-                                "bearer token. A route refuses a query parameter it does not list (400)."},
+                                "(four X-Meshkit-* headers); GET /metrics and /v1/overview also take the viewer token "
+                                "(auth.viewer_token_file) as a bearer token. A route refuses a query parameter it does not list (400)."},
         "paths": paths,
         "components": components(),
     }

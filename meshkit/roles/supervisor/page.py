@@ -1,8 +1,9 @@
 """The status page: GET / serves one self-contained HTML page (inline CSS and JS, no
 external assets, works offline) that asks for the viewer token (a login form, or
-`/#token=SECRET` once), keeps it in sessionStorage, and refreshes itself from
+`/#token=TOKEN` once), keeps it in sessionStorage, and refreshes itself from
 GET /v1/overview every 5 s with `Authorization: Bearer`. The page holds no data itself;
-only a viewer key's secret is accepted as a bearer token (never worker or admin).
+only the viewer token (auth.viewer_token_file) is accepted as a bearer token, never a
+key's signing secret.
 
 Data goes into the DOM with textContent only, never as HTML.
 """
@@ -58,14 +59,14 @@ button{font:inherit;padding:5px 12px;cursor:pointer}
 <span style="flex:1"></span><button id="logout" class="hidden" type="button">log out</button></header>
 <div id="login" class="hidden"><section>
 <h2>Viewer token</h2>
-<p class="muted">The secret of a <code>viewer</code> key from the supervisor's keys file.
+<p class="muted">The viewer token: the supervisor's <code>viewer.token</code> file (not a key's secret).
 It stays in this tab (sessionStorage).</p>
-<form id="loginform"><input id="token" type="password" autocomplete="off" placeholder="viewer secret" required>
+<form id="loginform"><input id="token" type="password" autocomplete="off" placeholder="viewer token" required>
 <button type="submit">Show the fleet</button></form>
 <p id="loginerr" class="err"></p></section></div>
 <noscript><p class="err">This page needs JavaScript: it reads <code>/v1/overview</code> with a viewer token.
 Without it: <code>python3 -m meshkit status</code>, or
-<code>curl -H "Authorization: Bearer VIEWER_SECRET" http://HOST:PORT/v1/overview</code>.</p></noscript>
+<code>curl -H "Authorization: Bearer VIEWER_TOKEN" http://HOST:PORT/v1/overview</code>.</p></noscript>
 <main id="app" class="hidden">
 <p id="problem" class="err"></p>
 <section><h2>Tasks</h2><div id="counts" class="counts"></div>
@@ -169,7 +170,7 @@ async function refresh() {
   if (!token) { showLogin(); return; }
   try {
     const r = await fetch("/v1/overview", {headers: {"Authorization": "Bearer " + token}, cache: "no-store"});
-    if (r.status === 401 || r.status === 403) { sessionStorage.removeItem(KEY); showLogin("That token was refused: use a viewer key's secret."); return; }
+    if (r.status === 401 || r.status === 403) { sessionStorage.removeItem(KEY); showLogin("That token was refused: use the supervisor's viewer.token."); return; }
     if (!r.ok) throw new Error("HTTP " + r.status);
     render(await r.json());
   } catch (e) {

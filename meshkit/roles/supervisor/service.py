@@ -45,7 +45,7 @@ class Supervisor:
         self.created_keys = cfg.source is None and keyfile.ensure(keys_path)
         self.keys_path = keys_path
         self.keys = keyfile.load(keys_path)
-        self.viewer_tokens, self.viewer_token_file = viewer_tokens(self.keys, cfg)
+        self.viewer_tokens, self.viewer_token_file = viewer_tokens(cfg)
         try:
             self.store = open_store(os.path.join(self.data_dir, "meshkit.db"), cfg.get("supervisor.durability"))
         except BaseException:
@@ -87,7 +87,22 @@ class Supervisor:
         statusfiles.write_url(self.data_dir, self.url)
         self.log.info("supervisor_started", url=self.url, data_dir=self.data_dir, epoch=self.epoch, supervisor_role=self.role,
                       viewer_token_file=self.viewer_token_file)
+        self._warn_token_is_a_secret()
         return self.url
+
+    def _warn_token_is_a_secret(self) -> None:
+        """An install from before viewer.token was a token of its own holds a key's signing
+        secret there (group-readable, sent in clear by every scrape): whoever reads it can sign
+        as that key. It is still accepted as a bearer token (an upgrade must not stop the
+        fleet's monitoring); the warning says how to replace it."""
+        for token in self.viewer_tokens:
+            ids = keyfile.secret_ids(self.keys, token)
+            if ids:
+                config = f" --config {self.cfg.source}" if self.cfg.source else ""
+                self.log.warning("viewer_token_is_a_signing_secret", file=self.viewer_token_file, keys=ids,
+                                 fix=f"python3 -m meshkit keys viewer-token{config}; then give key(s) "
+                                     f"{', '.join(ids)} a new secret in {self.keys_path} (or remove them), "
+                                     "restart the supervisor and give Prometheus the new token")
 
     def step(self) -> float:
         """One maintenance cycle; returns the delay until the next."""
@@ -147,18 +162,17 @@ class Supervisor:
                 "last_cycle_error": self.last_cycle_error}
 
 
-def viewer_tokens(keys: dict, cfg) -> tuple:
-    """(bearer tokens that grant the viewer role: viewer keys' secrets and the token in
-    auth.viewer_token_file; that file's path, "" if no token comes from a file: the start log says which).
+def viewer_tokens(cfg) -> tuple:
+    """(bearer tokens that grant the viewer role: the token in auth.viewer_token_file, never a
+    key's signing secret; that file's path, "" if there is none: the start log says which).
     The key set in the config file: its file must exist; left at its default ("viewer.token",
     which `init` writes): used if it exists. An empty key: no file. A file that exists is
     checked either way (keyfile.load_token): a bad one stops the start, never silently ignored."""
-    tokens = [secret for role, secret in keys.values() if role == "viewer"]
     path = cfg.path("auth.viewer_token_file")
     token = keyfile.load_token(path, cfg.source, cfg.is_set("auth.viewer_token_file")) if path else None
     if token is None:
-        return tokens, ""
-    return tokens + [token], path
+        return [], ""
+    return [token], path
 
 
 def open_store(path: str, durability: str) -> Store:
