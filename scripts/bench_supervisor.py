@@ -107,11 +107,11 @@ def run_meshkit(workers, seconds, tasks, backlog=0):
         keys = keyfile.load(os.path.join(d, "keys"))
         proc, url = start_supervisor(d)
         try:
-            admin = SignedClient(url, *[(k, s) for k, (r, s) in keys.items() if r == "admin"][0])
+            admin = SignedClient(url, *[(k, s) for k, (r, s, _) in keys.items() if r == "admin"][0])
             if backlog:
                 dispatch_many(admin, backlog, mixed=True)   # stays queued: nobody runs "other"/gpu...
             dispatch_many(admin, tasks, mixed=False)
-            wk = [(k, s) for k, (r, s) in keys.items() if r == "worker"][0]
+            wk = [(k, s) for k, (r, s, _) in keys.items() if r == "worker"][0]
             out = mp.Queue()
             procs = [mp.Process(target=worker_proc, args=(url, wk[0], wk[1], f"w{i}", seconds, WORKER_KINDS, [], out))
                      for i in range(workers)]

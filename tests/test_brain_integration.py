@@ -7,6 +7,7 @@ import sqlite3
 import time
 import unittest
 
+from meshkit.rules.auth import pick_key
 from tests.helpers import Fleet, register
 
 
@@ -225,7 +226,7 @@ class AtomicClaims(unittest.TestCase):
             url = fleet.start_supervisor()
             admin = fleet.client("admin")
             ids = [admin.call("POST", "/v1/tasks", {"kind": "race", "payload": i})["task"]["id"] for i in range(500)]
-            kid, _, secret = ("worker-1",) + fleet.keys["worker-1"]
+            kid, _, secret = pick_key(fleet.keys, "worker-1")
             out = mp.Queue()
             procs = [mp.Process(target=racer, args=(url, kid, secret, f"r{i}", out)) for i in range(8)]
             for p in procs:

@@ -136,7 +136,8 @@ class OpenApiDocument(unittest.TestCase):
         for r in self.routes:
             src = source(r.handler)
             op = self.doc["paths"][openapi.openapi_path(r.pattern)[0]][r.method.lower()]
-            self.assertEqual("req.json()" in src, "requestBody" in op, r.name)
+            reads = "req.json()" in src or "self.body(req" in src      # api.body(): req.json() + the node check
+            self.assertEqual(reads, "requestBody" in op, r.name)
             if "requestBody" in op:     # "req.json() if req.body else {}": the body may be left out
                 self.assertEqual("if req.body" not in src, op["requestBody"]["required"], r.name)
 

@@ -293,7 +293,7 @@ class RefusedRequests(unittest.TestCase):
         self.assertEqual(counts, {reason: n - 1 for reason, n in sent.items()})
         with open(os.path.join(fleet.dir, "supervisor-0.log")) as f:
             text = f.read()
-        for _, secret in fleet.keys.values():
+        for _, secret, _ in fleet.keys.values():
             self.assertNotIn(secret, text)
         self.assertNotIn(headers[auth.H_SIG], text)
         self.assertNotIn("x" * 40, text)

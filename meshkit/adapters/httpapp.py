@@ -57,6 +57,7 @@ class Request:
     route: Route = None
     key_id: str = ""
     role: str = ""
+    nodes: frozenset = frozenset()   # the nodes the signing key may speak for (a worker key's binding); empty: any
     may_wait: bool = True        # False on the event loop (httploop): a handler that would wait raises WouldWait
     _json: object = None
 

@@ -16,6 +16,7 @@ TOKEN_MIN = 16                  # characters: a shorter bearer token is guessabl
 
 def new_keys_text(node: str = "fleet") -> str:
     return ("# meshkit signing keys: ID ROLE SECRET (roles: admin > worker > viewer).\n"
+            "# A worker key may add NODE[,NODE...]: it then speaks only for those nodes (meshkit keys add-worker).\n"
             "# Give workers only the worker line. Prometheus and the status page use viewer.token, not a key.\n"
             "# Several keys per role may be listed at once (rotation).\n"
             f"admin-1 admin {secrets.token_hex(32)}\n"
@@ -30,26 +31,45 @@ def new_token() -> str:
 
 
 def write_token(path: str) -> str:
-    """Write a new viewer token to `path` (atomically, mode 0640, the group of the file it
-    replaces kept when this user may set it); returns the token."""
-    try:
-        gid = os.stat(path).st_gid
-    except FileNotFoundError:
-        gid = -1
+    """Write a new viewer token to `path` (atomically, mode 0640); returns the token."""
     token = new_token()
-    write_text(path, token + "\n", mode=0o640)
-    if gid != -1 and gid != os.stat(path).st_gid:
+    _replace(path, token + "\n", 0o640)
+    return token
+
+
+def _replace(path: str, text: str, mode: int) -> None:
+    """Write `text` to `path` atomically with `mode`, keeping the owner and group of the file it
+    replaces where this user may (root editing the keys of a supervisor that runs as another user)."""
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        before = None
+    write_text(path, text, mode=mode)
+    if before is not None:
         try:
-            os.chown(path, -1, gid)
+            os.chown(path, before.st_uid, before.st_gid)
         except PermissionError:
             pass
-    return token
+
+
+def add_worker(path: str, kid: str, nodes: list) -> str:
+    """Append the worker key `kid`, bound to `nodes`, to the keys file at `path` (checked as
+    load() does; rewritten atomically, mode 0600); returns its line. A used id is refused."""
+    keys = load(path)
+    if kid in keys:
+        raise ConfigError(path, "key id", "an id the keys file does not have yet (--id ID)", f"{kid!r}, already there")
+    line = f"{kid} worker {secrets.token_hex(32)} {','.join(nodes)}"
+    parse_keys(line, "the new key")             # refuses a bad id or node before anything is written
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    _replace(path, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n", 0o600)
+    return line
 
 
 def secret_ids(keys: dict, token: str) -> list:
     """The ids of the keys whose signing secret is `token` (an install from before the token was
     made apart from the keys: its viewer.token is viewer-1's secret)."""
-    return sorted(kid for kid, (_, secret, *_) in keys.items() if secret == token)
+    return sorted(kid for kid, (_, secret, _) in keys.items() if secret == token)
 
 
 def create(path: str) -> None:
@@ -90,7 +110,7 @@ def _refuse_duplicates(text: str, path: str) -> None:
     first = {}
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if len(parts) != 3 or parts[0].startswith("#"):
+        if len(parts) not in (3, 4) or parts[0].startswith("#"):
             continue
         if parts[0] in first:
             raise ConfigError(path, f"line {n}", "a key id not used before",

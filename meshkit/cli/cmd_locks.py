@@ -190,8 +190,9 @@ def cmd_run(args) -> int:
     if not command:
         return fail("locks run: no command given (put it after --)", EXIT_USAGE)
     if args.fleet:
-        lease = FleetLease(make_client(args, cfg, "worker"), args.fleet, ttl=args.ttl or 60,
-                           purpose=args.purpose or " ".join(command)[:200])
+        node = cfg.get("worker.name") or hostname()       # the holder's node part: a bound key's node
+        lease = FleetLease(make_client(args, cfg, "worker", node), args.fleet, ttl=args.ttl or 60,
+                           purpose=args.purpose or " ".join(command)[:200], node=node)
         try:
             return runner.run_locked(lease, command, wait=args.wait)
         except runner.CannotRun as e:

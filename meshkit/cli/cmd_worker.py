@@ -121,7 +121,15 @@ def serve(args) -> int:
     make_dir(s.work_dir, None if args.work_dir else cfg.source, "--work-dir" if args.work_dir else "worker.work_dir",
              "a directory the worker can create")
     keys_file = cfg.path("auth.keys_file")
-    kid, _, secret = pick_key(keyfile.load(keys_file), cfg.get("auth.key_id"), "worker")
+    keys = keyfile.load(keys_file)
+    kid, _, secret = pick_key(keys, cfg.get("auth.key_id"), "worker", s.name)
+    nodes = keys[kid][2]          # a key bound to nodes: the supervisor refuses it for any other name
+    if nodes and s.name not in nodes:
+        given = args.name is not None
+        raise ConfigError(None if given else cfg.source, "--name" if given else "worker.name",
+                          f"one of the nodes key {kid} speaks for "
+                          f"({', '.join(sorted(nodes))}; its line in {keys_file})",
+                          repr(s.name))
     log = Logger("worker", node=s.name, level=cfg.get("logging.level"), log_dir=cfg.path("logging.dir"))
     worker = build(s, kid, secret, log=log)
     wire_worker(worker)        # systemd: READY, WATCHDOG per step, STATUS, STOPPING (no-op without NOTIFY_SOCKET)

@@ -22,7 +22,7 @@ from meshkit.core.errors import MeshkitError
 COMMANDS = {
     "quickstart": ("cmd_quickstart", "a local demo fleet: supervisor, two workers, a task graph"),
     "init": ("cmd_init", "write meshkit.toml, a keys file and viewer.token"),
-    "keys": ("cmd_keys", "make a new viewer token"),
+    "keys": ("cmd_keys", "add a worker key bound to its node; make a new viewer token"),
     "supervisor": ("cmd_supervisor", "run the supervisor (the fleet's state)"),
     "dispatch": ("cmd_tasks", "queue a task; prints its id"),
     "graph": ("cmd_graph", "dispatch a dependency graph from a JSON file"),

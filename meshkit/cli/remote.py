@@ -48,10 +48,10 @@ def find_supervisor(args, cfg: Config) -> tuple:
     return f"http://{host}:{port}", where
 
 
-def make_client(args, cfg: Config, at_most: str = "admin"):
-    """A signed client for the supervisor, with the most capable key allowed. A URL that is
-    not one is refused naming where it came from (exit 2)."""
-    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most)
+def make_client(args, cfg: Config, at_most: str = "admin", node: str | None = None):
+    """A signed client for the supervisor, with the most capable key allowed (one bound to
+    `node` first: auth.pick_key). A URL that is not one is refused naming where it came from (exit 2)."""
+    kid, _, secret = pick_key(keyfile.load(cfg.path("auth.keys_file")), cfg.get("auth.key_id"), at_most, node)
     url, where = find_supervisor(args, cfg)
     try:
         return SignedClient(url, kid, secret, source=where)

@@ -5,7 +5,10 @@
 
 Headers: X-Meshkit-Key (key id), X-Meshkit-Timestamp (unix seconds),
 X-Meshkit-Nonce (16-128 chars of [A-Za-z0-9_-]), X-Meshkit-Signature.
-Keys file: one key a line, `ID ROLE SECRET`; roles viewer < worker < admin.
+Keys file: one key a line, `ID ROLE SECRET`; roles viewer < worker < admin. A worker key may
+name the nodes it speaks for, `ID worker SECRET NODE[,NODE...]`: the supervisor then refuses
+(403) its requests that carry another node (a body's `node`, a fleet lease holder's node part).
+A worker key without that field speaks for any node.
 """
 
 import bisect
@@ -16,6 +19,7 @@ import hmac
 import math
 import re
 
+from meshkit.core import wire
 from meshkit.core.errors import ConfigError, Forbidden, Unauthorized
 
 ROLE_RANK = {"viewer": 0, "worker": 1, "admin": 2}
@@ -57,7 +61,8 @@ def signed_headers(key_id: str, secret: str, method: str, path: str, body: bytes
 
 
 def parse_keys(text: str, source: str = "keys") -> dict:
-    """{key id: (role, secret)}; raises ConfigError naming the line."""
+    """{key id: (role, secret, nodes)}: nodes, the frozenset of node names a worker key speaks
+    for (its 4th field), empty for any node; raises ConfigError naming the line."""
     keys = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -65,32 +70,61 @@ def parse_keys(text: str, source: str = "keys") -> dict:
             continue
         parts = line.split()
         where = f"line {n}"
-        if len(parts) != 3:
-            raise ConfigError(source, where, "`ID ROLE SECRET`", f"{len(parts)} fields")
-        kid, role, secret = parts
+        if len(parts) not in (3, 4):
+            raise ConfigError(source, where, "`ID ROLE SECRET` (a worker key may add NODE[,NODE...])",
+                              f"{len(parts)} fields")
+        kid, role, secret = parts[:3]
         if not KEY_ID_RE.match(kid):
             raise ConfigError(source, where, "a key id of letters, digits, . _ -", repr(kid))
         if role not in ROLE_RANK:
             raise ConfigError(source, where, "a role of viewer, worker or admin", repr(role))
         if len(secret) < 16:
             raise ConfigError(source, where, "a secret of at least 16 characters", f"{len(secret)} characters")
-        keys[kid] = (role, secret)
+        keys[kid] = (role, secret, parse_nodes(parts[3], role, source, where) if len(parts) == 4 else frozenset())
     if not keys:
         raise ConfigError(source, "(file)", "at least one key", "none")
     return keys
 
 
-def pick_key(keys: dict, key_id: str = "", at_most: str = "admin") -> tuple:
-    """(id, role, secret): the named key, else the most capable one up to `at_most`."""
+def parse_nodes(field: str, role: str, source, where: str) -> frozenset:
+    """The nodes of a key line's 4th field, NODE[,NODE...] (a worker key's only)."""
+    if role != "worker":
+        raise ConfigError(source, where, f"`ID ROLE SECRET` for role {role} (only a worker key names nodes)",
+                          f"a 4th field {field[:64]!r}")
+    nodes = field.split(",")
+    bad = next((node for node in nodes if not wire.is_name(node)), None)
+    if bad is not None:
+        raise ConfigError(source, where, "nodes NODE[,NODE...], each of letters, digits, _ . : @ - (at most 128)",
+                          repr(bad[:64]) if bad else f"an empty node in {field[:64]!r}")
+    return frozenset(nodes)
+
+
+def holder_node(holder: str) -> str:
+    """The node part of a fleet lease holder `NODE:PID` (roles/locks/fleet.py); a holder
+    without ':' is all node."""
+    return holder.rpartition(":")[0] or holder
+
+
+def _fits(key: tuple, node) -> int:
+    """2: a key bound to `node`; 1: bound to no node; 0: bound to others."""
+    nodes = key[2] if len(key) > 2 else ()
+    return 1 if not nodes else 2 if node in nodes else 0
+
+
+def pick_key(keys: dict, key_id: str = "", at_most: str = "admin", node: str | None = None) -> tuple:
+    """(id, role, secret): the named key, else the most capable one up to `at_most`; of keys
+    with the same role, one bound to `node` first, then one bound to no node, then the others:
+    a machine whose keys file also holds keys bound to other nodes keeps using its own."""
     if key_id:
         if key_id not in keys:
             raise ConfigError(None, "auth.key_id", f"one of {', '.join(sorted(keys))}", repr(key_id))
-        return (key_id,) + keys[key_id]
-    usable = [(ROLE_RANK[r], kid) for kid, (r, _) in keys.items() if ROLE_RANK[r] <= ROLE_RANK[at_most]]
+        return (key_id,) + tuple(keys[key_id][:2])
+    usable = [(ROLE_RANK[key[0]], _fits(key, node), kid) for kid, key in keys.items()
+              if ROLE_RANK[key[0]] <= ROLE_RANK[at_most]]
     if not usable:
         raise ConfigError(None, "auth.keys_file", f"a key with role {at_most} or below", "none")
-    _, kid = max(usable)
-    return (kid,) + keys[kid]
+    kid = max(usable)[2]
+    return (kid,) + tuple(keys[kid][:2])
 
 
 class NonceCache:
@@ -210,7 +244,7 @@ def verify(headers, method: str, path: str, body: bytes, keys: dict, nonces: Non
         raise refused("stale_timestamp", f"timestamp is more than {int(max_skew)} s off the server's clock")
     if not NONCE_RE.match(nonce):
         raise refused("bad_nonce", "nonce must be 16-128 characters of A-Z a-z 0-9 _ -")
-    role, secret = keys[kid]
+    role, secret = keys[kid][:2]
     if not hmac.compare_digest(sign(secret, method, path, ts, nonce, body), sig.lower()):
         raise refused("bad_signature", "bad signature")
     why = nonces.add(nonce, int(ts), now)

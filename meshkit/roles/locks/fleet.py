@@ -17,10 +17,12 @@ from meshkit.core.errors import ApiError, ClientError, LockHeld
 
 
 class FleetLease:
-    def __init__(self, client, name: str, ttl: float = 60.0, purpose: str = "", clock=REAL, logger=None):
+    def __init__(self, client, name: str, ttl: float = 60.0, purpose: str = "", clock=REAL, logger=None,
+                 node: str = ""):
         self.client, self.name, self.ttl, self.purpose = client, name, float(ttl), purpose
         self.clock, self.log = clock, logger
-        self.holder = f"{hostname()}:{os.getpid()}"
+        # NODE:PID; a key bound to nodes may hold a lease only as one of them (worker.name, else the hostname)
+        self.holder = f"{node or hostname()}:{os.getpid()}"
         self.token = None
         self.path = f"fleet:{name}"
         self.env = {}

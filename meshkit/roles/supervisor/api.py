@@ -142,6 +142,23 @@ class Api:
             req.key_id, req.role = auth.verify(req.headers, req.method, req.raw_path, req.body, keys,
                                                self.nonces, self.sup.clock.time(), self.sup.cfg.get("auth.max_skew"))
         auth.require_role(req.role, req.route.auth)
+        req.nodes = keys[req.key_id][2]          # a worker key bound to nodes: checked by body() on worker routes
+
+    def body(self, req, field: str = "node"):
+        """The request's JSON body; 403 when the key is bound to nodes (its keys-file line names
+        them) and the body speaks for another: its `node`, or the node part of a lease `holder`
+        (NODE:PID). An unbound key (admin, or a worker key without nodes): only the falsy check."""
+        body = req.json()
+        if req.nodes and isinstance(body, dict) and isinstance(body.get(field), str):
+            node = body[field] if field == "node" else auth.holder_node(body[field])
+            if node not in req.nodes:
+                e = Forbidden(f"key {req.key_id} speaks only for node{'s' if len(req.nodes) > 1 else ''} "
+                              f"{', '.join(sorted(req.nodes))}, not {node[:128]!r} (its line in the supervisor's "
+                              "keys file names its nodes)",
+                              reason="node_not_bound", key=req.key_id, node=node[:128])
+                self._refused(req, e)
+                raise e
+        return body
 
     def _refused(self, req, e) -> None:
         """Log a 401/403 (event request_refused), at most one line per (client, reason) per
@@ -185,21 +202,22 @@ class Api:
         return {"ok": True, "role": self.sup.role, "epoch": self.sup.epoch}
 
     def heartbeat(self, req):
-        return dict(self.tasks.heartbeat(req.json()), epoch=self.sup.epoch)
+        return dict(self.tasks.heartbeat(self.body(req)), epoch=self.sup.epoch)
 
     def claim(self, req):
+        body = self.body(req)
         if req.may_wait:
-            start, leased = self._claim_waiting(req)
+            start, leased = self._claim_waiting(req, body)
         else:                       # the event loop's pass: it never waits
             start = self.sup.clock.monotonic()
-            leased = self.tasks.claim(req.json(), req.connected, False)
+            leased = self.tasks.claim(body, req.connected, False)
         if leased is None:
             raise WouldWait()       # nothing yet: the server lets it wait on a thread
         if leased:
             self.claim_latency.observe(self.sup.clock.monotonic() - start)
         return {"tasks": leased, "epoch": self.sup.epoch}
 
-    def _claim_waiting(self, req) -> tuple:
+    def _claim_waiting(self, req, body) -> tuple:
         """(when the claim's last pass over the queue began, what it leased) for a claim that may
         wait: it tries, waits for a wake, tries again. The time noted as each pass begins starts
         the pass that leased: the claim latency leaves the long-poll's idle wait out (the route's
@@ -210,14 +228,14 @@ class Api:
         def pass_begins():
             began[0] = clock.monotonic()
 
-        leased = self.tasks.claim(req.json(), req.connected, True, on_pass=pass_begins)
+        leased = self.tasks.claim(body, req.connected, True, on_pass=pass_begins)
         return began[0], leased
 
     def start(self, req):
-        return dict(self.tasks.start(req.params[0], req.json()), epoch=self.sup.epoch)
+        return dict(self.tasks.start(req.params[0], self.body(req)), epoch=self.sup.epoch)
 
     def results(self, req):
-        return dict(self.tasks.result(req.json()), epoch=self.sup.epoch)
+        return dict(self.tasks.result(self.body(req)), epoch=self.sup.epoch)
 
     def dispatch(self, req):
         task, created = intake.dispatch(self.tasks, req.json(), req.key_id)
@@ -248,13 +266,16 @@ class Api:
                     epoch=self.sup.epoch)
 
     def lease_acquire(self, req):
-        return dict(self.sup.leases.acquire(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+        name = urllib.parse.unquote(req.params[0])
+        return dict(self.sup.leases.acquire(name, self.body(req, "holder")), epoch=self.sup.epoch)
 
     def lease_renew(self, req):
-        return dict(self.sup.leases.renew(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+        name = urllib.parse.unquote(req.params[0])
+        return dict(self.sup.leases.renew(name, self.body(req, "holder")), epoch=self.sup.epoch)
 
     def lease_release(self, req):
-        return dict(self.sup.leases.release(urllib.parse.unquote(req.params[0]), req.json()), epoch=self.sup.epoch)
+        name = urllib.parse.unquote(req.params[0])
+        return dict(self.sup.leases.release(name, self.body(req, "holder")), epoch=self.sup.epoch)
 
     def list_leases(self, req):
         return {"leases": self.sup.leases.list(), "epoch": self.sup.epoch}

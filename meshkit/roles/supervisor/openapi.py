@@ -73,14 +73,17 @@ SECURITY_SCHEMES = {
     "MeshkitSignature": {"type": "apiKey", "in": "header", "name": auth.H_SIG,
                          "description": "hex HMAC-SHA256 (key: the secret as text) of "
                                         "METHOD\\nPATH_WITH_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA-256(BODY))"},
-    "ViewerBearer": {"type": "http", "scheme": "bearer", "description": "the viewer token of auth.viewer_token_file, not a signing secret (GET /metrics and /v1/overview only)"},
+    "ViewerBearer": {"type": "http", "scheme": "bearer",
+                     "description": "the viewer token of auth.viewer_token_file, not a signing secret "
+                                    "(GET /metrics and /v1/overview only)"},
 }
 
 ERRORS = {
     400: "bad request: malformed JSON, a key given twice in an object, wrong types, unknown or missing fields, out-of-range "
          "values, an unknown query parameter, a query parameter given more than once, bad headers or request line",
     401: "missing, bad, stale or replayed signature; a bearer token on a route that does not take one",
-    403: "the key's role may not call this",
+    403: "the key's role may not call this; or a worker key bound to nodes speaks for another node "
+         "(reason node_not_bound)",
     404: "no such endpoint or task",
     405: "method not allowed on this path (see Allow)",
     408: "the client was too slow to send its request",

@@ -1,6 +1,7 @@
 """When the supervisor refuses this worker's key (401, 403): for good, or for now. Pure.
 
   403 `forbidden`            the key's role may not do a worker's calls (e.g. a viewer key)  for good
+    node_not_bound           the key is bound to other nodes than this worker's name        for good
   401 `unauthorized`:
     unknown_key              the supervisor's keys file has no such key id                   for good
     bad_signature            the key id is known, its secret differs                         for good
@@ -22,6 +23,8 @@ from meshkit.core.errors import ApiError
 
 FOR_GOOD = {
     "role": "give this worker a key with role worker (or admin)",
+    "node_not_bound": "the key speaks only for the nodes its line in the keys file names: set worker.name to one "
+                      "of them, or give this worker its own key (`meshkit keys add-worker NODE` on the supervisor)",
     "unknown_key": "add this key to the supervisor's keys file (and restart it), "
                    "or give this worker a key the supervisor knows",
     "bad_signature": "this key's secret differs from the supervisor's: copy the key's line "
@@ -44,7 +47,9 @@ def reason_of(err) -> str | None:
     if not isinstance(err, ApiError) or err.status not in (401, 403):
         return None
     if err.status == 403:
-        return "role" if err.code == "forbidden" else "unknown"
+        if err.code != "forbidden":
+            return "unknown"
+        return "node_not_bound" if err.details.get("reason") == "node_not_bound" else "role"
     if err.code != "unauthorized":
         return "unknown"
     said = err.details.get("reason")
