@@ -68,6 +68,19 @@ def after_check(state: dict, active_ok: bool, active_epoch, home_ok: bool, failu
     return s, None
 
 
+def unconfirmed_epoch(remembered: int, answers: list):
+    """The watchdog remembers the highest epoch a check answer reported, and answers are
+    signed by nobody. When the active node answers as a primary below it, the other node is
+    asked too: if both answer and both report a lower epoch, nobody holds the remembered one
+    (a forged or mistaken answer put it there): returns the highest they report, to remember
+    instead. Else None (keep it: the active node is behind, or it can't be told)."""
+    epochs = [a.get("epoch") if isinstance(a, dict) else None for a in answers]
+    if not epochs or any(isinstance(e, bool) or not isinstance(e, int) for e in epochs):
+        return None
+    top = max(epochs)
+    return top if top < remembered else None
+
+
 def peer_verdict(own_epoch: int, peer) -> str:
     """A primary with a configured peer, from the peer's /health answer (None: it could not be
     asked): "follow" (the peer is primary with a higher epoch: it was promoted past us),
@@ -137,3 +150,4 @@ def names_itself(peer_host: str, peer_port: int, listen_host: str, listen_port: 
     if peer_host == listen_host:
         return True
     return peer_host in _LOOPBACK and listen_host in _LOOPBACK + ("0.0.0.0", "::", "")
+

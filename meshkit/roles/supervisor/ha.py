@@ -4,7 +4,8 @@ changelog over the signed API), sync/async acknowledgement, and fencing.
 Fencing rules, each enforced here:
 - only a primary accepts work; a standby answers 409 not_active naming the active one;
 - a request carrying a higher epoch than ours (X-Meshkit-Epoch, sent by workers that
-  saw a newer primary) demotes us at once;
+  saw a newer primary; signed by nobody) stops us taking work until our peer confirms it
+  (we follow) or refutes it (we serve); without a peer it is ignored (claims.py);
 - a primary whose peer is primary with a higher epoch becomes its standby;
 - a primary that restarts asks its peer first and follows it if the peer was promoted; if
   the peer can't be asked (or the answer does not settle it) it starts fenced and takes
@@ -24,8 +25,10 @@ import threading
 from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ApiError, BadRequest, ClientError, NotActive
 from meshkit.roles.supervisor import promotion, pull
+from meshkit.roles.supervisor.claims import EpochClaims
 from meshkit.roles.supervisor.pull import PULL_WAIT
 from meshkit.rules import failover
+from meshkit.rules.epochclaim import parse_epoch
 from meshkit.rules.auth import pick_key
 
 TASK_ID_GAP = 1_000_000     # task ids skipped at a promotion (storetx.skip_task_ids)
@@ -58,6 +61,7 @@ class Ha:
         self.pull_in_flight = False     # standby: a pull is on its way (it may renew the primary's lease)
         self.pull_answered = None       # standby: monotonic time of the last pull the primary answered
         self._peer_error = None         # why the last signed check of the peer failed
+        self.claims = EpochClaims(self)  # primary: clients' word of a higher epoch (claims.py)
         self.promoted_base = (self._meta_int("promoted_from"), self._meta_int("promoted_head"))
         self._stop = threading.Event()
         self._cond = threading.Condition()       # the standby's acknowledged position moved
@@ -105,6 +109,7 @@ class Ha:
             self.sup.role, self.sup.epoch, self.peer = role, epoch, peer
             self.fenced = None
             self.settling, self.settle_deadline = settle
+            self.claims.reset()
             if role == "standby":
                 self.handing_over = None
         self.log.warning("role_changed", supervisor_role=role, epoch=epoch, previous=list(before), peer=peer,
@@ -168,9 +173,8 @@ class Ha:
     # -- serving rules ----------------------------------------------------------------
 
     def require_active(self, req) -> None:
-        seen = req.headers.get("X-Meshkit-Epoch")
-        if seen and seen.isdigit() and int(seen) > self.sup.epoch and self.sup.role == "primary":
-            self.set_identity("standby", self.sup.epoch, self.peer, f"a client saw epoch {seen} > ours: fenced")
+        if self.sup.role == "primary":
+            self.claims.note(req)
         if self.sup.role != "primary":
             raise NotActive(f"this supervisor is a standby (epoch {self.sup.epoch}); the active one is "
                             f"{self.peer or 'unknown'}", active=self.peer)
@@ -179,6 +183,7 @@ class Ha:
                             active=self.handing_over)
         if self.fenced or self.settling:
             raise NotActive(self.fenced or self.settling, active=None)
+        self.claims.refuse()
         if self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease:
             raise NotActive(f"fenced: no word from the watchdog or the standby for more than {self.lease:.0f} s",
                             active=None)
@@ -187,6 +192,7 @@ class Ha:
         """May work be handed out now? A claim long-poll asks before every try, so a supervisor
         demoted, handing over or past its lease while the claim waits leases nothing."""
         return (self.sup.role == "primary" and not self.handing_over and not self.fenced and not self.settling
+                and not self.claims.fenced
                 and not (self.lease > 0 and self.clock.monotonic() - self.last_contact > self.lease))
 
     def _write_guard(self) -> None:
@@ -208,8 +214,8 @@ class Ha:
         lease, or lift a start-up fence (a stale former primary can't keep itself alive)."""
         with self.store.tx(replication=True) as tx:
             tx.set_meta("checked_at", self.clock.time())
-        active = str(query.get("active", ""))
-        if self.sup.role == "primary" and active.isdigit() and self.sup.epoch >= int(active):
+        active = parse_epoch(query.get("active"))
+        if self.sup.role == "primary" and active is not None and self.sup.epoch >= active:
             if self.fenced:
                 self._unfence(f"the watchdog's check names this supervisor active (epoch >= {active})")
             self.contact()
@@ -225,8 +231,11 @@ class Ha:
             self.settled(self.sup.epoch, "the former primary's primary_lease has run out")
         if not self.peer:
             return
+        asked = self.claims.asked()
         peer = self._peer_health()
         verdict = failover.peer_verdict(self.sup.epoch, peer)
+        if self.sup.role == "primary":
+            self.claims.judge(asked, peer)      # the same answer settles clients' claims of a higher epoch
         if verdict == "follow":
             self.set_identity("standby", self.sup.epoch, self.peer,
                               f"peer {self.peer} is primary with higher epoch {peer['epoch']}")
@@ -302,7 +311,8 @@ class Ha:
                         # Cut off from the standby AND past our lease: we may no longer be the
                         # primary, so this write is not acknowledged (the client retries there).
                         raise NotActive("the standby did not confirm this change and this supervisor is "
-                                        "fenced (primary_lease expired); retry on the active supervisor",
+                                        "fenced (primary_lease expired, or a client's newer epoch is being "
+                                        "checked); retry on the active supervisor",
                                         active=self.peer)
                     if not self.sync_degraded:
                         self.sync_degraded = True

@@ -13,6 +13,9 @@ def pull_loop(ha) -> None:
     client = None
     while not ha._stop.is_set() and ha.sup.role == "standby":
         try:
+            if not ha.peer:     # e.g. demoted by an older meshkit with no peer to follow: nothing to pull
+                raise MeshkitError("this standby has no peer to replicate from: restart it with --standby-of URL, "
+                                   "or promote it")
             client = client if client and client.url == ha.peer else ha.client()
             if ha.store.meta("rejoin") is not None:
                 rejoin.rejoin(ha, client, PULL_WAIT)

@@ -108,6 +108,8 @@ class Watchdog:
         state = self.state()
         active = state["active"]
         got = self.check(active, active_epoch=state["epoch"])
+        if got and got.get("role") == "primary" and isinstance(got.get("epoch"), int) and got["epoch"] < state["epoch"]:
+            state = self.confirm_epoch(state, got)
         active_ok = bool(got and got.get("role") == "primary" and got.get("epoch", 0) >= state["epoch"])
         home_ok = False
         if active == "standby":
@@ -127,6 +129,20 @@ class Watchdog:
             self.alert({"event": "ready_for_failback", "primary": self.urls["primary"],
                         "message": "the primary is healthy again; run `meshkit watchdog failback`"})
         self.save(new)
+
+    def confirm_epoch(self, state: dict, got: dict) -> dict:
+        """The active node answers as a primary below the epoch we remember: is anyone at that
+        epoch? (It may have come from one forged answer: nothing signs them.) If the other
+        node answers below it too, go on with the highest they report."""
+        other = failover.other(state["active"])
+        answer = self.check(other, timeout=max(0.2, min(2.0, self.interval / 2)))
+        epoch = failover.unconfirmed_epoch(state["epoch"], [got, answer])
+        if epoch is None:
+            return state
+        self.log.warning("epoch_unconfirmed", remembered=state["epoch"], epoch=epoch, active=self.urls[state["active"]],
+                         reason="neither supervisor is at the epoch this watchdog remembered (it came from an answer "
+                                "nobody signs): going on with the highest they report")
+        return dict(state, epoch=epoch)
 
     # -- actions ----------------------------------------------------------------------------
 

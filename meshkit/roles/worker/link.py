@@ -1,8 +1,16 @@
 """The worker's line to the supervisor: failover across URLs, a circuit breaker, epochs.
 
-Calls go to the supervisor that last answered; on a network failure, a 5xx, a 409
-"not_active" (a standby) or an epoch lower than one already seen, the next URL in the
-list is tried. A call that no URL answers counts as one breaker failure (one that a
+Calls go to the supervisor that last answered; on a network failure, a 5xx or a 409
+"not_active" (a standby, or a primary checking whether it was replaced) the next URL in
+the list is tried.
+
+Epochs: every request carries the highest epoch seen (X-Meshkit-Epoch). Answers are not
+signed, so that number may be a lie (any server at a listed URL can claim one): the
+supervisor judges it (it asks its peer and follows a primary that was promoted past it,
+or else serves; without a peer it ignores it). An answer is therefore used whenever the
+request that got it carried the highest epoch seen, even if it names a lower one; only
+an answer to a request sent before a higher epoch was seen, naming a lower one, is
+passed over (that supervisor was not told yet). A call that no URL answers counts as one breaker failure (one that a
 standby answered does not: a failover is under way); while the breaker is open calls
 fail at once with BreakerOpen (nothing is sent: no hammering).
 """
@@ -11,6 +19,9 @@ import threading
 
 from meshkit.core.errors import ApiError, ClientError
 from meshkit.rules import breaker as br
+from meshkit.rules.epochclaim import MAX_DIGITS
+
+MAX_EPOCH = 10 ** MAX_DIGITS    # supervisors read no longer X-Meshkit-Epoch (rules/epochclaim.py)
 
 
 class BreakerOpen(ClientError):
@@ -66,8 +77,11 @@ class Link:
         order = [first] + [i for i in range(len(self.clients)) if i != first]
         last = standby = None
         for i in order:
+            client = self.clients[i]
+            with self._lock:        # the epoch this request tells the supervisor (its header)
+                told = self.epoch if hasattr(client, "headers") else 0
             try:
-                answer = self.clients[i].call(method, path, body, timeout)
+                answer = client.call(method, path, body, timeout)
             except (ApiError, ClientError) as e:
                 if not _unanswered(e):
                     self._answered(i)
@@ -77,14 +91,16 @@ class Link:
                     standby = e
                 continue
             epoch = answer.get("epoch") if isinstance(answer, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < MAX_EPOCH:
+                epoch = None            # not an epoch a supervisor could hold (nor send back as a header)
             with self._lock:
-                if isinstance(epoch, int) and epoch < self.epoch:
-                    last = ClientError(f"{self.clients[i].url} answers with epoch {epoch}, "
-                                       f"older than {self.epoch} already seen: ignored")
+                if epoch is not None and epoch < self.epoch and told < self.epoch:
+                    last = ClientError(f"{client.url} answers with epoch {epoch}, older than {self.epoch} "
+                                       f"seen since the request left: ignored")
                     continue
-                if isinstance(epoch, int) and epoch > self.epoch:
+                if epoch is not None and epoch > self.epoch:
                     self.epoch = epoch
-                    for c in self.clients:      # tell every supervisor: an older primary fences itself
+                    for c in self.clients:      # tell every supervisor: an older primary checks with its peer
                         if hasattr(c, "headers"):
                             c.headers["X-Meshkit-Epoch"] = str(epoch)
             self._answered(i)
