@@ -67,6 +67,12 @@ class NotActive(Conflict):
     code = "not_active"
 
 
+class EpochMismatch(Conflict):
+    """An HA control request (promote, demote, replicate) naming an epoch that does not fit
+    this supervisor's: meant for the other one, or for an earlier state (a replay)."""
+    code = "epoch_mismatch"
+
+
 class Unavailable(MeshkitError):
     code = "unavailable"
     status = 503

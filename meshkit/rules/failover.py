@@ -151,3 +151,50 @@ def names_itself(peer_host: str, peer_port: int, listen_host: str, listen_port: 
         return True
     return peer_host in _LOOPBACK and listen_host in _LOOPBACK + ("0.0.0.0", "::", "")
 
+
+# -- HA control requests that cannot be meant for this supervisor ----------------------------
+# The signature does not name the supervisor a request is for, and each process remembers
+# the nonces it accepted only while it lives: a demote sent to one supervisor could be
+# replayed to the other, or after a restart. The epoch a control request names tells
+# whom it was meant for; one that does not fit is refused (409 epoch_mismatch). A request
+# that names no epoch (an operator's, by hand) is judged as before.
+
+def demote_refusal(role: str, own: int, epoch, hold: bool) -> str | None:
+    """Why a demote naming `epoch` (None: none) can't be meant for a supervisor in `role` at
+    epoch `own`, or None. A demote names the epoch of the primary to follow (a hold: the
+    epoch the sender expects the primary it holds to be at)."""
+    if epoch is None:
+        return None
+    if role == "primary" and hold:
+        if epoch < own:
+            return f"a hold for a primary at epoch {epoch}, but this one is at {own}"
+        return None
+    if role == "primary" and epoch <= own:
+        return (f"this supervisor is the primary at epoch {own}: a demote to follow epoch {epoch} was meant for "
+                f"an older one")
+    if role != "primary" and epoch < own:
+        return f"this standby is already at epoch {own}: a demote to follow epoch {epoch} is older"
+    return None
+
+
+def promote_refusal(known: int, epoch) -> str | None:
+    """Why a promote naming `epoch` (the epoch the sender expects to move past; None: none)
+    can't be meant for a supervisor that knows epoch `known` (its own, or its primary's),
+    or None: the pair has moved past the epoch the sender expected."""
+    if epoch is not None and epoch < known:
+        return f"a promote past epoch {epoch}, but this supervisor knows epoch {known} already"
+    return None
+
+
+def feed_refusal(own: int, epoch) -> str | None:
+    """Why a replication pull naming `epoch` (the epoch of the primary the standby pulled from
+    last; None: none) can't be meant for a primary at epoch `own`, or None."""
+    if epoch is not None and epoch != own:
+        return f"a pull from a standby that follows epoch {epoch}, but this primary is at epoch {own}"
+    return None
+
+
+def signed_before_start(timestamp: int, started: float) -> bool:
+    """A control request signed before this process started: may be a replay of one an
+    earlier process of ours accepted (its nonces are gone); the sender signs again."""
+    return timestamp < int(started)

@@ -11,7 +11,8 @@ from meshkit.core import wire
 from meshkit.core.errors import BadRequest, Forbidden, Unauthorized
 from meshkit.roles.supervisor import openapi, page
 from meshkit.roles.supervisor import cancel, intake
-from meshkit.rules import auth, fsm
+from meshkit.rules import auth, failover, fsm
+from meshkit.rules.epochclaim import parse_epoch
 
 
 ACTIVE_ONLY = {"heartbeat", "claim", "start", "results", "dispatch", "cancel", "graph", "resume", "mode",
@@ -23,6 +24,10 @@ REFUSALS_EVERY = 60.0        # at most one request_refused line per (client, rea
 # not be alerted on: `meshkit_nodes{state="alive"} < 1`); nodes rows are 'alive' or 'stale'.
 NODE_STATES = ("alive", "stale")
 ORDERS = ("asc", "desc")     # GET /v1/tasks?order=: oldest first (the default) or newest first
+# HA control routes: a request signed before this process started is refused (401
+# signed_before_start): the nonces an earlier process accepted are gone, so it may be a replay.
+# ha_check only when it names the active epoch (only then does it change anything).
+CONTROL = {"promote", "demote", "replicate", "ha_check"}
 
 
 class Api:
@@ -82,7 +87,8 @@ class Api:
             Route("POST", "/v1/leases/([^/]+)/renew", "lease_renew", self.lease_renew),
             Route("POST", "/v1/leases/([^/]+)/release", "lease_release", self.lease_release),
             Route("GET", "/v1/leases", "leases", self.list_leases, auth="viewer"),
-            Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin", query=("since", "wait", "limit")),
+            Route("GET", "/v1/replicate", "replicate", self.replicate, auth="admin",
+                  query=("since", "wait", "limit", "epoch")),
             Route("POST", "/v1/replicate/rows", "replicate_rows", self.replicate_rows, auth="admin"),
             Route("POST", "/v1/promote", "promote", self.promote, auth="admin"),
             Route("POST", "/v1/demote", "demote", self.demote, auth="admin"),
@@ -142,6 +148,10 @@ class Api:
             req.key_id, req.role = auth.verify(req.headers, req.method, req.raw_path, req.body, keys,
                                                self.nonces, self.sup.clock.time(), self.sup.cfg.get("auth.max_skew"))
         auth.require_role(req.role, req.route.auth)
+        if req.route.name in CONTROL and (req.route.name != "ha_check" or "active" in req.query) \
+                and failover.signed_before_start(int(req.headers[auth.H_TS]), self.sup.started):
+            raise auth.refused("signed_before_start", "an HA control request signed before this supervisor started "
+                                                      "may be a replay; sign it again with the current time")
         req.nodes = keys[req.key_id][2]          # a worker key bound to nodes: checked by body() on worker routes
 
     def body(self, req, field: str = "node"):
@@ -289,7 +299,10 @@ class Api:
             since, wait, limit = int(q.get("since", "0")), float(q.get("wait", "0")), int(q.get("limit", "2000"))
         except ValueError:
             raise BadRequest("since and limit are whole numbers, wait a number of seconds") from None
-        return self.sup.ha.feed(max(0, since), wait, min(max(1, limit), 10000))
+        epoch = parse_epoch(q.get("epoch"))
+        if epoch is None and "epoch" in q:
+            raise BadRequest("epoch is a whole number (the primary's epoch as the standby saw it last)", field="epoch")
+        return self.sup.ha.feed(max(0, since), wait, min(max(1, limit), 10000), epoch)
 
     def replicate_rows(self, req):
         """Rows by key, as they are now: a former primary's rejoin asks for those it drops."""

@@ -23,7 +23,7 @@ Fencing rules, each enforced here:
 import threading
 
 from meshkit.adapters.client import SignedClient
-from meshkit.core.errors import ApiError, BadRequest, ClientError, NotActive
+from meshkit.core.errors import ApiError, BadRequest, ClientError, EpochMismatch, NotActive
 from meshkit.roles.supervisor import promotion, pull
 from meshkit.roles.supervisor.claims import EpochClaims
 from meshkit.roles.supervisor.pull import PULL_WAIT
@@ -62,6 +62,7 @@ class Ha:
         self.pull_answered = None       # standby: monotonic time of the last pull the primary answered
         self._peer_error = None         # why the last signed check of the peer failed
         self.claims = EpochClaims(self)  # primary: clients' word of a higher epoch (claims.py)
+        self.known_as = set()           # our URL as our peer names it (from its check answers while it follows us)
         self.promoted_base = (self._meta_int("promoted_from"), self._meta_int("promoted_head"))
         self._stop = threading.Event()
         self._cond = threading.Condition()       # the standby's acknowledged position moved
@@ -168,6 +169,8 @@ class Ha:
                 self.log.warning("peer_refuses_us", peer=self.peer, error=error,
                                  reason="the peer answers but refuses this supervisor's key: not the same keys file?")
         self._peer_error = error
+        if isinstance(body, dict) and body.get("role") == "standby" and isinstance(body.get("peer"), str):
+            self.known_as.add(body["peer"].rstrip("/"))      # promotion.names_us: a demote to follow ourselves
         return body if isinstance(body, dict) else None
 
     # -- serving rules ----------------------------------------------------------------
@@ -260,10 +263,13 @@ class Ha:
         with self._changes:
             self._changes.notify_all()
 
-    def feed(self, since: int, wait: float, limit: int) -> dict:
+    def feed(self, since: int, wait: float, limit: int, epoch: int | None = None) -> dict:
         if self.sup.role != "primary":
             raise NotActive(f"this supervisor is a standby; replicate from {self.peer or 'the primary'}",
                             active=self.peer)
+        why = failover.feed_refusal(self.sup.epoch, epoch)
+        if why:     # a pull meant for another primary (a replay?): it renews no lease, acknowledges nothing
+            raise EpochMismatch(f"replicate refused: {why}; pull again without epoch", epoch=self.sup.epoch)
         self.contact()
         self.standby_acked = max(self.standby_acked, since)
         if self.sync_degraded and since >= self.store.head_seq():
@@ -331,42 +337,10 @@ class Ha:
         self._puller.start()
 
     def promote(self, body: dict, actor: str) -> dict:
-        """Standby -> primary with an epoch past every one seen."""
-        if self.sup.role == "primary" and (self.settling or not self.fenced):
-            if self.handing_over:
-                self.log.warning("handover_cancelled", to=self.handing_over, actor=actor)
-                self.handing_over = None
-            return self.view()
-        # A standby, or a primary that started fenced: take the role past every epoch seen.
-        seen = max(self.sup.epoch, int(self.store.meta("peer_epoch", "0") or 0), int(body.get("epoch") or 0))
-        from_standby = self.sup.role == "standby" and self.peer      # its former primary may still serve
-        settle = (None, None)
-        if from_standby:
-            now = self.clock.monotonic()
-            until = failover.settle_until(now, self.lease, self.pull_in_flight, self.pull_answered, self.started)
-            if until is not None:
-                settle = (f"just promoted: taking work once the former primary {self.peer} follows or its "
-                          f"primary_lease has run out (at most {until - now:.0f} s)", until)
-        self.set_identity("primary", seen + 1, self.peer, f"promoted by {actor}", settle)
-        self.contact()
-        if from_standby:
-            promotion.start(self, seen + 1)
-        return self.view()
+        return promotion.promote(self, body, actor)
 
     def demote(self, body: dict, actor: str) -> dict:
-        """Primary -> standby of `peer` (orderly handback, or an operator's command)."""
-        peer = (body.get("peer") or self.peer or "").rstrip("/")
-        if not peer.startswith("http://"):
-            raise BadRequest("demote needs the URL of the supervisor to follow ('peer')", field="peer")
-        if body.get("hold") and self.sup.role == "primary":
-            # Step 1 of an orderly handover: take no more work, keep feeding the successor.
-            with self.store.tx():
-                self.handing_over = peer
-            self.log.warning("handover_started", to=peer, actor=actor, head=self.store.head_seq())
-            self.sup.tasks.wake_all()
-            return self.view()
-        self.set_identity("standby", max(self.sup.epoch, int(body.get("epoch") or 0)), peer, f"demoted by {actor}")
-        return self.view()
+        return promotion.demote(self, body, actor)
 
     def view(self) -> dict:
         now = self.clock.time()

@@ -81,14 +81,16 @@ SECURITY_SCHEMES = {
 ERRORS = {
     400: "bad request: malformed JSON, a key given twice in an object, wrong types, unknown or missing fields, out-of-range "
          "values, an unknown query parameter, a query parameter given more than once, bad headers or request line",
-    401: "missing, bad, stale or replayed signature; a bearer token on a route that does not take one",
+    401: "missing, bad, stale or replayed signature; a bearer token on a route that does not take one; an HA "
+         "control request signed before this supervisor started",
     403: "the key's role may not call this; or a worker key bound to nodes speaks for another node "
          "(reason node_not_bound)",
     404: "no such endpoint or task",
     405: "method not allowed on this path (see Allow)",
     408: "the client was too slow to send its request",
     409: "conflict with the current state: stale fence, unknown node, task already ended, kind not quarantined, "
-         "not the active supervisor, a graph with some of its keys already used (or a task without a key)",
+         "not the active supervisor, a graph with some of its keys already used (or a task without a key), an HA "
+         "control request naming an epoch that does not fit this supervisor's (epoch_mismatch)",
     413: "the body is over supervisor.max_body",
     414: "the request line is too long",
     431: "the headers are too large",

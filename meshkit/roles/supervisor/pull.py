@@ -1,7 +1,8 @@
 """The standby's side of replication: long-poll the primary's changelog and apply it (one
 thread, started by Ha while the role is standby). A former primary rejoins first (rejoin.py).
 Each pull also records whether it may have reached the primary (it renews that primary's
-lease: promotion.py counts from it)."""
+lease: promotion.py counts from it), and names the epoch that primary answered with last,
+so that a pull replayed to another supervisor renews nothing there (rules.failover.feed_refusal)."""
 
 from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.roles.supervisor import rejoin
@@ -10,29 +11,32 @@ PULL_WAIT = 5.0
 
 
 def pull_loop(ha) -> None:
-    client = None
+    client = seen = None        # seen: the epoch the primary answered with last
     while not ha._stop.is_set() and ha.sup.role == "standby":
         try:
             if not ha.peer:     # e.g. demoted by an older meshkit with no peer to follow: nothing to pull
                 raise MeshkitError("this standby has no peer to replicate from: restart it with --standby-of URL, "
                                    "or promote it")
-            client = client if client and client.url == ha.peer else ha.client()
+            if not (client and client.url == ha.peer):
+                client, seen = ha.client(), None
             if ha.store.meta("rejoin") is not None:
                 rejoin.rejoin(ha, client, PULL_WAIT)
                 continue
             since = int(ha.store.meta("replicated_seq", "0"))
             ha.pull_in_flight = True
             try:
-                got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000",
-                                  timeout=PULL_WAIT + 10)
+                got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000"
+                                  + (f"&epoch={seen}" if seen is not None else ""), timeout=PULL_WAIT + 10)
                 ha.pull_answered = ha.clock.monotonic()
             except ApiError:
                 ha.pull_answered = ha.clock.monotonic()     # it reached the primary
+                seen = None     # refused (its epoch changed, e.g. promoted out of a fence): ask again without
                 raise
             finally:
                 ha.pull_in_flight = False
             if ha.sup.role != "standby":
                 return
+            seen = got["epoch"] if isinstance(got.get("epoch"), int) and not isinstance(got["epoch"], bool) else None
             ha.store.apply_changes(got["changes"], got["last"])
             ha.primary_head = got["head"]
             ha.pulled_at = ha.clock.monotonic()

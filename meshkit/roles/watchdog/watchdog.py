@@ -174,6 +174,23 @@ class Watchdog:
         except MeshkitError:
             pass
 
+    def naming_epoch(self, node: str, path: str, body: dict):
+        """POST a promote or a hold naming the epoch we expect `node` to be past or at. The epoch
+        binds it to that node and moment (a copy replayed elsewhere or later is refused: 409
+        epoch_mismatch); if the node already knows a later one than our view (rebuilt, or
+        behind), it says which: asked again once with it (signed anew, so never a replay)."""
+        try:
+            return self.client(node).call("POST", path, body)
+        except ApiError as e:
+            known = e.details.get("epoch")
+            if e.code != "epoch_mismatch" or isinstance(known, bool) or not isinstance(known, int) \
+                    or known <= body["epoch"]:
+                raise
+            self.log.warning("epoch_behind", node=node, url=self.urls[node], path=path, epoch=body["epoch"],
+                             known=known, reason="the node knows a later epoch than this watchdog's view: asking "
+                                                 "again with it")
+            return self.client(node).call("POST", path, dict(body, epoch=known))
+
     def demote_stale(self, node: str, active: str, epoch: int) -> None:
         """`node` answers as a primary with an older epoch than the active one: it restarted
         without reaching its peer. Make it follow the active one (else it takes work)."""
@@ -194,7 +211,7 @@ class Watchdog:
         except MeshkitError:
             pass   # a failed fence is reported; the old primary's own lease and the epoch still fence it
         try:
-            got = self._timed("promote", lambda: self.client(to).call("POST", "/v1/promote", {"epoch": state["epoch"]}))
+            got = self._timed("promote", lambda: self.naming_epoch(to, "/v1/promote", {"epoch": state["epoch"]}))
             state["epoch"] = max(state["epoch"], got.get("epoch", 0))
             event["epoch"] = state["epoch"]
         except (ApiError, ClientError) as e:
@@ -217,7 +234,8 @@ class Watchdog:
 
         # 1. frm takes no more work but keeps feeding its changelog; 2. to catches up to frm's
         # last change; 3. to is promoted past frm's epoch; 4. frm becomes to's standby.
-        src = timed("hold", lambda: self.client(frm).call("POST", "/v1/demote", {"peer": self.urls[to], "hold": True}))
+        src = timed("hold", lambda: self.naming_epoch(frm, "/v1/demote", {"peer": self.urls[to], "hold": True,
+                                                                           "epoch": state["epoch"]}))
         head = src.get("head", 0)
 
         def caught_up():
@@ -231,7 +249,7 @@ class Watchdog:
 
         try:
             timed("catch_up", caught_up)
-            got = timed("promote", lambda: self.client(to).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)}))
+            got = timed("promote", lambda: self.naming_epoch(to, "/v1/promote", {"epoch": src.get("epoch", 0)}))
         except (MeshkitError, ApiError, ClientError) as e:
             # Undo: the old active takes work again rather than leave the fleet without one.
             self.client(frm).call("POST", "/v1/promote", {"epoch": src.get("epoch", 0)})
