@@ -50,10 +50,14 @@ class Bounds(unittest.TestCase):
             self.assertEqual(parse(key, 0.5).get(key), 0.5)
 
     def test_zero_stays_allowed_where_it_means_off(self):
-        for key in ("supervisor.primary_lease", "tasks.backoff_base", "sync.io_timeout", "worker.poll_wait"):
+        for key in ("supervisor.primary_lease", "tasks.backoff_base", "sync.io_timeout", "worker.poll_wait",
+                    "supervisor.retain_ended"):
             with self.subTest(key):
                 self.assertEqual(parse(key, 0).get(key), 0)
         self.assertRefused("supervisor.stale_after", math.inf, "a number of seconds > 0")
+        for value in (-1, math.inf, "30d"):         # 0 keeps every task; a second or more is a retention
+            self.assertRefused("supervisor.retain_ended", value, "a number of seconds >= 0")
+        self.assertEqual(parse("supervisor.retain_ended", 1).get("supervisor.retain_ended"), 1)
 
     def test_durations_that_mean_nothing_at_zero_must_be_above_zero(self):
         # 0 would make every node stale at once, every lease expire at once, every connection time out

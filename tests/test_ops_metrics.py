@@ -59,7 +59,7 @@ class LiveMetrics(unittest.TestCase):
         for family in ("meshkit_http_requests_total", "meshkit_http_request_duration_seconds", "meshkit_tasks",
                        "meshkit_nodes", "meshkit_claim_latency_seconds", "meshkit_oldest_queued_seconds",
                        "meshkit_mode", "meshkit_epoch", "meshkit_process_resident_memory_bytes",
-                       "meshkit_memory_guard", "meshkit_build_info"):
+                       "meshkit_memory_guard", "meshkit_build_info", "meshkit_tasks_pruned_total"):
             self.assertIn(f"# TYPE {family} ", self.text)
         self.assertIn('meshkit_tasks{state="queued"} 2', self.text)
         self.assertIn('meshkit_tasks{state="leased"} 1', self.text)
@@ -67,6 +67,7 @@ class LiveMetrics(unittest.TestCase):
         self.assertIn('meshkit_mode{mode="normal"} 1', self.text)
         self.assertIn('meshkit_memory_guard{state="ok"} 1', self.text)
         self.assertIn("meshkit_claim_latency_seconds_count 1", self.text)
+        self.assertIn("meshkit_tasks_pruned_total 0", self.text)        # nothing ended 30 days ago
 
     def test_route_labels_are_fixed_never_raw_paths(self):
         self.assertIn('meshkit_http_requests_total{route="task",status="404"} 1', self.text)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 
-from meshkit.adapters.storerepl import Replicated, triggers
+from meshkit.adapters.storerepl import Replicated
 from meshkit.adapters.storetx import RowCache, Tx, store_error, task_dict, task_n
 from meshkit.core.errors import NotFound, StoreError
 from meshkit.rules import fsm
@@ -20,8 +20,9 @@ from meshkit.rules import fsm
 # results: the answer to each lease's result, for a result posted again. A fencing number
 # belongs to one lease of one task, so it alone is the key (the rowid: no second b-tree
 # to write per result; a database made before keeps its (task, fence) key, same answers).
-# history.seq is a plain rowid (max + 1), like the changelog's: history rows are only
-# deleted by a rejoin, whose rows the new primary sends again; AUTOINCREMENT would also
+# history.seq is a plain rowid (max + 1), like the changelog's: history rows are deleted by
+# a rejoin, whose rows the new primary sends again, and with their ended task (retention,
+# which never deletes the newest, so no number is handed out twice); AUTOINCREMENT would also
 # rewrite sqlite_sequence on every state change (two per task). Task numbers keep it: an
 # id, once handed out, never names another task. (A database made before keeps its table.)
 SCHEMA = """
@@ -117,9 +118,7 @@ class Store(Replicated):
                 for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         cur.execute(stmt)
-                for stmt in triggers().split(";\n"):
-                    if stmt.strip():
-                        cur.execute(stmt)
+                self._setup_changelog(cur)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '1')")
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('fence_seq', '0')")
                 cur.execute("INSERT OR IGNORE INTO meta VALUES('role', 'primary')")

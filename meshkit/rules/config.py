@@ -117,6 +117,7 @@ SCHEMA: list[Key] = [
     Key("supervisor.primary_lease", "seconds", 0, "with HA: stop accepting work after this long without a watchdog check or standby pull (0 = off)"),
     Key("supervisor.cycle", "interval", 2, "how often the supervisor reaps leases and checks its state"),
     Key("supervisor.start_timeout", "interval", 120, "a task leased but not started this long is requeued (heal rule)"),
+    Key("supervisor.retain_ended", "seconds", 2592000, "ended tasks are deleted with their history and results this long after they ended (30 days); 0 = keep every task"),
     Key("supervisor.priorities_file", "path", "", "per-kind priorities, limits and retry rules (TOML or JSON); reloaded on change", commented=True),
     # tasks
     Key("tasks.timeout", "task_timeout", 1800, "default task timeout"),

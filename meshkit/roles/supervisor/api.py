@@ -53,6 +53,9 @@ class Api:
             "time to answer a claim that leased work, from the start of the pass that leased it (a long-poll's wait "
             "before it is left out)"))
         self.task_gauge = reg.add(m.Gauge("meshkit_tasks", "tasks by state", ("state",)))
+        self.pruned = reg.add(m.Counter("meshkit_tasks_pruned_total", "ended tasks deleted with their history and "
+                                        "results (supervisor.retain_ended)"))     # counted by retention.py
+        self.pruned.inc(by=0)       # shown from the start, 0
         self.node_gauge = reg.add(m.Gauge("meshkit_nodes", "nodes by state", ("state",)))
         self.kinds_quarantined = reg.add(m.Gauge("meshkit_kinds_quarantined", "task kinds quarantined now"))
         self.kind_quarantined = reg.add(m.Gauge("meshkit_kind_quarantined",

@@ -1,5 +1,6 @@
 """The supervisor's self-healing cycle: reap lost leases, run heal rules, check
-invariants, pick the degradation mode, reload the priorities file; and explain.
+invariants, delete ended tasks past their retention (retention.py), pick the degradation
+mode, reload the priorities file; and explain.
 Decisions come from meshkit.rules; this module only gathers facts and carries them out."""
 
 import json
@@ -9,6 +10,7 @@ import traceback
 from meshkit.adapters import disk
 from meshkit.adapters.storetx import task_dict, task_id, task_n
 from meshkit.core.errors import BadRequest, MeshkitError
+from meshkit.roles.supervisor.retention import Retention
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules import heal, modes
 from meshkit.rules.policy import parse_policy, rank
@@ -30,6 +32,7 @@ class Brain:
         self.checked_seq = 0         # history rows up to here were checked (check_invariants)
         self.checked_epoch = None
         self.memory_view = lambda: {"state": "ok"}    # the memory guard (ops.memory_view), set by the supervisor
+        self.retention = Retention(self.store, self.cfg, self.clock, self.log)
         self._load_mode()
 
     # -- the cycle ------------------------------------------------------------------
@@ -40,6 +43,8 @@ class Brain:
             self.reap()
             self.heal()
             self.check_invariants()
+            self.retention.prune()
+            self.retention.compact()
             self.db_errors = 0
         except MeshkitError as e:
             self.db_errors += 1
@@ -49,6 +54,13 @@ class Brain:
             self.log.error("cycle_crashed", error=repr(e), traceback=traceback.format_exc(limit=6))
         finally:
             self.update_mode()
+
+    def standby_cycle(self) -> None:
+        """A standby's: its rows are the primary's; only its own changelog is compacted."""
+        try:
+            self.retention.compact()
+        except MeshkitError as e:
+            self.log.error("cycle_failed", error=e.message)
 
     def reap(self) -> int:
         """Nodes silent for stale_after become stale; their tasks and expired leases are requeued."""

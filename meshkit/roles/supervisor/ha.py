@@ -288,7 +288,7 @@ class Ha:
                 self._changes.wait(min(remaining, 1.0))
         return {"changes": changes, "last": last, "head": self.store.head_seq(), "role": self.sup.role,
                 "epoch": self.sup.epoch, "time": self.clock.time(), "promoted_from": self.promoted_base[0],
-                "promoted_head": self.promoted_base[1]}
+                "promoted_head": self.promoted_base[1], "floor": self.store.changelog_floor()}
 
     def rows(self, keys: list) -> dict:
         """Rows by key as they are now (a former primary's rejoin asks for those it drops)."""

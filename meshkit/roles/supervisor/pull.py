@@ -2,7 +2,12 @@
 thread, started by Ha while the role is standby). A former primary rejoins first (rejoin.py).
 Each pull also records whether it may have reached the primary (it renews that primary's
 lease: promotion.py counts from it), and names the epoch that primary answered with last,
-so that a pull replayed to another supervisor renews nothing there (rules.failover.feed_refusal)."""
+so that a pull replayed to another supervisor renews nothing there (rules.failover.feed_refusal).
+
+The primary drops the entries of deleted rows after supervisor.retain_ended; its answer's
+`floor` is the highest one dropped. A standby whose position is below a floor it has not
+seen before may have missed a deletion: it copies everything again (resync). A copy from 0
+misses none: it only notes the floor."""
 
 from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.roles.supervisor import rejoin
@@ -37,7 +42,11 @@ def pull_loop(ha) -> None:
             if ha.sup.role != "standby":
                 return
             seen = got["epoch"] if isinstance(got.get("epoch"), int) and not isinstance(got["epoch"], bool) else None
-            ha.store.apply_changes(got["changes"], got["last"])
+            floor, known = int(got.get("floor") or 0), int(ha.store.meta("peer_floor", "0"))
+            if 0 < since < floor and floor > known:
+                resync(ha, since, floor)
+                continue
+            ha.store.apply_changes(got["changes"], got["last"], floor if floor != known else None)
             ha.primary_head = got["head"]
             ha.pulled_at = ha.clock.monotonic()
             if got["last"] >= got["head"]:
@@ -54,3 +63,10 @@ def pull_loop(ha) -> None:
                 ha.log.warning("replication_failed", peer=ha.peer, error=message)
             ha.pull_error = message
             ha._stop.wait(1.0)
+
+
+def resync(ha, since: int, floor: int) -> None:
+    ha.log.warning("replication_resync", peer=ha.peer, since=since, floor=floor,
+                   reason="the primary dropped the records of deletions this standby had not pulled yet (it was "
+                          "behind by more than supervisor.retain_ended): every row is copied again")
+    ha.store.rejoin(0, 0)       # drops every row it holds (all are in its changelog), then pulls from 0

@@ -59,6 +59,7 @@ class Supervisor:
         self.ha = Ha(self, standby_of)
         self.brain.reload_policy()
         self.api = Api(self)
+        self.brain.retention.pruned = self.api.pruned     # the tasks retention deleted, on /metrics
         self.ops = Ops(self)          # systemd notify, memory guard, status files (ops.py)
         self.brain.memory_view = self.ops.memory_view     # memory shed -> degraded mode; explain's figures
         self.exit_code = 0            # set by the memory guard (70) to end run()
@@ -108,6 +109,8 @@ class Supervisor:
         """One maintenance cycle; returns the delay until the next."""
         if self.role == "primary" and not self.ha.handing_over:
             self.brain.cycle()        # a standby's state is the primary's: it repairs nothing
+        elif self.role == "standby":
+            self.brain.standby_cycle()
         self.ha.cycle()
         self.last_cycle_error = f"{self.brain.db_errors} cycles in a row failed" if self.brain.db_errors else None
         self.ops.cycle()
