@@ -74,6 +74,8 @@ class Retention(unittest.TestCase):
         self.admin.call("POST", f"/v1/tasks/{cancelled}/cancel", {})
         done.append(cancelled)
         dep = self.run_task()                                   # a waiting task depends on it
+        marker = self.run_task()            # ended after dep: once it has gone, dep's retention has run out too
+        done.append(marker)
         running = dispatch(self.admin, "echo")
         running_lease = self.lease(running)
         waiting = dispatch(self.admin, "echo", after=[dep, running])
