@@ -13,9 +13,11 @@ from meshkit.core.errors import BadRequest, MeshkitError
 from meshkit.roles.supervisor.retention import Retention
 from meshkit.rules import dispatch as dispatch_rules
 from meshkit.rules import heal, modes
+from meshkit.rules.auth import refusal_verdict
 from meshkit.rules.policy import parse_policy, rank
 
 OPERATOR_MODES = ("maintenance", "normal")
+FAILED_LOG_EVERY = 60.0     # s: at most one cycle_failed line per this, carrying how many were not logged
 
 
 class Brain:
@@ -26,6 +28,7 @@ class Brain:
         self.violations_path = os.path.join(data_dir, "invariant_violations.jsonl")
         self.mode_state = modes.ModeState()
         self.db_errors = 0
+        self.failed_logged = None    # (when cycle_failed was last logged, failures left out since): refusal_verdict
         self.policy_mtime = None
         self.policy_error = None
         self.policy_path = self.cfg.path("supervisor.priorities_file")
@@ -45,10 +48,15 @@ class Brain:
             self.check_invariants()
             self.retention.prune()
             self.retention.compact()
-            self.db_errors = 0
+            if self.db_errors:
+                self.log.info("cycle_ok", after_failed=self.db_errors)
+            self.db_errors, self.failed_logged = 0, None
         except MeshkitError as e:
-            self.db_errors += 1
-            self.log.error("cycle_failed", error=e.message, in_a_row=self.db_errors)
+            self.db_errors += 1     # a database locked for minutes: one line a FAILED_LOG_EVERY, with the count
+            line, left_out, self.failed_logged = refusal_verdict(self.failed_logged, self.clock.monotonic(),
+                                                                 FAILED_LOG_EVERY)
+            if line:
+                self.log.error("cycle_failed", error=e.message, in_a_row=self.db_errors, not_logged=left_out)
         except Exception as e:   # a bug must not stop the maintenance loop: log it, keep cycling
             self.db_errors += 1
             self.log.error("cycle_crashed", error=repr(e), traceback=traceback.format_exc(limit=6))
