@@ -15,8 +15,7 @@ from tests.test_worker_harness import dispatch, wait_for
 
 
 def scrape(fleet) -> str:
-    secret = next(s for _, (role, s) in fleet.keys.items() if role == "viewer")
-    req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {secret}"})
+    req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {fleet.viewer_token}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.read().decode()
 
@@ -29,6 +28,7 @@ class Retention(unittest.TestCase):
     def setUp(self):
         self.fleet = Fleet(supervisor__cycle=0.2, supervisor__retain_ended=1)
         self.addCleanup(self.fleet.close)
+        self.fleet.make_viewer_token()
         self.fleet.start_supervisor()
         self.admin, self.worker = self.fleet.client("admin"), self.fleet.client("worker")
         self.addCleanup(self.admin.close)
@@ -126,6 +126,7 @@ class KeepForever(unittest.TestCase):
     def test_retain_ended_0_keeps_every_task(self):
         fleet = Fleet(supervisor__cycle=0.1, supervisor__retain_ended=0)
         self.addCleanup(fleet.close)
+        fleet.make_viewer_token()
         fleet.start_supervisor()
         admin, worker = fleet.client("admin"), fleet.client("worker")
         register(worker, "w1", kinds=("echo",))
