@@ -132,6 +132,21 @@ class ChangelogWithDeletions(unittest.TestCase):
         b.apply_changes(changes, last)
         self.assertEqual([tuple(r) for r in b.read("SELECT task, dep FROM deps")], [(6, 1)])
 
+    def test_a_standby_applying_heartbeats_keeps_changelog_last_small(self):
+        """INSERT OR REPLACE on the standby gives a node's row a new rowid at every applied
+        update: compaction drops the changelog_last rows of rowids that are gone."""
+        a, b = self.store("a"), self.store("b")
+        for i in range(50):
+            with a.tx() as tx:
+                tx.execute("INSERT INTO nodes(name, info, first_seen, last_seen) VALUES('w1', '{}', 0, ?)"
+                           " ON CONFLICT(name) DO UPDATE SET last_seen=excluded.last_seen", (i,))
+            pull(a, b, 100)
+        count = "SELECT COUNT(*) AS c FROM changelog_last WHERE tbl='nodes'"
+        self.assertEqual(b.read(count)[0]["c"], 50)        # one per rowid the row had
+        b.compact_changelog(0, 1000)
+        self.assertEqual(b.read(count)[0]["c"], 1)
+        self.assertEqual([r["last_seen"] for r in b.read("SELECT last_seen FROM nodes")], [49])
+
     def test_the_newest_entry_is_never_dropped(self):
         a = self.store("a")
         with a.tx() as tx:

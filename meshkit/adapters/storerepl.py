@@ -152,6 +152,10 @@ class Replicated:
             drops = retention.changelog_drops([(e["seq"], e["tbl"], e["rid"], e["gone"]) for e in window],
                                               later, gone, head)
             self._drop_entries(tx, drops)
+            for t in IN_PLACE:      # rows gone; on a standby also every replaced one (INSERT OR REPLACE gives
+                tx.execute(         # the row a new rowid, so each applied heartbeat left one behind)
+                    f"DELETE FROM changelog_last WHERE tbl='{t}' AND NOT EXISTS"
+                    f" (SELECT 1 FROM {t} WHERE {t}.rowid=changelog_last.rid)")
         return (0 if len(window) < limit else end), len(drops)
 
     def expire_deletions(self, upto: int, limit: int) -> tuple:
