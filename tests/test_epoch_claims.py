@@ -233,6 +233,8 @@ class RefutedByThePeer(Pair):
         self.assertEqual(self.health(self.s_url)["role"], "standby")
         log = os.path.join(self.fleet.dir, "supervisor-0.log")
         self.assertEqual([e["claimed"] for e in events(log, "epoch_claim_refuted")], [7])
+        del self.admin.headers[H]
+        self.assertIsNone(self.admin.call("GET", "/v1/status")["replication"]["epoch_claim"])
 
 
 class ConfirmedByANewPrimary(unittest.TestCase):

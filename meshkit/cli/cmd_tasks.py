@@ -319,7 +319,8 @@ def _replication_lines(r: dict) -> list:
         out.append(f"replication {r.get('replication', '?')}: peer {r['peer']}, "
                    + (f"lag {lag} changes" if lag is not None else "lag unknown"))
     for key, what in (("fenced", "FENCED"), ("settling", "not taking work yet"),
-                      ("handing_over", "handing over to"), ("replication_error", "replication error")):
+                      ("handing_over", "handing over to"), ("replication_error", "replication error"),
+                      ("epoch_claim", "not taking work until the peer confirms or refutes a client's epoch")):
         if r.get(key):
             out.append(f"{what}: {r[key]}")
     return out

@@ -346,7 +346,7 @@ class Ha:
         now = self.clock.time()
         out = {"role": self.sup.role, "epoch": self.sup.epoch, "peer": self.peer, "replication": self.mode,
                "head": self.store.head_seq(), "handing_over": self.handing_over, "fenced": self.fenced,
-               "settling": self.settling}
+               "settling": self.settling, "epoch_claim": self.claims.fenced or None}
         if self.sup.role == "standby":
             have = int(self.store.meta("replicated_seq", "0"))
             lag = max(0, self.primary_head - have)

@@ -17,13 +17,14 @@ PULL_WAIT = 5.0
 
 def pull_loop(ha) -> None:
     client = seen = None        # seen: the epoch the primary answered with last
+    named = True                # the primary takes &epoch= (one from before it answers 400 naming it)
     while not ha._stop.is_set() and ha.sup.role == "standby":
         try:
             if not ha.peer:     # e.g. demoted by an older meshkit with no peer to follow: nothing to pull
                 raise MeshkitError("this standby has no peer to replicate from: restart it with --standby-of URL, "
                                    "or promote it")
             if not (client and client.url == ha.peer):
-                client, seen = ha.client(), None
+                client, seen, named = ha.client(), None, True
             if ha.store.meta("rejoin") is not None:
                 rejoin.rejoin(ha, client, PULL_WAIT)
                 continue
@@ -31,10 +32,13 @@ def pull_loop(ha) -> None:
             ha.pull_in_flight = True
             try:
                 got = client.call("GET", f"/v1/replicate?since={since}&wait={PULL_WAIT}&limit=2000"
-                                  + (f"&epoch={seen}" if seen is not None else ""), timeout=PULL_WAIT + 10)
+                                  + (f"&epoch={seen}" if seen is not None and named else ""), timeout=PULL_WAIT + 10)
                 ha.pull_answered = ha.clock.monotonic()
-            except ApiError:
+            except ApiError as e:
                 ha.pull_answered = ha.clock.monotonic()     # it reached the primary
+                if e.status == 400 and "epoch" in e.message and seen is not None:
+                    named = False   # a primary from before the parameter: pull as that version did
+                    continue
                 seen = None     # refused (its epoch changed, e.g. promoted out of a fence): ask again without
                 raise
             finally:
