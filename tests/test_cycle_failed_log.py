@@ -42,6 +42,21 @@ class CycleFailedLog(RowCacheCase):
                 self.assertEqual(got, [expected] if expected else [])
         self.assertEqual(self.brain.db_errors, 1)
 
+    def test_a_standby_cycle_that_fails_or_crashes_is_logged_and_counted(self):
+        stream = io.StringIO()
+        self.tasks.log = Logger("supervisor", stream=stream)
+        self.brain = Brain(self.tasks, self.dir.name)
+        for error, event in ((StoreError("database is locked", retry_after=1), "cycle_failed"),
+                             (AttributeError("a bug"), "cycle_crashed")):
+            with self.subTest(event=event):
+                def compact():
+                    raise error
+                self.brain.retention.compact = compact
+                self.brain.standby_cycle()          # does not raise: the supervisor's loop goes on
+                self.clock.advance(61)
+                self.assertEqual(json.loads(stream.getvalue().splitlines()[-1])["event"], event)
+        self.assertEqual(self.brain.db_errors, 2)
+
 
 if __name__ == "__main__":
     unittest.main()

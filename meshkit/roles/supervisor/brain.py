@@ -43,11 +43,20 @@ class Brain:
     def cycle(self) -> None:
         self.reload_policy()
         try:
-            self.reap()
-            self.heal()
-            self.check_invariants()
-            self.retention.prune()
-            self.retention.compact()
+            self._guarded(self.reap, self.heal, self.check_invariants, self.retention.prune, self.retention.compact)
+        finally:
+            self.update_mode()
+
+    def standby_cycle(self) -> None:
+        """A standby's: its rows are the primary's; only its own changelog is compacted."""
+        self._guarded(self.retention.compact)
+
+    def _guarded(self, *steps) -> None:
+        """Run the cycle's steps; a failure is logged and counted (the mode reads db_errors), never
+        raised: the maintenance loop keeps cycling."""
+        try:
+            for step in steps:
+                step()
             if self.db_errors:
                 self.log.info("cycle_ok", after_failed=self.db_errors)
             self.db_errors, self.failed_logged = 0, None
@@ -60,15 +69,6 @@ class Brain:
         except Exception as e:   # a bug must not stop the maintenance loop: log it, keep cycling
             self.db_errors += 1
             self.log.error("cycle_crashed", error=repr(e), traceback=traceback.format_exc(limit=6))
-        finally:
-            self.update_mode()
-
-    def standby_cycle(self) -> None:
-        """A standby's: its rows are the primary's; only its own changelog is compacted."""
-        try:
-            self.retention.compact()
-        except MeshkitError as e:
-            self.log.error("cycle_failed", error=e.message)
 
     def reap(self) -> int:
         """Nodes silent for stale_after become stale; their tasks and expired leases are requeued."""
