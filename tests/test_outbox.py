@@ -65,6 +65,17 @@ class OutboxTest(unittest.TestCase):
         self.assertEqual(ob.pending(), [("t1.3.json", body("t1", 3, trace_id="tr-1"))])
         self.assertEqual(sorted(os.listdir(self.d)), [".lock", ".t1.3.json.local", "t1.3.json"])
 
+    def test_a_rewrite_the_disk_refuses_leaves_the_entry_as_it_was(self):
+        class FullDisk(Outbox):
+            def put(self, result):
+                raise OSError(28, "No space left on device")
+        os.makedirs(self.d)
+        with open(os.path.join(self.d, "t1.3.json"), "w") as f:
+            json.dump(body("t1", 3, trace_id="tr-1"), f)
+        ob = FullDisk(self.d)                   # opens all the same (a traceback stopped the worker)
+        self.addCleanup(ob.close)
+        self.assertEqual(ob.pending(), [("t1.3.json", body("t1", 3, trace_id="tr-1"))])
+
     def test_one_worker_per_outbox(self):
         ob = Outbox(self.d)
         with self.assertRaises(LockHeld):

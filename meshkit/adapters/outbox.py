@@ -110,7 +110,10 @@ class Outbox:
         are rewritten in the current layout, so a downgrade after this start sends them too."""
         for _, result in self.pending():
             if any(k in result for k in LOCAL):
-                self.put(result)
+                try:
+                    self.put(result)
+                except OSError:     # e.g. a full disk: it stays as it is, still read and sent
+                    pass
 
     def pending(self) -> list:
         """[(entry name, result)] oldest first (by finished_at). Unreadable entries are skipped
