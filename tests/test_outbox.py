@@ -20,7 +20,7 @@ from tests.helpers import Fleet, register
 from meshkit.adapters.log import Logger
 from meshkit.adapters.outbox import Outbox, entry_name
 from meshkit.core.clock import REAL
-from meshkit.core.errors import LockHeld
+from meshkit.core.errors import ApiError, LockHeld
 from meshkit.roles.worker.link import Link
 from meshkit.roles.worker.results import Sender
 from meshkit.rules.breaker import Breaker
@@ -75,6 +75,31 @@ class OutboxTest(unittest.TestCase):
         ob = FullDisk(self.d)                   # opens all the same (a traceback stopped the worker)
         self.addCleanup(ob.close)
         self.assertEqual(ob.pending(), [("t1.3.json", body("t1", 3, trace_id="tr-1"))])
+
+    def test_a_result_of_the_old_node_name_a_bound_key_refuses_is_set_aside(self):
+        """worker.name changed (e.g. hostname gpu-1.lan -> gpu-1, the key bound to gpu-1): the
+        supervisor refuses the old name's result for good; it goes aside, the worker goes on."""
+        class Link:
+            def __init__(self):
+                self.sent = []
+
+            def call(self, method, path, body):
+                self.sent.append(body["node"])
+                if body["node"] != "gpu-1":
+                    raise ApiError(403, "forbidden", "key worker-gpu-1 speaks only for node gpu-1",
+                                   reason="node_not_bound")
+                return {"state": "succeeded"}
+        ob = Outbox(self.d)
+        self.addCleanup(ob.close)
+        ob.put(body("t1", 3, node="gpu-1.lan", finished_at=1))
+        ob.put(body("t2", 4, node="gpu-1", finished_at=2))
+        refused, stream, link = [], io.StringIO(), Link()
+        sender = Sender(ob, link, REAL, random.random, 0.1, 1.0, Logger("worker", stream=stream),
+                        on_refused=lambda err: refused.append(err) or True, node="gpu-1")
+        sender.step(force=True)
+        self.assertEqual((link.sent, refused, ob.pending()), (["gpu-1.lan", "gpu-1"], [], []))
+        self.assertEqual(sorted(os.listdir(self.d)), [".lock", "t1.3.json.bad"])
+        self.assertIn('"event":"result_set_aside"', stream.getvalue())
 
     def test_one_worker_per_outbox(self):
         ob = Outbox(self.d)

@@ -115,6 +115,13 @@ class Outbox:
                 except OSError:     # e.g. a full disk: it stays as it is, still read and sent
                     pass
 
+    def set_aside(self, name: str) -> str:
+        """Rename an entry NAME.bad, out of the way of the others, for an operator to look at; its path."""
+        path = os.path.join(self.dir, name)
+        os.replace(path, path + ".bad")
+        self._unlink(self._local(name))
+        return path + ".bad"
+
     def pending(self) -> list:
         """[(entry name, result)] oldest first (by finished_at). Unreadable entries are skipped
         and renamed *.bad so an operator can look (they never block the others)."""
@@ -131,8 +138,7 @@ class Outbox:
             except FileNotFoundError:
                 continue
             except (OSError, ValueError) as e:
-                os.replace(path, path + ".bad")
-                self.on_bad(path + ".bad", str(e)[:200])
+                self.on_bad(self.set_aside(name), str(e)[:200])
                 continue
             for k, v in self._read_local(name).items():
                 result.setdefault(k, v)      # (an entry with them inside keeps its own)

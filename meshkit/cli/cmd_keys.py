@@ -69,8 +69,12 @@ def add_worker(args) -> int:
     path = cfg.path("auth.keys_file")
     line = keyfile.add_worker(path, kid, list(dict.fromkeys(args.nodes)))
     print(line)
+    peer = cfg.get("supervisor.peer")
     sys.stderr.write(f"meshkit: added key {kid} to {path}; restart the supervisor (it reads its keys at start), "
-                     "and put the line above, alone, in that worker's keys file (mode 0600)\n")
+                     "and put the line above, alone, in that worker's keys file (mode 0600)"
+                     + (f"; with HA add the same line to the keys file of the peer ({peer}) too and restart it, "
+                        "or the worker is refused for good after a failover" if peer else
+                        "; with an HA pair, add it to the other supervisor's keys file too") + "\n")
     return 0
 
 

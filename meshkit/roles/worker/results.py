@@ -24,6 +24,7 @@ resent in the older form, ended_by "signal" with error policy.WORKER_SHUTDOWN.
 from meshkit.adapters.outbox import LOCAL
 from meshkit.core.errors import ApiError, MeshkitError
 from meshkit.core.wire import SHUTDOWN
+from meshkit.roles.worker import refusals
 from meshkit.rules import backoff
 from meshkit.rules.policy import WORKER_SHUTDOWN
 
@@ -97,8 +98,10 @@ class Sender:
 
     IDLE = 3600.0
 
-    def __init__(self, outbox, link, clock, rand, base: float, cap: float, log, on_done=None, on_refused=None):
+    def __init__(self, outbox, link, clock, rand, base: float, cap: float, log, on_done=None, on_refused=None,
+                 node: str | None = None):
         self.outbox, self.link, self.clock, self.rand = outbox, link, clock, rand
+        self.node = node          # this worker's name: a result of another (worker.name changed) may be set aside
         self.base, self.cap, self.log = base, cap, log
         self.on_done = on_done or (lambda name: None)
         self.on_refused = on_refused or (lambda err: False)    # True: the key is refused for good
@@ -117,6 +120,14 @@ class Sender:
             err = self._send(body)
             if getattr(err, "code", None) == "breaker_open":
                 break
+            if self.node and body.get("node") != self.node and refusals.reason_of(err) == "node_not_bound":
+                path = self.outbox.set_aside(name)      # kept for a look; the others are still sent
+                self.tries.pop(name, None)
+                self.log.error("result_set_aside", task=body["task"], fence=body["fence"],
+                               result_node=body.get("node"), trace_id=body.get("trace_id"), path=path, error=err.message,
+                               reason=f"the result names node {body.get('node')}, this worker is {self.node} and its "
+                                      "key is not bound to the old name: it can't be delivered with this key")
+                continue
             refused = err is not None and self.on_refused(err)     # for good: kept, and no more sends now
             action = classify(err, body)
             if action in ("ack", "drop"):

@@ -70,7 +70,7 @@ class Worker(JobRunner, Holds):
         self.hold_told = None         # the hold the last heartbeat the supervisor took said (it answers our
                                       # claims empty while it has one): claims resume once it has None
         self.sender = Sender(outbox, link, clock, rand, s.retry_base, s.retry_cap, log, self._delivered,
-                             self.refused)
+                             self.refused, s.name)
         link.on_open = self.wake.set    # any thread's call that opens the breaker: the heartbeat probes soon
         link.probe_every = min(s.heartbeat_interval, s.poll_interval)     # said by its breaker_open line
 
