@@ -4,13 +4,18 @@ in small steps while the primary compacts; the standby ends with exactly the pri
 rows, and so does a store pulling everything from 0 after the compaction, which left no
 older entry of a node and no entry of a deleted row."""
 
+import io
 import os
 import random
 import tempfile
 import unittest
 
+from meshkit.adapters.log import Logger
 from meshkit.adapters.store import Store
 from meshkit.adapters.storerepl import LOCAL_META
+from meshkit.core.clock import FakeClock
+from meshkit.roles.supervisor.retention import SWEEP_PAUSE_CYCLES, Retention
+from meshkit.rules.config import parse_config, render_default_toml
 
 TABLES = {"tasks": "n", "history": "seq", "deps": "task, dep", "nodes": "name", "results": "fence"}
 
@@ -146,6 +151,24 @@ class ChangelogWithDeletions(unittest.TestCase):
         b.compact_changelog(0, 1000)
         self.assertEqual(b.read(count)[0]["c"], 1)
         self.assertEqual([r["last_seen"] for r in b.read("SELECT last_seen FROM nodes")], [49])
+
+    def test_compaction_rests_between_rounds(self):
+        """A round over the whole changelog holds the store's lock ~15 ms a window: after one
+        ends, the next starts SWEEP_PAUSE_CYCLES cycles later, not at the next cycle."""
+        a = self.store("a")
+        cfg = parse_config(render_default_toml(), os.path.join(self.dir, "meshkit.toml"), self.dir)
+        clock, rounds = FakeClock(), []
+        compact = a.compact_changelog
+        a.compact_changelog = lambda after, limit: rounds.append(after) or compact(after, limit)
+        r = Retention(a, cfg, clock, Logger("supervisor", stream=io.StringIO()))
+        pause = SWEEP_PAUSE_CYCLES * cfg.get("supervisor.cycle")
+        for step in range(4):
+            r.compact()
+            clock.advance(pause / 4)
+        self.assertEqual(len(rounds), 1)
+        clock.advance(pause / 4)
+        r.compact()
+        self.assertEqual(len(rounds), 2)
 
     def test_the_newest_entry_is_never_dropped(self):
         a = self.store("a")

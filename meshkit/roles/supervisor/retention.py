@@ -17,6 +17,7 @@ from meshkit.core import metrics as m
 from meshkit.rules import fsm
 from meshkit.rules import retention as rules
 
+SWEEP_PAUSE_CYCLES = 20     # cycles between two rounds of compaction over the whole changelog
 ENDED = "(" + ",".join(f"'{s}'" for s in sorted(fsm.TERMINAL)) + ")"
 
 
@@ -26,6 +27,7 @@ class Retention:
         self.cursor = 0             # the number of the last task looked at; 0: from the first
         self.compact_after = 0      # changelog position the compaction goes on from
         self.mark = None            # (time, changelog head then): rules.deletions_expiry
+        self.next_sweep = 0.0       # monotonic time the next round of compaction may start
         self.pruned = m.Counter("pruned", "")     # the API's meshkit_tasks_pruned_total, set by the supervisor
 
     def retain(self) -> float:
@@ -78,7 +80,13 @@ class Retention:
         """Drop changelog entries no pull needs: older entries of a row changed again (up to
         rules.COMPACT_BATCH looked at, going round the changelog), and entries of deletions
         older than the retention."""
-        self.compact_after, dropped = self.store.compact_changelog(self.compact_after, rules.COMPACT_BATCH)
+        mono = self.clock.monotonic()
+        if self.compact_after == 0 and mono < self.next_sweep:
+            dropped = 0             # a round over the whole changelog ended lately: rest (each window holds
+        else:                       # the store's lock ~15 ms; going round without a pause cost that every cycle)
+            self.compact_after, dropped = self.store.compact_changelog(self.compact_after, rules.COMPACT_BATCH)
+            if self.compact_after == 0:
+                self.next_sweep = mono + SWEEP_PAUSE_CYCLES * float(self.cfg.get("supervisor.cycle"))
         now, head = self.clock.time(), self.store.head_seq()
         upto, self.mark = rules.deletions_expiry(self.mark, now, self.retain(), head)
         expired = 0
