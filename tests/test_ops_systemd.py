@@ -19,7 +19,7 @@ MINE = {"meshkit-supervisor.service": "-500", "meshkit-worker.service": "500", "
 # Exit codes no restart can fix: 2 bad config or usage, 3 the worker's key refused for good.
 # The supervisor restarts after 2: it also means its listen address could not be bound
 # (in use, or not on this machine yet at boot), which can clear by itself.
-NO_RESTART = {"meshkit-supervisor.service": set(), "meshkit-worker.service": {"2", "3"},
+NO_RESTART = {"meshkit-supervisor.service": {"2"}, "meshkit-worker.service": {"2", "3"},
               "meshkit-watchdog.service": {"2"}}
 ANALYZE = shutil.which("systemd-analyze")
 
@@ -249,7 +249,7 @@ class Command(unittest.TestCase):
             self.assertEqual(wrong.returncode, 2)
             self.assertIn("--source and --dest are for the sync roles", wrong.stderr)
 
-    def test_the_roles_exit_2_on_a_bad_config(self):
+    def test_the_roles_exit_2_on_a_bad_config(self):     # (the supervisor's address in use: 75, test_cli_errors)
         """What RestartPreventExitStatus=2 relies on: a config error, whether the file's or the
         role's own check, exits 2 with one line naming the file and key."""
         with tempfile.TemporaryDirectory() as d:
@@ -261,7 +261,11 @@ class Command(unittest.TestCase):
             init = meshkit("init", "--dir", os.path.join(d, "ok"))
             self.assertEqual(init.returncode, 0, init.stderr)
             ok = os.path.join(d, "ok", "meshkit.toml")      # keys, but no watchdog URLs
-            for role, own in (("worker", (empty, "worker.kinds")), ("watchdog", (ok, "watchdog.primary"))):
+            listen = os.path.join(d, "listen.toml")
+            with open(listen, "w") as f:
+                f.write('[supervisor]\nlisten = "8765"\n')
+            for role, own in (("worker", (empty, "worker.kinds")), ("watchdog", (ok, "watchdog.primary")),
+                              ("supervisor", (listen, "supervisor.listen"))):
                 for config, key in ((bad, "worker.slots"), own):
                     with self.subTest(role=role, key=key):
                         p = meshkit(role, "--config", config, timeout=30)

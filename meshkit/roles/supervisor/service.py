@@ -1,5 +1,6 @@
 """The supervisor: store + HTTP API + a maintenance cycle (step) that reaps lost leases."""
 
+import errno
 import os
 import threading
 
@@ -18,6 +19,8 @@ from meshkit.roles.supervisor.leases import Leases
 from meshkit.roles.supervisor.ha import Ha
 from meshkit.roles.supervisor.ops import Ops
 from meshkit.roles.supervisor.tasks import Tasks
+
+BUSY_ADDRESS = (errno.EADDRINUSE,)     # a bind error that exits 75 (EX_TEMPFAIL: the other may go), not 2
 
 
 def parse_listen(value: str, source=None) -> tuple:
@@ -82,6 +85,10 @@ class Supervisor:
                                            self.cfg.get("supervisor.request_timeout"))
         except OSError as e:      # in use, not this machine's, not an IPv4 address or name
             key, value = self.listen_from
+            if e.errno in BUSY_ADDRESS:     # another process has it: may clear by itself
+                where = f"{key} in {self.cfg.source}" if key == "supervisor.listen" and self.cfg.source else key
+                raise LockHeld(f"cannot listen on {value} ({where}): {e.strerror}; another process holds that "
+                               "address (a second supervisor?)") from None
             raise ConfigError(self.cfg.source if key == "supervisor.listen" else None, key,
                               "an address this machine can bind", f'"{value}" ({e.strerror or e})') from None
         self.url = url_of(host, self.server.server_address[1])
