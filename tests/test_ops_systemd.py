@@ -17,8 +17,7 @@ from meshkit.rules.config import parse_config, render_default_toml
 UNIT_DIR = os.path.join(ROOT, "systemd")
 MINE = {"meshkit-supervisor.service": "-500", "meshkit-worker.service": "500", "meshkit-watchdog.service": None}
 # Exit codes no restart can fix: 2 bad config or usage, 3 the worker's key refused for good.
-# The supervisor restarts after 2: it also means its listen address could not be bound
-# (in use, or not on this machine yet at boot), which can clear by itself.
+# (The supervisor's listen address in use by another process is 75, which restarts.)
 NO_RESTART = {"meshkit-supervisor.service": {"2"}, "meshkit-worker.service": {"2", "3"},
               "meshkit-watchdog.service": {"2"}}
 ANALYZE = shutil.which("systemd-analyze")
