@@ -5,9 +5,11 @@ without nodes (init's worker-1) and admin keys speak for every node, as before. 
 `meshkit keys add-worker`, `meshkit supervisor`, `meshkit worker`; the state is read from the
 SQLite file."""
 
+import fcntl
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import unittest
 
@@ -16,7 +18,7 @@ from meshkit.adapters.client import SignedClient
 from meshkit.core.errors import ApiError, ConfigError
 from meshkit.roles.worker import refusals
 from meshkit.rules import auth
-from tests.helpers import Fleet, meshkit, register
+from tests.helpers import ROOT, Fleet, meshkit, register
 from tests.test_worker_harness import MODES, WorkerProc, close_fleet, dispatch, wait_state, worker_fleet
 
 S = "s" * 20
@@ -229,6 +231,26 @@ class AddWorkerCommand(unittest.TestCase):
         tid = dispatch(admin, "ok")
         task = wait_state(admin, tid, "succeeded")
         self.assertEqual(task["result"]["node"], "w-bound")
+
+    def test_two_at_once_take_turns(self):
+        """While one add-worker holds the keys directory's lock, another waits for it, then
+        keeps both lines (it used to read, then replace the file: one line could be lost)."""
+        fleet = Fleet()
+        self.addCleanup(fleet.close)
+        lock = os.open(fleet.dir, os.O_RDONLY)
+        self.addCleanup(os.close, lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)            # as a first add-worker in the middle of its rewrite
+        second = subprocess.Popen([sys.executable, "-m", "meshkit", "keys", "add-worker", "b-1", "--config",
+                                   fleet.config], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(second.kill)
+        with self.assertRaises(subprocess.TimeoutExpired):
+            second.wait(1.5)                        # (bounded: started in well under that when not waiting)
+        with open(os.path.join(fleet.dir, "keys"), "a") as f:     # the first one's line, written under the lock
+            f.write(f"worker-a-1 worker {'a' * 64} a-1\n")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        self.assertEqual(second.wait(30), 0, second.stderr.read())
+        keys = keyfile.load(os.path.join(fleet.dir, "keys"))
+        self.assertEqual((keys["worker-a-1"][2], keys["worker-b-1"][2]), ({"a-1"}, {"b-1"}))
 
     def test_locks_run_fleet_holds_the_lease_as_worker_name(self):
         fleet = Fleet()

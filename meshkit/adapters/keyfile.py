@@ -2,6 +2,7 @@
 token file (auth.viewer_token_file): a random bearer token of its own, never a key's signing
 secret, checked as strictly."""
 
+import fcntl
 import os
 import secrets
 import stat
@@ -54,16 +55,24 @@ def _replace(path: str, text: str, mode: int) -> None:
 
 def add_worker(path: str, kid: str, nodes: list) -> str:
     """Append the worker key `kid`, bound to `nodes`, to the keys file at `path` (checked as
-    load() does; rewritten atomically, mode 0600); returns its line. A used id is refused."""
-    keys = load(path)
-    if kid in keys:
-        raise ConfigError(path, "key id", "an id the keys file does not have yet (--id ID)", f"{kid!r}, already there")
-    line = f"{kid} worker {secrets.token_hex(32)} {','.join(nodes)}"
-    parse_keys(line, "the new key")             # refuses a bad id or node before anything is written
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    _replace(path, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n", 0o600)
-    return line
+    load() does; rewritten atomically, mode 0600); returns its line. A used id is refused.
+    Two at once take turns (an flock on the file's directory: the file itself is replaced,
+    so a lock on it would be on the old copy), so neither loses the other's line."""
+    lock = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keys = load(path)
+        if kid in keys:
+            raise ConfigError(path, "key id", "an id the keys file does not have yet (--id ID)",
+                              f"{kid!r}, already there")
+        line = f"{kid} worker {secrets.token_hex(32)} {','.join(nodes)}"
+        parse_keys(line, "the new key")             # refuses a bad id or node before anything is written
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        _replace(path, text + ("" if text.endswith("\n") or not text else "\n") + line + "\n", 0o600)
+        return line
+    finally:
+        os.close(lock)              # (releases the lock)
 
 
 def secret_ids(keys: dict, token: str) -> list:
